@@ -1,0 +1,11 @@
+# The README's two commands are `make lab` and `make test`; the rest are for developers.
+.PHONY: test lab lab-check deb bench clean
+
+test:            ## install what is needed, lint, type-check, run unit and lab tests
+	scripts/test
+
+lab:             ## run wgagent on an embedded default, in throwaway network namespaces
+	scripts/lab
+
+clean:
+	rm -rf .venv dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from wgagent.cli import main
+
+sys.exit(main())

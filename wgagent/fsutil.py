@@ -1,0 +1,113 @@
+"""Crash-safe file writes, shared by every part that writes a file.
+
+A reader — k3s, systemd-modules-load, wgagent after a kill -9 — only ever sees the old
+complete file or the new complete file: the data goes to a temporary file in the same
+directory, is fsynced, renamed over the target, and the directory is fsynced. Writing
+the same content again does nothing (no rename, no mtime change), so callers can write
+on every pass and learn from the result whether anything changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from wgagent.errors import WriteError
+
+log = logging.getLogger(__name__)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The file's content, or None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write(path: str, data: bytes, *, mode: int = 0o600, make_dirs: bool = True) -> bool:
+    """Replace ``path`` with ``data`` atomically; return whether the content changed.
+
+    On any failure (ENOSPC, EROFS, EACCES, ...) the old file is left as it was, the
+    temporary file is removed, and WriteError says what went wrong.
+
+    >>> atomic_write("/tmp/x.yaml", b"a: 1\\n")   # doctest: +SKIP
+    True
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        current = read_bytes(path)
+    except OSError as exc:
+        raise WriteError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if current == data and _mode_of(path) == mode:
+        return False
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.wgagent-tmp-{os.getpid()}")
+    try:
+        if make_dirs:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by an earlier process with our PID that was killed
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # the umask must not widen or narrow it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    _fsync_dir(directory)
+    return current != data
+
+
+def _mode_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # the rename happened; only its durability is in doubt
+        log.warning("fsync of directory %s failed: %s", directory, exc.strerror)
+    finally:
+        os.close(fd)
+
+
+def load_json(path: str) -> Any | None:
+    """A JSON state file's content; None when missing or unreadable (logged, never fatal).
+
+    State files are caches of what wgagent learnt; a corrupt one must not stop the daemon.
+    """
+    try:
+        data = read_bytes(path)
+    except OSError as exc:
+        log.warning("cannot read state file %s: %s; starting without it", path, exc.strerror)
+        return None
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        log.warning("state file %s is not valid JSON; starting without it", path)
+        return None
+
+
+def save_json(path: str, value: Any) -> bool:
+    """Atomically write ``value`` as JSON (sorted keys, so unchanged state is not rewritten)."""
+    return atomic_write(path, json.dumps(value, sort_keys=True, indent=1).encode() + b"\n")

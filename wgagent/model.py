@@ -1,0 +1,119 @@
+"""Plain data that one part produces and another consumes; ``daemon.py`` passes it along.
+
+    public IP part  --PublicAddresses-->  k3s drop-in, annotation, doctor
+    node watch      --ClusterView------>  peer GC, interface check, doctor
+
+Parts never import each other: they take callables returning these (``None`` meaning
+"not known yet"), which the daemon wires.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+FLANNEL = "flannel.alpha.coreos.com/"
+ANN_BACKEND_DATA = FLANNEL + "backend-data"
+ANN_BACKEND_V6_DATA = FLANNEL + "backend-v6-data"
+ANN_BACKEND_TYPE = FLANNEL + "backend-type"
+ANN_PUBLIC_IP = FLANNEL + "public-ip"
+ANN_PUBLIC_IPV6 = FLANNEL + "public-ipv6"
+ANN_PUBLIC_IP_OVERWRITE = FLANNEL + "public-ip-overwrite"
+ANN_PUBLIC_IPV6_OVERWRITE = FLANNEL + "public-ipv6-overwrite"
+ANN_SUBNET_MANAGER = FLANNEL + "kube-subnet-manager"
+
+
+@dataclass(frozen=True)
+class PublicAddresses:
+    """The adopted public address of each family; ``None`` where the node has none."""
+
+    ipv4: IPv4Address | None = None
+    ipv6: IPv6Address | None = None
+
+    def __bool__(self) -> bool:
+        return self.ipv4 is not None or self.ipv6 is not None
+
+    def __str__(self) -> str:
+        return ", ".join(str(ip) for ip in (self.ipv4, self.ipv6) if ip is not None) or "none"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What flannel publishes about one Node, read from its annotations."""
+
+    name: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    pod_cidrs: tuple[str, ...] = ()
+
+    @property
+    def wireguard_keys(self) -> frozenset[str]:
+        """The node's current WireGuard public keys (base64), IPv4 and IPv6 backends."""
+        keys = set()
+        for ann in (ANN_BACKEND_DATA, ANN_BACKEND_V6_DATA):
+            key = wireguard_key_from_backend_data(self.annotations.get(ann))
+            if key:
+                keys.add(key)
+        return frozenset(keys)
+
+    @property
+    def public_ip(self) -> str | None:
+        return self.annotations.get(ANN_PUBLIC_IP)
+
+    @property
+    def public_ip_overwrite(self) -> str | None:
+        return self.annotations.get(ANN_PUBLIC_IP_OVERWRITE)
+
+    @property
+    def public_ipv6(self) -> str | None:
+        return self.annotations.get(ANN_PUBLIC_IPV6)
+
+    @property
+    def backend_type(self) -> str | None:
+        return self.annotations.get(ANN_BACKEND_TYPE)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Every Node the watch knows, by name; complete once the first LIST has finished."""
+
+    nodes: Mapping[str, NodeInfo]
+
+    @property
+    def current_keys(self) -> frozenset[str]:
+        """Every live node's current WireGuard public key: GC never removes these."""
+        keys: set[str] = set()
+        for node in self.nodes.values():
+            keys |= node.wireguard_keys
+        return frozenset(keys)
+
+    def owner_of(self, key: str) -> str | None:
+        for node in self.nodes.values():
+            if key in node.wireguard_keys:
+                return node.name
+        return None
+
+
+def wireguard_key_from_backend_data(data: str | None) -> str | None:
+    """The public key in flannel's backend-data annotation, or None.
+
+    wireguard-native stores ``{"PublicKey": "<base64>", "Port": 51820}`` (``Port`` since
+    flannel v0.26.6); k3s's old extension backend stored a bare JSON string of the key.
+
+    >>> wireguard_key_from_backend_data('{"PublicKey":"abc=","Port":51820}')
+    'abc='
+    >>> wireguard_key_from_backend_data('"abc="')
+    'abc='
+    >>> wireguard_key_from_backend_data('{"VNI":1,"VtepMAC":"aa:bb"}') is None
+    True
+    """
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        value = value.get("PublicKey")
+    return value if isinstance(value, str) and value else None

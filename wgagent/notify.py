@@ -1,0 +1,57 @@
+"""systemd's notification protocol (sd_notify), through the ``sdnotify`` package.
+
+Without ``NOTIFY_SOCKET`` every call does nothing, so a plain foreground run works.
+The watchdog interval is half of ``WATCHDOG_USEC``, and only when ``WATCHDOG_PID`` (if
+set) is our own PID, as sd_watchdog_enabled(3) says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self._notifier = None
+        if environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+
+            self._notifier = sdnotify.SystemdNotifier()
+        self.watchdog_interval_s: float | None = None
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_interval_s = int(usec) / 2 / 1e6
+        self.last_status: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._notifier is not None
+
+    def _send(self, message: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(message)
+
+    def ready(self) -> None:
+        self._send("READY=1")
+
+    def reloading(self) -> None:
+        self._send("RELOADING=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def status(self, line: str) -> None:
+        """Send ``STATUS=line`` if it differs from the last one sent."""
+        line = " ".join(line.split())
+        if line != self.last_status:
+            self.last_status = line
+            self._send("STATUS=" + line)
