@@ -2,6 +2,7 @@
 
     public IP part  --PublicAddresses-->  k3s drop-in, annotation, doctor
     node watch      --ClusterView------>  peer GC, interface check, doctor
+    k3s restarter   <--request(reason)---  k3s drop-in, annotation   (-> RestartResult)
 
 Parts never import each other: they take callables returning these (``None`` meaning
 "not known yet"), which the daemon wires.
@@ -117,3 +118,13 @@ def wireguard_key_from_backend_data(data: str | None) -> str | None:
     if isinstance(value, dict):
         value = value.get("PublicKey")
     return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """What became of a request to restart k3s (so flannel re-reads its config/annotation)."""
+
+    restarted: bool
+    detail: str
+    """One line for a check detail: "restarted k3s.service: drop-in changed",
+    "restart pending: rate limit, next allowed 12:40:00 UTC", "restarts are off (k3s.restart: false)"."""
