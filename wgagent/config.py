@@ -531,3 +531,52 @@ def redacted_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def example_yaml() -> str:
+    """The example config (``examples/config.yaml``, the package's conffile): every key,
+    commented out, with its doc line and its default. A test keeps the file in sync."""
+    out = [
+        "# wgagent configuration (default path /etc/wgagent/config.yaml; see wgagent(8)).",
+        "# Every key is optional: the value shown is the default. To change one, uncomment it",
+        "# (and its section line), then run: systemctl reload wgagent",
+        "# An empty file is refused (a truncated file must not silently mean defaults);",
+        "# a file of comments only, like this one, means all defaults.",
+        "",
+    ]
+
+    def walk(cls: type[Any], indent: str) -> None:
+        for f in dataclasses.fields(cls):
+            sub = f.metadata.get("section")
+            out.append(f"#{indent}# {f.metadata['doc']}" if indent else f"# {f.metadata['doc']}")
+            if sub is not None:
+                out.append(f"#{indent}{f.name}:")
+                walk(sub, indent + "  ")
+            else:
+                default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                value = _yaml_value(default)
+                if "\n" in value:
+                    out.append(f"#{indent}{f.name}:")
+                    out.extend(f"#{indent}{line}" for line in value.splitlines())
+                else:
+                    out.append(f"#{indent}{f.name}: {value}")
+            if not indent:
+                out.append("")
+
+    walk(Config, "")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, ListenAddress | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        value = str(value)
+    elif isinstance(value, Mapping):
+        value = dict(value)
+    elif isinstance(value, tuple):
+        value = [str(v) if not isinstance(v, str) else v for v in value]
+    text = yaml.safe_dump(value, default_flow_style=False, sort_keys=False).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    if isinstance(value, list | dict) and value:
+        return "\n".join("  " + line for line in text.splitlines())
+    return text
