@@ -7,5 +7,8 @@ test:            ## install what is needed, lint, type-check, run unit and lab t
 lab:             ## run wgagent on an embedded default, in throwaway network namespaces
 	scripts/lab
 
+deb:             ## build dist/wgagent_<version>_all.deb from the git-tracked files, then lintian
+	scripts/deb
+
 clean:
 	rm -rf .venv dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache
