@@ -5,6 +5,11 @@ complete file or the new complete file: the data goes to a temporary file in the
 directory, is fsynced, renamed over the target, and the directory is fsynced. Writing
 the same content again does nothing (no rename, no mtime change), so callers can write
 on every pass and learn from the result whether anything changed.
+
+The temporary file is ``.<name>.wgagent-tmp-<pid>``: hidden, and ending in digits, so
+readers of a directory by suffix (k3s reads ``config.yaml.d/*.yaml``, systemd-modules-load
+``*.conf``) never pick it up. One left behind by a killed writer is removed by the next
+write to the same file once its process is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 from wgagent.errors import WriteError
 
 log = logging.getLogger(__name__)
+
+_TMP_MARK = ".wgagent-tmp-"
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -45,10 +52,12 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, make_dirs: bool =
         raise WriteError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if current == data and _mode_of(path) == mode:
         return False
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.wgagent-tmp-{os.getpid()}")
+    prefix = f".{os.path.basename(path)}{_TMP_MARK}"
+    tmp = os.path.join(directory, f"{prefix}{os.getpid()}")
     try:
         if make_dirs:
             os.makedirs(directory, mode=0o755, exist_ok=True)
+        _remove_stale_temps(directory, prefix)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by an earlier process with our PID that was killed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -61,12 +70,38 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, make_dirs: bool =
         finally:
             os.close(fd)
         os.rename(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # also KeyboardInterrupt: never leave the temp file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
     _fsync_dir(directory)
     return current != data
+
+
+def _remove_stale_temps(directory: str, prefix: str) -> None:
+    """Remove temp files of ``prefix`` whose writer process no longer exists (kill -9, power loss).
+
+    A live writer's file is left alone: it is about to be renamed. Best effort only.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :]
+        if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (maybe another wgagent writing right now)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # EPERM: alive, someone else's
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
 
 
 def _mode_of(path: str) -> int | None:
