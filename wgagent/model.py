@@ -128,3 +128,8 @@ class RestartResult:
     detail: str
     """One line for a check detail: "restarted k3s.service: drop-in changed",
     "restart pending: rate limit, next allowed 12:40:00 UTC", "restarts are off (k3s.restart: false)"."""
+    pending: bool = False
+    """True when k3s still runs without what was asked for (rate limit, ``k3s.restart: false``,
+    a failed ``systemctl``): the restarter keeps the request and retries it when allowed.
+    False with ``restarted`` False means no restart was needed (k3s is not running, and
+    reads its config when it starts)."""
