@@ -1,0 +1,381 @@
+"""Read k3s's config files the way k3s does, and report what defeats wgagent's drop-in.
+
+How k3s reads them (``pkg/configfilearg``, ``readConfigFile`` and ``dotDFiles``):
+
+- ``<config_dir>/config.yaml`` if it exists, then every entry of ``config.yaml.d/`` whose
+  name ends in ``.yaml`` or ``.yml`` (any case; directories skipped), in byte order of
+  the name (Go's ``os.ReadDir``). Drop-ins work without the main file.
+- Each file is one YAML mapping of flag names to values. The last value of a key wins;
+  ``key+:`` appends to the value so far (both sides made lists). A list becomes one flag
+  per item, and k3s splits list flags such as ``node-external-ip`` on commas too.
+- A file that is not valid YAML, or not a mapping, stops k3s from starting at all.
+
+:func:`scan_config` is pure (file names and contents in, findings out), so ``doctor``
+and the k3s part share it; :func:`read_config_files` is its one I/O adapter::
+
+    >>> files = {"config.yaml": b"flannel-backend: vxlan",
+    ...          "config.yaml.d/50-wgagent.yaml": b"flannel-backend: wireguard-native",
+    ...          "config.yaml.d/90-mine.yml": b"flannel-backend: vxlan"}
+    >>> [str(f).split(": ")[0] for f in scan_config("/etc/rancher/k3s", files, role="server").errors]
+    ['/etc/rancher/k3s/config.yaml.d/90-mine.yml:1']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+MAIN = "config.yaml"
+DROPIN_DIR = "config.yaml.d"
+DROPIN_NAME = "50-wgagent.yaml"
+MAX_FILE_BYTES = 1 << 20
+
+NODE_EXTERNAL_IP = "node-external-ip"
+FLANNEL_BACKEND = "flannel-backend"
+FLANNEL_EXTERNAL_IP = "flannel-external-ip"
+WIREGUARD_BACKEND = "wireguard-native"
+
+_OWNED_BY_KEY = {
+    NODE_EXTERNAL_IP: "the public IP it discovers (public_ip.static pins one)",
+    FLANNEL_BACKEND: "k3s.flannel_backend",
+    FLANNEL_EXTERNAL_IP: "k3s.flannel_external_ip",
+}
+
+Value = str | tuple[str, ...] | None
+"""A key's value as k3s sees it: the string of a scalar, a tuple for a list, None for null."""
+
+
+def owned_keys(role: str | None) -> tuple[str, ...]:
+    """The keys wgagent's drop-in sets: flannel options are server flags (agents skip them)."""
+    if role == "server":
+        return (NODE_EXTERNAL_IP, FLANNEL_BACKEND, FLANNEL_EXTERNAL_IP)
+    return (NODE_EXTERNAL_IP,)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for a file's content when it could not be read; ``reason`` says why."""
+
+    reason: str
+    fatal: bool = True
+    """Whether k3s would fail on it too (False: only wgagent declined to read it, e.g. too large)."""
+
+
+FileContent = bytes | Unreadable
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where a key got its effective value."""
+
+    value: Value
+    path: str
+    line: int
+
+    def items(self) -> tuple[str, ...]:
+        """The value as k3s's list flags take it: list items, each split on commas."""
+        raw = self.value if isinstance(self.value, tuple) else (self.value,) if self.value else ()
+        return tuple(part.strip() for item in raw for part in item.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something in k3s's config a person should know; ``error`` ones fail the check."""
+
+    path: str
+    line: int | None
+    message: str
+    error: bool = True
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    files: tuple[str, ...]
+    """Every file k3s reads, in its order (full paths)."""
+    settings: Mapping[str, Setting]
+    """Each key's effective value, as k3s will use it."""
+    findings: tuple[Finding, ...] = ()
+    own_values: Mapping[str, Setting] = field(default_factory=dict)
+    """What wgagent's drop-in itself sets (empty when it is absent or unreadable)."""
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.error)
+
+    @property
+    def notes(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if not f.error)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    append: bool
+    value: Value
+    line: int
+
+
+def k3s_reads(name: str) -> bool:
+    """Whether k3s reads a ``config.yaml.d/`` entry of this name (``.yaml``/``.yml``, any case)."""
+    return name.lower().endswith((".yaml", ".yml"))
+
+
+def k3s_order(files: Iterable[str]) -> list[str]:
+    """The relative paths k3s reads, in its order: ``config.yaml`` first, then the drop-ins
+    sorted by the bytes of their name; anything else (``x.txt``, ``sub/x.yaml``) is left out."""
+    names = set(files)
+    dropins = [
+        n for n in names if n.startswith(DROPIN_DIR + "/") and "/" not in n[len(DROPIN_DIR) + 1 :] and k3s_reads(n)
+    ]
+    ordered = [MAIN] if MAIN in names else []
+    return ordered + sorted(dropins, key=lambda n: n.encode("utf-8", "surrogateescape"))
+
+
+def go_string(value: Any) -> str:
+    """A YAML scalar as k3s turns it into a flag value (wrangler's ``convert.ToString``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _as_value(value: Any) -> Value:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return tuple(go_string(v) for v in value)
+    return go_string(value)
+
+
+def _as_list(value: Value) -> tuple[str, ...]:
+    # k3s's toSlice(): a string is one item, a list stays, null or blank is empty
+    if value is None:
+        return ()
+    if isinstance(value, tuple):
+        return value
+    return (value,)
+
+
+def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding | None]:
+    """The keys of one config file in file order, or the finding that says why k3s cannot use it."""
+    if isinstance(content, Unreadable):
+        if not content.fatal:
+            return [], Finding(path, None, f"not checked: {content.reason}", error=False)
+        return [], Finding(path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], Finding(path, None, f"not UTF-8 text (byte {exc.start}); k3s will not start with this file")
+    loader = yaml.SafeLoader(text)
+    try:
+        # k3s decodes only the first document of a file
+        node = loader.get_node() if loader.check_node() else None
+        if node is None:
+            return [], None
+        if not isinstance(node, yaml.MappingNode):
+            return [], Finding(
+                path,
+                node.start_mark.line + 1,
+                "not a mapping of k3s flags (key: value); k3s will not start with this file",
+            )
+        loader.flatten_mapping(node)
+        entries = []
+        for key_node, value_node in node.value:
+            raw_key = go_string(loader.construct_object(key_node, deep=True))
+            entries.append(
+                _Entry(
+                    key=raw_key.removesuffix("+"),
+                    append=raw_key.endswith("+"),
+                    value=_as_value(loader.construct_object(value_node, deep=True)),
+                    line=key_node.start_mark.line + 1,
+                )
+            )
+        return entries, None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line = mark.line + 1 if mark is not None else None
+        return [], Finding(path, line, f"not valid YAML ({problem}); k3s will not start until it is fixed")
+    except (TypeError, ValueError) as exc:  # e.g. an unhashable key: still "does not parse"
+        return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed")
+    finally:
+        loader.dispose()
+
+
+def scan_config(
+    config_dir: str,
+    files: Mapping[str, FileContent],
+    *,
+    role: str | None,
+    own: str = DROPIN_NAME,
+) -> Scan:
+    """Merge k3s's config files like k3s and report what defeats wgagent's drop-in.
+
+    ``files`` maps paths relative to ``config_dir`` (``config.yaml``,
+    ``config.yaml.d/10-x.yaml``) to their content; names k3s does not read are ignored, so
+    a caller may pass a whole directory listing. ``role`` is ``server``, ``agent`` or None
+    (unknown: only ``node-external-ip`` is checked). Errors (they fail the check):
+
+    - a file k3s cannot parse or read (named, with the YAML error's line);
+    - a file after wgagent's that sets (``key:``) or extends (``key+:``) a key wgagent owns;
+    - on servers, an effective ``flannel-backend`` that is not ``wireguard-native``
+      (``wireguard`` gets its own message: removed in k3s 1.26).
+
+    Notes (shown, never failing): an earlier file's value of an owned key that wgagent's
+    drop-in replaces.
+    """
+    own_rel = f"{DROPIN_DIR}/{own}"
+    order = k3s_order(files)
+    findings: list[Finding] = []
+    if isinstance(files.get(DROPIN_DIR), Unreadable):
+        reason = files[DROPIN_DIR]
+        assert isinstance(reason, Unreadable)
+        findings.append(
+            Finding(
+                os.path.join(config_dir, DROPIN_DIR),
+                None,
+                f"cannot list the directory ({reason.reason}); k3s will not start while it cannot",
+            )
+        )
+    settings: dict[str, Setting] = {}
+    own_values: dict[str, Setting] = {}
+    occurrences: dict[str, list[tuple[int, str, _Entry]]] = {}
+    own_index: int | None = None
+    for index, rel in enumerate(order):
+        path = os.path.join(config_dir, rel)
+        entries, problem = parse_file(path, files[rel])
+        if problem is not None:
+            findings.append(problem)
+            continue
+        if rel == own_rel:
+            own_index = index
+        for entry in entries:
+            old = settings.get(entry.key)
+            value = _as_list(old.value) + _as_list(entry.value) if entry.append and old is not None else entry.value
+            settings[entry.key] = Setting(value, path, entry.line)
+            occurrences.setdefault(entry.key, []).append((index, path, entry))
+            if rel == own_rel:
+                own_values[entry.key] = Setting(entry.value, path, entry.line)
+
+    reported: set[tuple[str, int]] = set()
+    owned = owned_keys(role)
+    if own_index is not None:
+        for key in owned:
+            ours = own_values.get(key)
+            for index, path, entry in occurrences.get(key, []):
+                if index > own_index:
+                    findings.append(Finding(path, entry.line, _override_message(key, entry, ours, own)))
+                    reported.add((path, entry.line))
+                elif index < own_index and ours is not None:
+                    findings.append(
+                        Finding(
+                            path,
+                            entry.line,
+                            f"{key}{'+' if entry.append else ''}: {_show(entry.value)} is replaced by wgagent's "
+                            f"{own} ({_show(ours.value)})",
+                            error=False,
+                        )
+                    )
+    if role == "server":
+        backend = settings.get(FLANNEL_BACKEND)
+        if backend is None:
+            findings.append(
+                Finding(
+                    os.path.join(config_dir, MAIN),
+                    None,
+                    "no file sets flannel-backend, so k3s uses vxlan: flannel does not use WireGuard",
+                )
+            )
+        elif (backend.path, backend.line) not in reported:
+            problem_text = backend_problem(backend.value)
+            if problem_text is not None:
+                ours_text = " (wgagent's k3s.flannel_backend)" if backend.path.endswith("/" + own_rel) else ""
+                text = f"{FLANNEL_BACKEND}: {problem_text}{ours_text}"
+                findings.append(Finding(backend.path, backend.line, text, error=not ours_text))
+    rank = {os.path.join(config_dir, rel): index for index, rel in enumerate(order)}
+    findings.sort(key=lambda f: (rank.get(f.path, -1), f.line or 0))
+    return Scan(tuple(os.path.join(config_dir, r) for r in order), settings, tuple(findings), own_values)
+
+
+def backend_problem(value: Value) -> str | None:
+    """Why a ``flannel-backend`` value is not flannel over WireGuard (a phrase), or None when it is.
+
+    k3s takes options after ``=`` (``wireguard-native=Mode=auto``); only the name counts.
+    """
+    text = value[-1] if isinstance(value, tuple) and value else value if isinstance(value, str) else ""
+    name = text.partition("=")[0].strip()
+    if name == WIREGUARD_BACKEND:
+        return None
+    if name == "wireguard":
+        return "'wireguard' was removed in k3s 1.26 (k3s refuses to start flannel with it); use 'wireguard-native'"
+    return f"{name or 'empty'!r} is not WireGuard: flannel does not use wireguard-native"
+
+
+def _override_message(key: str, entry: _Entry, ours: Setting | None, own: str) -> str:
+    mine = f"wgagent's {_show(ours.value)} ({own})" if ours is not None else f"wgagent's {own}"
+    if entry.append:
+        effect = f"{key}+: {_show(entry.value)} here adds to {mine}: k3s uses both"
+    else:
+        effect = f"{key}: {_show(entry.value)} here overrides {mine}: k3s uses this value"
+        if key == FLANNEL_BACKEND and (problem := backend_problem(entry.value)) is not None:
+            effect += f" ({problem})"
+    return f"{effect}; remove it here (wgagent sets {key} from {_OWNED_BY_KEY[key]})"
+
+
+def _show(value: Value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    return repr(value)
+
+
+def read_config_files(config_dir: str, *, max_bytes: int = MAX_FILE_BYTES) -> dict[str, FileContent]:
+    """The files :func:`scan_config` needs, read from disk; never raises.
+
+    ``config.yaml`` when it exists, and every ``config.yaml.d/`` entry k3s would read.
+    """
+    files: dict[str, FileContent] = {}
+    candidates = [MAIN]
+    dropin_dir = os.path.join(config_dir, DROPIN_DIR)
+    try:
+        with os.scandir(dropin_dir) as it:
+            for entry in it:
+                # k3s skips directories (not following symlinks) and reads the rest
+                if k3s_reads(entry.name) and not entry.is_dir(follow_symlinks=False):
+                    candidates.append(f"{DROPIN_DIR}/{entry.name}")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        files[DROPIN_DIR] = Unreadable(exc.strerror or str(exc))
+    for rel in candidates:
+        content = _read(os.path.join(config_dir, rel), max_bytes)
+        if content is not None:
+            files[rel] = content
+    return files
+
+
+def _read(path: str, max_bytes: int) -> FileContent | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Unreadable(exc.strerror or str(exc))
+    if len(data) > max_bytes:
+        return Unreadable(f"larger than {max_bytes} bytes", fatal=False)
+    return data
