@@ -1,0 +1,342 @@
+"""The userspace UAPI socket of wireguard-go and boringtun: ``<uapi_dir>/<ifname>.sock``.
+
+The protocol (wireguard.com/xplatform) is lines of ``key=value``; a blank line ends a
+request and a reply. Keys travel as hex. A ``get=1`` reply lists the device, then each
+peer from its ``public_key=`` line on, and ends with ``errno=0``::
+
+    >>> reply = b"listen_port=51820\\npublic_key=" + b"ab" * 32 + b"\\nallowed_ip=10.42.1.0/24\\n"
+    >>> reply += b"last_handshake_time_sec=0\\nlast_handshake_time_nsec=0\\nerrno=0\\n\\n"
+    >>> dev = parse_get(reply, "wg0")
+    >>> dev.listen_port, dev.peers[0].allowed_ips, dev.peers[0].last_handshake
+    (51820, ('10.42.1.0/24',), None)
+
+``set=1`` with many ``public_key=<hex>`` / ``remove=true`` pairs removes them all in one
+transaction; removing an absent peer answers ``errno=0``, a malformed key ``errno=-22``.
+
+This module is the pure codec (:class:`GetParser`, :func:`encode_remove`,
+:func:`parse_errno`), tested without sockets, plus :class:`UapiBackend`, a thin asyncio
+adapter. The device's private key is read only to derive its public key (X25519, RFC
+7748) and is then dropped; the preshared keys are skipped; neither is ever in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+from wgagent.errors import DeviceNotFound, WireGuardError
+from wgagent.wireguard.model import KEY_LEN, Device, Peer, key_from_bytes, key_to_bytes
+
+MAX_REPLY_BYTES = 256 << 20
+"""A get reply is ~400 bytes per peer: this is room for over half a million peers, and a
+bound on what a broken or hostile socket can make us buffer."""
+
+T = TypeVar("T")
+_INT_FIELDS = frozenset({"last_handshake_time_sec", "last_handshake_time_nsec", "tx_bytes", "rx_bytes"})
+
+
+class GetParser:
+    """Incremental parser of a ``get=1`` reply: ``feed()`` chunks until it returns True.
+
+    Unknown keys are skipped (implementations add some); a line without ``=``, a bad
+    number or a bad key raises WireGuardError naming the line number and the key, never
+    a secret value; a non-zero ``errno=`` raises WireGuardError with that errno.
+    """
+
+    def __init__(self, ifname: str, source: str = "UAPI", *, max_bytes: int = MAX_REPLY_BYTES) -> None:
+        self.ifname = ifname
+        self.source = source
+        self.max_bytes = max_bytes
+        self._buf = b""
+        self._size = 0
+        self._line_no = 0
+        self._done = False
+        self._errno: int | None = None
+        self._listen_port: int | None = None
+        self._public_key: str | None = None
+        self._peers: list[Peer] = []
+        self._peer: dict[str, Any] | None = None
+
+    def feed(self, data: bytes) -> bool:
+        if self._done:
+            return True
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            raise WireGuardError(f"{self.source}: get reply is larger than {self.max_bytes} bytes; giving up")
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()
+        for raw in lines:
+            self._line_no += 1
+            if not raw:
+                self._finish()
+                return True
+            self._line(raw)
+        return False
+
+    def result(self) -> Device:
+        if not self._done:
+            raise WireGuardError(f"{self.source}: get reply ended early, after {self._line_no} lines")
+        return Device(self.ifname, self._listen_port, self._public_key, tuple(self._peers))
+
+    # --- lines --------------------------------------------------------------------------------
+
+    def _line(self, raw: bytes) -> None:
+        key, sep, value_b = raw.partition(b"=")
+        if not sep:
+            raise self._error("has no '='")
+        try:
+            name = key.decode("ascii")
+            value = value_b.decode("ascii")
+        except UnicodeDecodeError:
+            raise self._error("is not ASCII") from None
+        if self._errno is not None:
+            raise self._error(f"'{name}' follows errno=")
+        if name == "public_key":
+            self._end_peer()
+            self._peer = {"public_key": self._key(name, value), "allowed_ips": []}
+            return
+        if name == "errno":
+            self._end_peer()
+            self._errno = self._int(name, value, signed=True)
+            return
+        peer = self._peer
+        if peer is None:
+            if name == "private_key":
+                raw_key = self._raw_key(name, value)
+                self._public_key = None if raw_key == bytes(KEY_LEN) else key_from_bytes(x25519_public(raw_key))
+            elif name == "listen_port":
+                port = self._int(name, value)
+                self._listen_port = port if port else None
+            return  # fwmark and anything new: not in the model
+        if name == "allowed_ip":
+            if "/" not in value:
+                raise self._error(f"'{name}' is not a CIDR: {value[:60]!r}")
+            peer["allowed_ips"].append(value)
+        elif name == "endpoint":
+            peer["endpoint"] = value or None
+        elif name == "persistent_keepalive_interval":
+            peer["keepalive"] = self._int(name, value) or None
+        elif name in _INT_FIELDS:
+            peer[name] = self._int(name, value)
+        # preshared_key, protocol_version and unknown keys are skipped
+
+    def _end_peer(self) -> None:
+        p = self._peer
+        if p is None:
+            return
+        sec, nsec = p.get("last_handshake_time_sec", 0), p.get("last_handshake_time_nsec", 0)
+        self._peers.append(
+            Peer(
+                public_key=p["public_key"],
+                endpoint=p.get("endpoint"),
+                allowed_ips=tuple(p["allowed_ips"]),
+                last_handshake=None if sec == 0 and nsec == 0 else sec + nsec / 1e9,
+                rx_bytes=p.get("rx_bytes", 0),
+                tx_bytes=p.get("tx_bytes", 0),
+                keepalive=p.get("keepalive"),
+            )
+        )
+        self._peer = None
+
+    def _finish(self) -> None:
+        self._end_peer()
+        self._done = True
+        if self._buf:
+            raise self._error("follows the blank line that ends the reply")
+        if self._errno is None:
+            raise WireGuardError(f"{self.source}: get reply has no errno= line")
+        if self._errno != 0:
+            raise WireGuardError(f"{self.source}: get on {self.ifname} failed: {errno_text(self._errno)}")
+
+    def _int(self, name: str, value: str, *, signed: bool = False) -> int:
+        text = value[1:] if signed and value.startswith("-") else value
+        if not text.isdigit() or len(text) > 20:
+            raise self._error(f"'{name}' is not a number: {value[:60]!r}")
+        return int(value)
+
+    def _raw_key(self, name: str, value: str) -> bytes:
+        if len(value) != 2 * KEY_LEN:
+            raise self._error(f"'{name}' is not a {KEY_LEN}-byte hex key")
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise self._error(f"'{name}' is not a {KEY_LEN}-byte hex key") from None
+
+    def _key(self, name: str, value: str) -> str:
+        return key_from_bytes(self._raw_key(name, value))
+
+    def _error(self, what: str) -> WireGuardError:
+        return WireGuardError(f"{self.source}: malformed get reply: line {self._line_no} {what}")
+
+
+def parse_get(data: bytes, ifname: str, source: str = "UAPI") -> Device:
+    """A whole ``get=1`` reply (ending in a blank line) as a Device."""
+    parser = GetParser(ifname, source)
+    parser.feed(data)
+    return parser.result()
+
+
+GET_REQUEST = b"get=1\n\n"
+
+
+def encode_remove(keys: Iterable[str]) -> bytes:
+    """One ``set=1`` transaction removing every peer in ``keys`` (base64).
+
+    >>> encode_remove(["q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="]).decode().splitlines()[:3]
+    ['set=1', 'public_key=abcdef1234567890abcdef1234567890abcdef1234567890abcdef1234567890', 'remove=true']
+    """
+    parts = [b"set=1\n"]
+    for key in keys:
+        parts.append(b"public_key=%s\nremove=true\n" % key_to_bytes(key).hex().encode())
+    parts.append(b"\n")
+    return b"".join(parts)
+
+
+def parse_errno(data: bytes, source: str = "UAPI") -> int:
+    """The errno of a ``set=1`` reply (``errno=0\\n\\n``); WireGuardError if it is not one."""
+    text = data.decode("ascii", "replace")
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[1:] != ["", ""] or not lines[0].startswith("errno="):
+        raise WireGuardError(f"{source}: malformed set reply: {text[:80]!r}")
+    value = lines[0][len("errno=") :]
+    digits = value[1:] if value.startswith("-") else value
+    if not digits.isdigit() or len(digits) > 20:
+        raise WireGuardError(f"{source}: malformed set reply: {text[:80]!r}")
+    return int(value)
+
+
+def errno_text(code: int) -> str:
+    """``errno=-22`` -> ``"errno -22 (Invalid argument)"``."""
+    try:
+        name = os.strerror(abs(code))
+    except ValueError:
+        name = "unknown error"
+    return f"errno {code} ({name})"
+
+
+# --- X25519 (RFC 7748), only to derive the device's public key from its private key ----------
+
+_P = 2**255 - 19
+_A24 = 121665
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The X25519 public key of a 32-byte private key: scalar multiplication of the base point.
+
+    >>> x25519_public(bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")).hex()
+    '8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a'
+    """
+    if len(private) != KEY_LEN:
+        raise ValueError("an X25519 private key is 32 bytes")
+    k = bytearray(private)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    scalar = int.from_bytes(k, "little")
+    x1, x2, z2, x3, z3 = 9, 1, 0, 9, 1
+    swap = 0
+    for t in range(254, -1, -1):
+        bit = (scalar >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b = (x2 + z2) % _P, (x2 - z2) % _P
+        aa, bb = a * a % _P, b * b % _P
+        e = (aa - bb) % _P
+        c, d = (x3 + z3) % _P, (x3 - z3) % _P
+        da, cb = d * a % _P, c * b % _P
+        x3 = (da + cb) ** 2 % _P
+        z3 = x1 * (da - cb) ** 2 % _P
+        x2 = aa * bb % _P
+        z2 = e * (aa + _A24 * e) % _P
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(KEY_LEN, "little")
+
+
+# --- the asyncio adapter ----------------------------------------------------------------------
+
+
+class UapiBackend:
+    """Talks to ``<uapi_dir>/<ifname>.sock``; one connection per request."""
+
+    kind = "uapi"
+
+    def __init__(self, uapi_dir: str, *, timeout_s: float = 10.0) -> None:
+        self.uapi_dir = uapi_dir
+        self.timeout_s = timeout_s
+
+    def socket_path(self, ifname: str) -> str:
+        return os.path.join(self.uapi_dir, f"{ifname}.sock")
+
+    async def get(self, ifname: str) -> Device:
+        path = self.socket_path(ifname)
+        parser = GetParser(ifname, source=path)
+
+        async def exchange() -> Device:
+            reader, writer = await self._connect(ifname)
+            try:
+                writer.write(GET_REQUEST)
+                await writer.drain()
+                while True:
+                    chunk = await reader.read(1 << 18)
+                    if not chunk:
+                        return parser.result()  # raises: the reply ended early
+                    if parser.feed(chunk):
+                        return parser.result()
+            finally:
+                writer.close()
+
+        return await self._bounded(exchange(), path, "get")
+
+    async def remove_peers(self, ifname: str, keys: Iterable[str]) -> None:
+        """Remove every key in one ``set=1`` transaction (absent keys are not an error)."""
+        request = encode_remove(keys)
+        if request == b"set=1\n\n":
+            return
+        path = self.socket_path(ifname)
+
+        async def exchange() -> None:
+            reader, writer = await self._connect(ifname)
+            try:
+                writer.write(request)
+                await writer.drain()
+                reply = b""
+                while not reply.endswith(b"\n\n"):
+                    chunk = await reader.read(4096)
+                    if not chunk or len(reply) > 4096:
+                        break
+                    reply += chunk
+            finally:
+                writer.close()
+            code = parse_errno(reply, path)
+            if code != 0:
+                raise WireGuardError(f"{path}: removing peers from {ifname} failed: {errno_text(code)}")
+
+        await self._bounded(exchange(), path, "set")
+
+    async def _connect(self, ifname: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        path = self.socket_path(ifname)
+        try:
+            return await asyncio.open_unix_connection(path)
+        except FileNotFoundError as exc:
+            raise DeviceNotFound(f"{ifname}: no UAPI socket {path}") from exc
+        except ConnectionRefusedError as exc:
+            raise DeviceNotFound(
+                f"{ifname}: nothing listens on {path} (a stale socket of a stopped wireguard-go or boringtun?)"
+            ) from exc
+        except PermissionError as exc:
+            raise WireGuardError(f"{ifname}: permission denied on {path}; wgagent must run as root") from exc
+        except OSError as exc:
+            raise WireGuardError(f"{ifname}: cannot connect to {path}: {exc.strerror or exc}") from exc
+
+    async def _bounded(self, coro: Coroutine[Any, Any, T], path: str, op: str) -> T:
+        try:
+            return await asyncio.wait_for(coro, self.timeout_s)
+        except TimeoutError as exc:
+            raise WireGuardError(f"{path}: no complete {op} reply within {self.timeout_s:g} s") from exc
+        except ConnectionError as exc:
+            raise WireGuardError(f"{path}: connection lost during {op}: {exc.strerror or exc}") from exc
