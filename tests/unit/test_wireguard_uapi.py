@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -187,7 +188,7 @@ def test_huge_reply_in_odd_chunks() -> None:
 def test_chunk_boundaries_do_not_matter(cuts: list[int]) -> None:
     bounds = sorted({0, len(REPLY), *cuts})
     parser = GetParser("wg0")
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         parser.feed(REPLY[a:b])
     assert parser.result() == parse_get(REPLY, "wg0")
 
