@@ -32,6 +32,7 @@ from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
+from wgagent.publicip.part import PublicIPPart
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def build_parts(cfg: Config, state: State) -> Stages:
     observe: list[Part] = []
     act: list[Part] = []
     clean: list[Part] = []
+    if cfg.public_ip.enabled:
+        observe.append(PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir))
     return [stage for stage in (observe, act, clean) if stage]
 
 
