@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON of /status")
     sub.add_parser("doctor", help="explain what is wrong and how to fix it")
     discover = sub.add_parser("discover", help="ask every public IP source once")
-    discover.add_argument("--json", action="store_true")
+    discover.add_argument("--json", action="store_true", help="print the observations and decision as JSON")
     gc = sub.add_parser("gc", help="one dead-peer garbage collection pass")
     gc.add_argument("--dry-run", action="store_true", help="decide and report, remove nothing")
     gc.add_argument("--json", action="store_true")
@@ -165,6 +165,15 @@ def _duration(seconds: float) -> str:
     return f"{d}d{h}h" if d else f"{h}h{m}m" if h else f"{m}m{s}s"
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from wgagent import logs
+    from wgagent.publicip.report import discover_command
+
+    cfg, _, _ = _load(args)
+    logs.setup(cfg.log_level)
+    return discover_command(cfg.public_ip, as_json=args.json, out=sys.stdout)
+
+
 def _not_built(part: str) -> Any:
     def cmd(_: argparse.Namespace) -> int:
         print(f"wgagent: this build has no {part} yet", file=sys.stderr)
@@ -177,6 +186,6 @@ _COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "doctor": _not_built("doctor (it comes with the WireGuard part)"),
-    "discover": _not_built("public IP discovery"),
+    "discover": cmd_discover,
     "gc": _not_built("peer garbage collection"),
 }
