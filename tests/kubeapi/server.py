@@ -1,0 +1,857 @@
+"""An HTTPS Kubernetes API stand-in for Nodes, good enough for the real kubectl and for wgagent.
+
+    async with KubeAPI(nodes=["n1", "n2"]) as api:       # 127.0.0.1, a free port, a test PKI
+        kc = api.node_kubeconfig("n1")                    # CN=system:node:n1, O=system:nodes
+        ...
+        api.store.set_annotations("n1", {"k": None})      # someone removes an annotation
+        api.k3s_restart("n1")                             # flannel re-reads the overwrite
+        api.counts                                        # Counter[(user, verb)]
+
+What it serves, as the API server does:
+- ``/version``, ``/api``, ``/apis`` (legacy and aggregated discovery v2/v2beta1), ``/api/v1``;
+- ``/api/v1/nodes``: LIST (``fieldSelector=metadata.name=``, ``labelSelector``), WATCH
+  (``resourceVersion``, ``allowWatchBookmarks``, ``timeoutSeconds``; 410 as an ERROR event
+  for a resourceVersion older than the history window), POST;
+- ``/api/v1/nodes/{name}``: GET, PATCH (merge, strategic merge, JSON patch), PUT
+  (resourceVersion conflicts are 409), DELETE;
+- content negotiation: ``as=Table`` (kubectl's columns), ``as=PartialObjectMetadata(List)``,
+  plain JSON; 406 otherwise. Errors are ``Status`` objects (401, 403, 404, 409, 410, 422).
+
+Authentication: client certificates signed by the test CA (CN = user, O = groups) and
+bearer tokens. Authorization: ``system:masters`` may do anything; ``system:k3s-controller``
+may get, list and watch Nodes; a node (``system:node:<name>`` in ``system:nodes``) may get,
+patch, update and create only its own Node, and list/watch only with
+``fieldSelector=metadata.name=<name>`` (the node authorizer with AuthorizeNodeWithSelectors).
+
+Time: ``time_scale`` real seconds per simulated second. Watch timeouts (``timeoutSeconds``,
+or 1800-3600 s when not given, like ``--min-request-timeout``), bookmarks (every 60 s, and
+just before a watch times out) and the history window run on simulated time, so a test or
+the benchmark can run an honest hour in seconds.
+
+Faults: :meth:`fail_next` (5xx), :meth:`drop_next` (connection closed before an answer),
+``latency_s``, :meth:`expire_watches` (410), :meth:`drop_watches`, :meth:`stop`/:meth:`start`
+(the API down and back on the same port), and ``store.set_annotations(...)`` behind the
+agent's back. Every request is counted by user and verb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from tests.kubeapi.pki import PKI
+from tests.kubeapi.store import (
+    KUBELET_VERSION,
+    ApiError,
+    NodeStore,
+    Obj,
+    TooOld,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
+
+ADMIN_TOKEN = "admin-token-0123456789"
+CONTROLLER = "system:k3s-controller"
+AGGREGATED = "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+JSON_CT = "application/json"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: tuple[str, ...] = ()
+
+    @property
+    def node(self) -> str | None:
+        if "system:nodes" in self.groups and self.name.startswith("system:node:"):
+            return self.name[len("system:node:") :]
+        return None
+
+
+@dataclass
+class Fault:
+    kind: str  # "fail" | "drop" | "gone"
+    times: int
+    status: int = 503
+    verbs: frozenset[str] | None = None
+    users: frozenset[str] | None = None
+
+    def matches(self, verb: str, user: str) -> bool:
+        return (self.verbs is None or verb in self.verbs) and (self.users is None or user in self.users)
+
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    query: str
+    user: str
+    verb: str
+    status: int = 0
+    bytes: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+
+class KubeAPI:
+    def __init__(
+        self,
+        *,
+        nodes: Iterable[str] = (),
+        servers: Iterable[str] = (),
+        pki: PKI | None = None,
+        workdir: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        time_scale: float = 1.0,
+        bookmark_interval_s: float = 60.0,
+        history_s: float = 75.0,
+        seed: int = 1,
+    ) -> None:
+        self._own_dir = workdir is None and pki is None
+        self.dir = workdir or (pki.dir if pki else tempfile.mkdtemp(prefix="kubeapi-"))
+        self._pki = pki
+        self.host = host
+        self.port = port
+        self.time_scale = time_scale
+        self.bookmark_interval_s = bookmark_interval_s
+        self._t0 = time.monotonic()
+        self.store = NodeStore(clock=self.sim_now, history_s=history_s)
+        self.tokens: dict[str, User] = {ADMIN_TOKEN: User("admin", ("system:masters",))}
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.bytes_sent: Counter[str] = Counter()
+        self.requests: list[Record] = []
+        self.faults: list[Fault] = []
+        self.latency_s = 0.0
+        self._rand = random.Random(seed)
+        self._runner: web.AppRunner | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._transports: set[asyncio.Transport] = set()
+        for name in servers:
+            self.store.add(name, role="server")
+        for name in nodes:
+            self.store.add(name)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def pki(self) -> PKI:
+        if self._pki is None:
+            self._pki = PKI.create(os.path.join(self.dir, "pki"))
+        return self._pki
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def sim_now(self) -> float:
+        return (time.monotonic() - self._t0) / self.time_scale
+
+    async def start(self) -> None:
+        """Listen (again, on the same port after :meth:`stop`)."""
+        if self._ssl is None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.pki.ca_cert)
+            ctx.load_cert_chain(self.pki.server_cert, self.pki.server_key)
+            ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer tokens need no client certificate
+            self._ssl = ctx
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        app = web.Application(middlewares=[], client_max_size=8 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, ssl_context=self._ssl).start()
+
+    async def stop(self) -> None:
+        """The API server goes away: open connections are cut, new ones refused."""
+        runner, self._runner = self._runner, None
+        self.store.signal("close")
+        for transport in list(self._transports):
+            transport.abort()
+        if runner is not None:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def __aenter__(self) -> KubeAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- credentials ---------------------------------------------------------------------
+
+    def node_kubeconfig(self, node: str, *, inline: bool = False) -> str:
+        cert = self.pki.client(f"system:node:{node}", "system:nodes")
+        return self.pki.kubeconfig(self._kc_path(f"node-{node}", inline), self.url, cert=cert, inline=inline)
+
+    def controller_kubeconfig(self) -> str:
+        cert = self.pki.client(CONTROLLER)
+        return self.pki.kubeconfig(self._kc_path("k3scontroller", False), self.url, cert=cert)
+
+    def admin_kubeconfig(self) -> str:
+        return self.pki.kubeconfig(self._kc_path("admin", True), self.url, token=ADMIN_TOKEN, inline=True)
+
+    def token_kubeconfig(self, token: str, user: User, *, token_file: bool = False) -> str:
+        self.tokens[token] = user
+        name = "token-" + "".join(c if c.isalnum() else "_" for c in user.name)
+        if token_file:
+            tf = os.path.join(self.dir, name + ".token")
+            with open(tf, "w") as f:
+                f.write(token + "\n")
+            return self.pki.kubeconfig(self._kc_path(name, True), self.url, token_file=tf, inline=True)
+        return self.pki.kubeconfig(self._kc_path(name, True), self.url, token=token, inline=True)
+
+    def _kc_path(self, name: str, inline: bool) -> str:
+        os.makedirs(os.path.join(self.dir, "kubeconfigs"), exist_ok=True)
+        return os.path.join(self.dir, "kubeconfigs", name + ("-inline" if inline else "") + ".yaml")
+
+    # --- faults and simulations ----------------------------------------------------------
+
+    def fail_next(self, times: int = 1, *, status: int = 503, verbs: Sequence[str] | None = None) -> None:
+        """The next ``times`` matching requests are answered ``status`` (a Status object)."""
+        self.faults.append(Fault("fail", times, status, frozenset(verbs) if verbs else None))
+
+    def drop_next(self, times: int = 1, *, verbs: Sequence[str] | None = None) -> None:
+        """The next ``times`` matching requests see their connection closed, no answer."""
+        self.faults.append(Fault("drop", times, 0, frozenset(verbs) if verbs else None))
+
+    def gone_next_watch(self, times: int = 1) -> None:
+        """The next ``times`` watches are answered with an ERROR event 410 (Expired)."""
+        self.faults.append(Fault("gone", times, 410, frozenset({"watch"})))
+
+    def expire_watches(self) -> None:
+        """Compact the history: open watches get 410 Gone, and so does any watch from before."""
+        self.store.compact()
+        self.store.signal("gone")
+
+    def drop_watches(self) -> None:
+        """Cut every open watch mid-stream (as a broken connection would)."""
+        self.store.signal("drop")
+
+    def bookmark_now(self) -> None:
+        """Send a bookmark on every watch that allowed them, now."""
+        self.store.signal("bookmark")
+
+    def k3s_restart(self, node: str, *, wipe_overwrite: bool = False) -> Obj:
+        """Act as flannel on a k3s restart of ``node``: public-ip := public-ip-overwrite."""
+        return self.store.k3s_restart(node, wipe_overwrite=wipe_overwrite)
+
+    def reset_counts(self) -> None:
+        self.counts.clear()
+        self.bytes_sent.clear()
+        self.requests.clear()
+
+    def count(self, *, user: str | None = None, verb: str | None = None) -> int:
+        return sum(
+            n for (u, v), n in self.counts.items() if (user is None or u == user) and (verb is None or v == verb)
+        )
+
+    def _take_fault(self, verb: str, user: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.matches(verb, user):
+                fault.times -= 1
+                return fault
+        self.faults = [f for f in self.faults if f.times > 0]
+        return None
+
+    # --- request handling ---------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            self._transports.add(transport)  # type: ignore[arg-type]
+        try:
+            return await self._handle_counted(request)
+        except _Dropped:
+            return web.Response(status=500)  # never reaches the client: its connection is gone
+        finally:
+            if transport is not None:
+                self._transports.discard(transport)  # type: ignore[arg-type]
+
+    async def _handle_counted(self, request: web.Request) -> web.StreamResponse:
+        user = self._authenticate(request)
+        verb, name = _classify(request)
+        record = Record(request.method, request.path, request.query_string, user.name if user else "-", verb)
+        if verb != "control":
+            self.requests.append(record)
+            self.counts[(record.user, verb)] += 1
+        try:
+            if self.latency_s and verb != "control":
+                await asyncio.sleep(self.latency_s)
+            fault = self._take_fault(verb, record.user) if verb != "control" else None
+            if fault is not None and fault.kind == "drop":
+                if request.transport is not None:
+                    request.transport.abort()
+                raise _Dropped()
+            if fault is not None and fault.kind == "fail":
+                reason = "ServiceUnavailable" if fault.status == 503 else "InternalError"
+                raise ApiError(fault.status, reason, "injected fault")
+            if user is None:
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            resp = await self._route(request, user, verb, name, record, fault)
+        except ApiError as exc:
+            resp = _json(exc.status(), exc.code)
+        if isinstance(resp, web.Response) and resp.body is not None:
+            record.bytes = len(resp.body)  # type: ignore[arg-type]
+            self.bytes_sent[record.user] += record.bytes
+        record.status = resp.status
+        return resp
+
+    def _authenticate(self, request: web.Request) -> User | None:
+        transport = request.transport
+        peer = transport.get_extra_info("peercert") if transport is not None else None
+        if peer:
+            cn, orgs = "", []
+            for rdn in peer.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        cn = value
+                    elif key == "organizationName":
+                        orgs.append(value)
+            if cn:
+                return User(cn, tuple(orgs))
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return self.tokens.get(auth[len("Bearer ") :].strip())
+        return None
+
+    async def _route(
+        self, request: web.Request, user: User, verb: str, name: str | None, record: Record, fault: Fault | None
+    ) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        accept = request.headers.get("Accept", "")
+        if verb == "control":
+            return await self._control(request, user)
+        if path == "/version":
+            return _json(_version())
+        if path in ("/api", "/apis"):
+            return _discovery(path, accept, self.url)
+        if path == "/api/v1":
+            return _json(_resource_list())
+        if not path.startswith("/api/v1/nodes"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        field_name = _field_selector(request.query.get("fieldSelector", ""))
+        _authorize(user, verb, name, field_name)
+        if verb == "watch":
+            return await self._watch(request, user, field_name, record, gone=fault is not None)
+        if verb == "list":
+            fmt = _negotiate(accept, "list")
+            items = [n for n in self.store.list() if field_name is None or n["metadata"]["name"] == field_name]
+            items = _label_filter(items, request.query.get("labelSelector", ""))
+            return _json(_render_list(items, fmt, str(self.store.rv), request.query))
+        assert name is not None
+        if verb == "get":
+            fmt = _negotiate(accept, "object")
+            return _json(_render_object(self.store.get(name), fmt, request.query))
+        if verb == "create":
+            body = await _body_json(request)
+            if user.node is not None and (body.get("metadata") or {}).get("name") != user.node:
+                raise _forbidden(user, "create", name or "")
+            return _json(self.store.create(body), 201)
+        if verb == "delete":
+            self.store.delete(name)
+            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                          "details": {"name": name, "kind": "nodes"}})  # fmt: skip
+        dry_run = request.query.get("dryRun") == "All"
+        if verb == "update":
+            body = await _body_json(request)
+            return _json(_render_object(self.store.update(name, lambda _: body, dry_run=dry_run), _negotiate(
+                accept, "object"), request.query))  # fmt: skip
+        if verb == "patch":
+            ctype = request.content_type
+            patch = await _body_json(request, allow_list=ctype == "application/json-patch+json")
+            if ctype == "application/merge-patch+json":
+                apply = lambda node: merge_patch(node, patch)  # noqa: E731
+            elif ctype == "application/strategic-merge-patch+json":
+                apply = lambda node: strategic_merge_patch(node, patch)  # noqa: E731
+            elif ctype == "application/json-patch+json":
+                apply = lambda node: json_patch(node, patch)  # noqa: E731
+            else:
+                raise ApiError(
+                    415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
+                )
+            rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+            node = self.store.update(name, lambda n: _keep_rv(apply(n), rv), dry_run=dry_run)
+            return _json(_render_object(node, _negotiate(accept, "object"), request.query))
+        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    async def _watch(
+        self, request: web.Request, user: User, field_name: str | None, record: Record, *, gone: bool
+    ) -> web.StreamResponse:
+        fmt = _negotiate(request.headers.get("Accept", ""), "watch")
+        q = request.query
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        timeout_s = float(q["timeoutSeconds"]) if q.get("timeoutSeconds", "").isdigit() else 1800 * (
+            1 + self._rand.random())  # fmt: skip
+        rv_text = q.get("resourceVersion", "")
+        watcher = self.store.subscribe()
+        resp = web.StreamResponse(headers={"Content-Type": JSON_CT, "Cache-Control": "no-cache, private"})
+        resp.enable_chunked_encoding()
+        headers_sent = [False]
+        last_rv = self.store.rv
+
+        async def send(event_type: str, obj: Obj) -> None:
+            if fmt == "table" and event_type != "BOOKMARK":
+                obj = _table([obj], headers=not headers_sent[0], rv=obj["metadata"]["resourceVersion"], query=q)
+                headers_sent[0] = True
+            elif fmt == "metadata":
+                obj = _partial(obj)
+            line = (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
+            record.bytes += len(line)
+            self.bytes_sent[record.user] += len(line)
+            await resp.write(line)
+
+        def visible(obj: Obj) -> bool:
+            return field_name is None or obj["metadata"]["name"] == field_name
+
+        async def bookmark() -> None:
+            if bookmarks:
+                await send("BOOKMARK", _bookmark(str(last_rv), fmt))
+
+        try:
+            if gone:
+                raise TooOld(int(rv_text) if rv_text.isdigit() else 0, self.store.oldest_rv)
+            if rv_text in ("", "0"):
+                initial = [("ADDED", n) for n in self.store.list()]
+            elif not rv_text.isdigit():
+                raise ApiError(400, "BadRequest", f"invalid resource version: {rv_text}")
+            else:
+                initial = [(e.type, e.object) for e in self.store.events_since(int(rv_text))]
+                last_rv = int(rv_text)
+            await resp.prepare(request)
+            for event_type, obj in initial:
+                last_rv = max(last_rv, int(obj["metadata"]["resourceVersion"]))
+                if visible(obj):
+                    await send(event_type, obj)
+            last_rv = max(last_rv, self.store.rv if rv_text in ("", "0") else last_rv)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s * self.time_scale
+            next_bookmark = loop.time() + self.bookmark_interval_s * self.time_scale
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    await bookmark()  # the API server sends one as a watch times out
+                    break
+                if now >= next_bookmark:
+                    await bookmark()
+                    next_bookmark += self.bookmark_interval_s * self.time_scale
+                    continue
+                try:
+                    item = await asyncio.wait_for(watcher.queue.get(), min(deadline, next_bookmark) - now)
+                except TimeoutError:
+                    continue
+                if isinstance(item, str):
+                    if item == "bookmark":
+                        await bookmark()
+                    elif item == "gone":
+                        raise TooOld(last_rv, self.store.oldest_rv)
+                    elif item in ("drop", "close"):
+                        if request.transport is not None:
+                            request.transport.abort()
+                        raise _Dropped()
+                    continue
+                if item.rv <= last_rv:
+                    continue  # already sent from the history
+                last_rv = item.rv
+                if visible(item.object):
+                    await send(item.type, item.object)
+        except TooOld as exc:
+            status = ApiError(410, "Expired", str(exc)).status()
+            if not resp.prepared:
+                await resp.prepare(request)
+            await resp.write((json.dumps({"type": "ERROR", "object": status}) + "\n").encode())
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self.store.unsubscribe(watcher)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+        return resp
+
+    async def _control(self, request: web.Request, user: User) -> web.StreamResponse:
+        """``/_standin/...`` for a stand-in run as a script (admin only): counts and faults."""
+        if "system:masters" not in user.groups:
+            raise ApiError(403, "Forbidden", "the stand-in's control endpoints need the admin credential")
+        if request.method == "GET" and request.path == "/_standin/counts":
+            return _json(
+                {
+                    "requests": [{"user": u, "verb": v, "count": n} for (u, v), n in sorted(self.counts.items())],
+                    "restarts": dict(self.store.restarts),
+                }
+            )
+        if request.method != "POST" or request.path != "/_standin/control":
+            raise ApiError(404, "NotFound", "control: GET /_standin/counts or POST /_standin/control")
+        body = await _body_json(request)
+        action = body.get("action")
+        node = str(body.get("node", ""))
+        result: Any = None
+        if action == "k3s_restart":
+            result = self.k3s_restart(node, wipe_overwrite=bool(body.get("wipe_overwrite")))
+        elif action == "set_annotations":
+            result = self.store.set_annotations(node, body.get("annotations") or {})
+        elif action == "add_node":
+            result = self.store.add(node, role=str(body.get("role", "agent")), annotations=body.get("annotations"))
+        elif action == "delete_node":
+            result = self.store.delete(node)
+        elif action == "fail":
+            self.fail_next(int(body.get("times", 1)), status=int(body.get("status", 503)), verbs=body.get("verbs"))
+        elif action == "drop":
+            self.drop_next(int(body.get("times", 1)), verbs=body.get("verbs"))
+        elif action == "latency":
+            self.latency_s = float(body.get("seconds", 0))
+        elif action == "expire_watches":
+            self.expire_watches()
+        elif action == "drop_watches":
+            self.drop_watches()
+        elif action == "reset_counts":
+            self.reset_counts()
+        else:
+            raise ApiError(400, "BadRequest", f"unknown action {action!r}")
+        return _json({"ok": True, "result": result})
+
+
+class _Dropped(Exception):
+    pass
+
+
+# --- helpers: classification, authorization -----------------------------------------------
+
+
+def _classify(request: web.Request) -> tuple[str, str | None]:
+    """(verb, node name) for a request; verbs as RBAC names them, plus "discovery"/"control"."""
+    path = request.path.rstrip("/")
+    if path.startswith("/_standin/"):
+        return "control", None
+    if path == "/api/v1/nodes":
+        if request.method == "GET":
+            return ("watch" if request.query.get("watch") in ("true", "1") else "list"), None
+        return ("create" if request.method == "POST" else "other"), None
+    if path.startswith("/api/v1/nodes/"):
+        name = path[len("/api/v1/nodes/") :]
+        verbs = {"GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+        return verbs.get(request.method, "other"), name
+    return "discovery", None
+
+
+def _forbidden(user: User, verb: str, name: str, why: str = "") -> ApiError:
+    target = f'nodes "{name}"' if name else "nodes"
+    scope = "at the cluster scope" + (f": {why}" if why else "")
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{target} is forbidden: User "{user.name}" cannot {verb} resource "nodes" in API group "" {scope}',
+        {"name": name, "kind": "nodes"} if name else {"kind": "nodes"},
+    )
+
+
+def _authorize(user: User, verb: str, name: str | None, field_name: str | None) -> None:
+    if "system:masters" in user.groups:
+        return
+    if user.name == CONTROLLER:
+        if verb in ("get", "list", "watch"):
+            return
+        raise _forbidden(user, verb, name or "")
+    own = user.node
+    if own is not None:
+        if verb in ("list", "watch"):
+            if field_name == own:
+                return
+            raise _forbidden(user, verb, "", f"node '{own}' cannot read all nodes, only its own Node object")
+        if verb in ("get", "patch", "update", "create") and name in (own, None):
+            return
+        raise _forbidden(user, verb, name or "", f"node '{own}' cannot {verb} '{name}', only its own Node object")
+    raise _forbidden(user, verb, name or "")
+
+
+def _field_selector(text: str) -> str | None:
+    if not text:
+        return None
+    key, sep, value = text.partition("==") if "==" in text else text.partition("=")
+    if not sep or key.strip() != "metadata.name" or "," in value:
+        raise ApiError(400, "BadRequest", f'"{text}" is not a known field selector: only "metadata.name"')
+    return value.strip()
+
+
+def _label_filter(items: list[Obj], selector: str) -> list[Obj]:
+    if not selector:
+        return items
+    out = items
+    for term in selector.split(","):
+        term = term.strip()
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            out = [n for n in out if (n["metadata"].get("labels") or {}).get(k.strip()) != v.strip()]
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            out = [n for n in out if (n["metadata"].get("labels") or {}).get(k.strip()) == v.strip()]
+        elif term.startswith("!"):
+            out = [n for n in out if term[1:] not in (n["metadata"].get("labels") or {})]
+        else:
+            out = [n for n in out if term in (n["metadata"].get("labels") or {})]
+    return out
+
+
+def _keep_rv(node: Obj, rv: Any) -> Obj:
+    """A patch that names a resourceVersion is a precondition (409 when stale)."""
+    meta = node.setdefault("metadata", {})
+    meta["resourceVersion"] = rv if isinstance(rv, str) else None
+    return node
+
+
+async def _body_json(request: web.Request, *, allow_list: bool = False) -> Any:
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) and not (allow_list and isinstance(body, list)):
+        raise ApiError(400, "BadRequest", "the request body must be a JSON object")
+    return body
+
+
+# --- helpers: rendering ----------------------------------------------------------------
+
+
+def _json(obj: Any, status: int = 200, content_type: str = JSON_CT) -> web.Response:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": content_type})
+
+
+def _negotiate(accept: str, want: str) -> str:
+    """The rendering ("table", "metadata" or "full") an Accept header asks for; 406 if none fits."""
+    if not accept.strip():
+        return "full"
+    for entry in accept.split(","):
+        mtype, *raw = (p.strip() for p in entry.split(";"))
+        params = dict(p.split("=", 1) for p in raw if "=" in p)
+        if mtype not in ("application/json", "application/*", "*/*"):
+            continue
+        kind = params.get("as")
+        if kind is None:
+            return "full"
+        if params.get("g") != "meta.k8s.io" or params.get("v") not in ("v1", "v1beta1"):
+            continue
+        if kind == "Table":
+            return "table"
+        if kind == "PartialObjectMetadata" and want in ("object", "watch"):
+            return "metadata"
+        if kind == "PartialObjectMetadataList" and want in ("list", "watch"):
+            return "metadata"
+    raise ApiError(406, "NotAcceptable", f"only the following media types are accepted: application/json; got {accept}")
+
+
+def _partial(node: Obj) -> Obj:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": node["metadata"]}
+
+
+def _bookmark(rv: str, fmt: str) -> Obj:
+    kind, api = ("PartialObjectMetadata", "meta.k8s.io/v1") if fmt == "metadata" else ("Node", "v1")
+    return {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rv, "creationTimestamp": None}}
+
+
+def _render_object(node: Obj, fmt: str, query: Mapping[str, str]) -> Obj:
+    if fmt == "table":
+        return _table([node], headers=True, rv=node["metadata"]["resourceVersion"], query=query)
+    return _partial(node) if fmt == "metadata" else node
+
+
+def _render_list(items: list[Obj], fmt: str, rv: str, query: Mapping[str, str]) -> Obj:
+    if fmt == "table":
+        return _table(items, headers=True, rv=rv, query=query)
+    if fmt == "metadata":
+        return {
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": rv},
+            "items": [_partial(n) for n in items],
+        }
+    for item in items:
+        item.pop("kind", None)
+        item.pop("apiVersion", None)
+    return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+
+
+_COLUMNS = [
+    ("Name", "name", 0, "Name must be unique within a namespace."),
+    ("Status", "", 0, "The status of the node"),
+    ("Roles", "", 0, "The roles of the node"),
+    ("Age", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+    ("Version", "", 0, "Kubelet Version reported by the node."),
+    ("Internal-IP", "", 1, "List of internal IPs in the node."),
+    ("External-IP", "", 1, "List of external IPs in the node."),
+    ("OS-Image", "", 1, "OS Image reported by the node from /etc/os-release (e.g. Ubuntu 14.04 LTS)."),
+    ("Kernel-Version", "", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
+    ("Container-Runtime", "", 1, "Container Runtime Version reported by the node through runtime remote API."),
+]
+
+
+def _table(nodes: list[Obj], *, headers: bool, rv: str, query: Mapping[str, str]) -> Obj:
+    """The API server's Table for Nodes (what ``kubectl get nodes`` prints)."""
+    include = query.get("includeObject", "Metadata")
+    rows = []
+    for node in nodes:
+        row: Obj = {"cells": _cells(node)}
+        if include == "Object":
+            row["object"] = node
+        elif include != "None":
+            row["object"] = _partial(node)
+        rows.append(row)
+    table: Obj = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}}
+    if headers:
+        table["columnDefinitions"] = [
+            {"name": n, "type": "string", "format": f, "description": d, "priority": p} for n, f, p, d in _COLUMNS
+        ]
+    table["rows"] = rows
+    return table
+
+
+def _cells(node: Obj) -> list[str]:
+    meta, spec, status = node["metadata"], node.get("spec") or {}, node.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    state = "Ready" if ready else "NotReady"
+    if spec.get("unschedulable"):
+        state += ",SchedulingDisabled"
+    prefix = "node-role.kubernetes.io/"
+    roles = sorted(k[len(prefix) :] for k in (meta.get("labels") or {}) if k.startswith(prefix))
+    addresses = status.get("addresses") or []
+    info = status.get("nodeInfo") or {}
+
+    def addr(kind: str) -> str:
+        return next((a["address"] for a in addresses if a.get("type") == kind), "<none>")
+
+    return [
+        meta["name"],
+        state,
+        ",".join(roles) or "<none>",
+        _age(meta.get("creationTimestamp")),
+        info.get("kubeletVersion", ""),
+        addr("InternalIP"),
+        addr("ExternalIP"),
+        info.get("osImage", ""),
+        info.get("kernelVersion", ""),
+        info.get("containerRuntimeVersion", ""),
+    ]
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "<unknown>"
+    then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    s = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    if s < 120:
+        return f"{s}s"
+    m = s // 60
+    if m < 10:
+        return f"{m}m{s % 60}s"
+    if m < 180:
+        return f"{m}m"
+    h = m // 60
+    if h < 8:
+        return f"{h}h{m % 60}m"
+    return f"{h}h" if h < 48 else f"{h // 24}d"
+
+
+def _version() -> Obj:
+    return {
+        "major": "1",
+        "minor": "32",
+        "gitVersion": KUBELET_VERSION,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-04-22T00:00:00Z",
+        "goVersion": "go1.23.6",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }
+
+
+_NODE_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def _resource_list() -> Obj:
+    return {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node", "verbs": _NODE_VERBS,
+             "shortNames": ["no"], "storageVersionHash": "XwShjMxG9Fs="},
+            {"name": "nodes/status", "singularName": "", "namespaced": False, "kind": "Node",
+             "verbs": ["get", "patch", "update"]},
+        ],
+    }  # fmt: skip
+
+
+def _discovery(path: str, accept: str, url: str) -> web.Response:
+    """Aggregated discovery when asked for it (kubectl >= 1.26 asks first), else legacy."""
+    for entry in accept.split(","):
+        params = dict(p.strip().split("=", 1) for p in entry.split(";")[1:] if "=" in p)
+        if params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList":
+            version = params.get("v", "")
+            if version in ("v2", "v2beta1"):
+                items = [] if path == "/apis" else [_core_group_discovery()]
+                body = {
+                    "kind": "APIGroupDiscoveryList",
+                    "apiVersion": f"apidiscovery.k8s.io/{version}",
+                    "metadata": {},
+                    "items": items,
+                }
+                return _json(body, content_type=AGGREGATED.format(v=version))
+    if path == "/apis":
+        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+    host = url.split("://", 1)[1]
+    return _json(
+        {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+        }
+    )
+
+
+def _core_group_discovery() -> Obj:
+    node_kind = {"group": "", "version": "v1", "kind": "Node"}
+    return {
+        "metadata": {"creationTimestamp": None},
+        "versions": [
+            {
+                "version": "v1",
+                "resources": [
+                    {
+                        "resource": "nodes",
+                        "responseKind": node_kind,
+                        "scope": "Cluster",
+                        "singularResource": "node",
+                        "verbs": _NODE_VERBS,
+                        "shortNames": ["no"],
+                        "subresources": [
+                            {"subresource": "status", "responseKind": node_kind, "verbs": ["get", "patch", "update"]}
+                        ],
+                    }
+                ],
+                "freshness": "Current",
+            }
+        ],
+    }
