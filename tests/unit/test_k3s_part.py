@@ -1,0 +1,244 @@
+"""K3sPart end to end over a temp config dir, a fake systemd and a fake clock."""
+
+from __future__ import annotations
+
+import errno
+import os
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.unit.test_k3s_restart import Clock, FakeSystemd
+from wgagent import fsutil
+from wgagent.config import K3sConfig
+from wgagent.k3s import K3sPart, Restarter, Role, render_dropin
+from wgagent.model import PublicAddresses
+from wgagent.state import State
+
+V4 = IPv4Address("203.0.113.7")
+V4_NEW = IPv4Address("198.51.100.20")
+V6 = IPv6Address("2001:db8::7")
+SERVER = Role("server", "k3s.service", "k3s.role: server")
+AGENT = Role("agent", "k3s-agent.service", "k3s.role: agent")
+
+
+class Node:
+    """One node: its k3s config dir, wgagent's state, a fake systemd, the adopted address."""
+
+    def __init__(self, tmp: Path, role: Role | None = SERVER, active: str = "inactive", **cfg: object) -> None:
+        self.clock = Clock()
+        self.systemd = FakeSystemd(self.clock, active=active)
+        self.cfg = K3sConfig(config_dir=str(tmp / "etc-rancher-k3s"), data_dir=str(tmp / "data"), **cfg)  # type: ignore[arg-type]
+        self.state = State(node="node1", version="test", clock=self.clock.wall)
+        self.address: PublicAddresses | None = PublicAddresses(V4)
+        self.state_dir = str(tmp / "state")
+        self.role = role
+        self.detected: Role | None = None
+        self.part = self.new_part()
+
+    def new_part(self) -> K3sPart:
+        restarter = Restarter(
+            self.cfg,
+            state_dir=self.state_dir,
+            unit=None,
+            metrics=self.state.metrics,
+            runner=self.systemd,
+            clock=self.clock.wall,
+            monotonic=self.clock.monotonic,
+        )
+        return K3sPart(
+            self.state,
+            self.cfg,
+            public_ip=lambda: self.address,
+            role=self.role,
+            restarter=restarter,
+            detect=lambda: self.detected,
+            missing_detail=lambda: "no k3s found: test",
+        )
+
+    @property
+    def path(self) -> Path:
+        return Path(self.cfg.config_dir) / "config.yaml.d" / "50-wgagent.yaml"
+
+    def dropin(self) -> dict[str, object]:
+        loaded = yaml.safe_load(self.path.read_text())
+        assert isinstance(loaded, dict)
+        return loaded
+
+    def user_file(self, name: str, text: str) -> None:
+        path = Path(self.cfg.config_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def check(self) -> tuple[bool, str]:
+        c = self.state.checks["k3s_config"]
+        return c.ok, c.detail
+
+    def status(self) -> dict[str, object]:
+        part = self.state.status()["parts"]["k3s"]
+        assert isinstance(part, dict)
+        return part
+
+
+async def test_first_write_at_boot_needs_no_restart(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="inactive")
+    await node.part.reconcile()
+    assert node.dropin() == {
+        "node-external-ip": ["203.0.113.7"],
+        "flannel-backend": "wireguard-native",
+        "flannel-external-ip": True,
+    }
+    assert os.stat(node.path).st_mode & 0o777 == 0o600
+    assert node.systemd.restart_calls == []
+    ok, detail = node.check()
+    assert ok, detail
+    assert detail.startswith(f"{node.path} written (server): node-external-ip 203.0.113.7, flannel-backend")
+    assert "k3s.service is inactive" in detail
+    status = node.status()
+    assert status["dropin_state"] == "written" and status["role"] == "server" and status["unit"] == "k3s.service"
+    assert node.state.role == "server"
+    await node.part.reconcile()
+    assert node.status()["dropin_state"] == "unchanged"
+
+
+async def test_changed_address_restarts_a_running_k3s_once(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active")
+    node.address = PublicAddresses(V4)
+    await node.part.reconcile()  # wgagent installed on a running node: the new file needs a restart
+    assert len(node.systemd.restart_calls) == 1
+    node.clock.advance(700)
+    node.address = PublicAddresses(V4_NEW, V6)
+    await node.part.reconcile()
+    assert node.dropin()["node-external-ip"] == ["198.51.100.20", "2001:db8::7"]
+    assert len(node.systemd.restart_calls) == 2
+    ok, detail = node.check()
+    assert ok and "restarted k3s.service: 50-wgagent.yaml changed: node-external-ip 203.0.113.7 -> " in detail
+    node.clock.advance(700)
+    await node.part.reconcile()  # nothing changed: no restart
+    assert len(node.systemd.restart_calls) == 2
+
+
+async def test_rate_limited_restart_fails_the_check_and_is_retried_on_later_passes(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active")
+    await node.part.reconcile()
+    node.clock.advance(60)
+    node.address = PublicAddresses(V4_NEW)
+    await node.part.reconcile()
+    ok, detail = node.check()
+    assert not ok and detail.startswith("restart pending: rate limit: restarted 60 s ago")
+    assert node.status()["restart"]["pending"] == (  # type: ignore[index]
+        "50-wgagent.yaml changed: node-external-ip 203.0.113.7 -> 198.51.100.20"
+    )
+    node.clock.advance(60)
+    await node.part.reconcile()
+    assert not node.check()[0] and len(node.systemd.restart_calls) == 1
+    # wgagent restarts (a reload rebuilds parts): the pending restart is not forgotten
+    node.part = node.new_part()
+    node.clock.advance(500)
+    await node.part.reconcile()
+    assert len(node.systemd.restart_calls) == 2
+    ok, detail = node.check()
+    assert ok and "restarted k3s.service: 50-wgagent.yaml changed" in detail
+
+
+async def test_restart_off_says_pending(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active", restart=False)
+    await node.part.reconcile()
+    ok, detail = node.check()
+    assert not ok and "restarts are off (k3s.restart: false); to apply it: systemctl restart k3s.service" in detail
+    assert node.systemd.restart_calls == []
+    assert node.path.exists()  # the file is written all the same
+
+
+async def test_comment_only_change_needs_no_restart(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active")
+    old = render_dropin("server", PublicAddresses(V4), node.cfg).replace("# Generated by wgagent.", "# Old header.")
+    fsutil.atomic_write(str(node.path), old.encode())
+    await node.part.reconcile()
+    assert node.path.read_text().startswith("# Generated by wgagent.")
+    assert node.systemd.restart_calls == []
+    assert node.check()[0]
+
+
+async def test_no_public_ip_yet_writes_no_address(tmp_path: Path) -> None:
+    node = Node(tmp_path, role=AGENT)
+    node.address = None
+    await node.part.reconcile()
+    assert yaml.safe_load(node.path.read_text()) is None  # comments only
+    assert "node-external-ip: not written yet" in node.path.read_text()
+    ok, detail = node.check()
+    assert ok and "no node-external-ip yet (no public IP)" in detail
+
+
+async def test_no_public_ip_keeps_the_address_already_written(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active")
+    node.address = PublicAddresses(V4, V6)
+    await node.part.reconcile()
+    node.part = node.new_part()  # wgagent restarted; discovery has no answer yet
+    node.address = None
+    node.clock.advance(700)
+    await node.part.reconcile()
+    assert node.dropin()["node-external-ip"] == ["203.0.113.7", "2001:db8::7"]
+    assert node.status()["address_from"] == "existing drop-in"
+    assert len(node.systemd.restart_calls) == 1
+
+
+async def test_later_user_dropin_and_broken_yaml_fail_the_check_without_touching_them(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.user_file("config.yaml", "token: secret\nnode-name: [\n")
+    node.user_file("config.yaml.d/90-mine.yaml", "node-external-ip: 198.51.100.9\n")
+    before = {p: p.read_bytes() for p in Path(node.cfg.config_dir).rglob("*") if p.is_file()}
+    await node.part.reconcile()
+    ok, detail = node.check()
+    assert not ok
+    assert detail.startswith(f"{node.cfg.config_dir}/config.yaml:3: not valid YAML")
+    assert detail.endswith("(and 1 more, see 'wgagent status')")
+    findings = node.status()["findings"]
+    assert isinstance(findings, list) and len(findings) == 2
+    assert findings[1].startswith(f"{node.cfg.config_dir}/config.yaml.d/90-mine.yaml:1: node-external-ip:")
+    after = {p: p.read_bytes() for p in before}
+    assert after == before  # the user's files are never edited
+    assert "secret" not in str(node.state.status())
+
+
+async def test_failed_write_keeps_the_old_file_and_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(tmp_path, active="active")
+    await node.part.reconcile()
+    old = node.path.read_bytes()
+    node.address = PublicAddresses(V4_NEW)
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fsutil.os, "fsync", no_space)
+    node.clock.advance(700)
+    await node.part.reconcile()
+    monkeypatch.undo()
+    assert node.path.read_bytes() == old
+    assert [n for n in os.listdir(node.path.parent) if n != "50-wgagent.yaml"] == []  # no temp file left
+    ok, detail = node.check()
+    assert not ok
+    assert detail.startswith(f"cannot write {node.path}: No space left on device; k3s keeps the previous")
+    assert node.status()["dropin_state"] == "error"
+    assert len(node.systemd.restart_calls) == 1  # the first write only: nothing new to restart for
+    node.clock.advance(60)
+    await node.part.reconcile()  # space again: written, and now k3s restarts
+    assert node.dropin()["node-external-ip"] == ["198.51.100.20"]
+    assert node.check()[0] and len(node.systemd.restart_calls) == 2
+
+
+async def test_role_found_later_and_none_until_then(tmp_path: Path) -> None:
+    node = Node(tmp_path, role=None)
+    await node.part.reconcile()
+    assert node.check() == (False, "no k3s found: test")
+    assert not node.path.exists()
+    assert node.state.role is None
+    node.detected = AGENT
+    await node.part.reconcile()
+    assert node.check()[0] and node.state.role == "agent"
+    assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
+    assert node.part.restarter.unit == "k3s-agent.service"
