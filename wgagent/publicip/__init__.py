@@ -5,10 +5,10 @@
     metadata.py   cloud metadata services; DMI detection (read once, then pure checks)
     stun.py       STUN Binding codec (pure) and the UDP client
     echo.py       HTTP echo body parser (pure) and source
-    http.py       the aiohttp client every HTTP source uses (no proxy, no redirect, capped)
+    httpclient.py   the aiohttp client every HTTP source uses (no proxy, no redirect, capped)
     decide.py     decide() and adopt(): pure, tested with named cases
     part.py       PublicIPPart: rounds, adoption, state file, check, metrics
     report.py     ``wgagent discover``
 
-Only ``http.py`` imports aiohttp and only ``interface.netlink_dump()`` imports pyroute2.
+Only ``httpclient.py`` imports aiohttp and only ``interface.netlink_dump()`` imports pyroute2.
 """

@@ -165,13 +165,13 @@ def _decide_family(
     for i, o in enumerate(mine):
         assert o.ip is not None
         if i in rejected:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, False, rejected[i]))
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "rejected", rejected[i]))
         elif chosen is None:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, False, "no decision: " + reason))
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "undecided", reason))
         elif o.ip == chosen:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, True, agree_note))
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "agrees", agree_note))
         else:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, False, f"differs from the chosen {chosen} ({method})"))
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "differs", f"the chosen address is {chosen} ({method})"))
     return chosen, method, reason, verdicts
 
 

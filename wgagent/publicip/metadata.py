@@ -27,7 +27,7 @@ base URL comes from ``public_ip.metadata_endpoints``:
 A 404 means "no public address here" (not applicable); any other status, a connection
 failure or a malformed body means the service is broken. Oracle Cloud is recognised but
 publishes no public address. Requests bypass proxies and never follow redirects (see
-``http.py``); the tokens are short-lived, kept only in memory and never logged.
+``httpclient.py``); the tokens are short-lived, kept only in memory and never logged.
 """
 
 from __future__ import annotations

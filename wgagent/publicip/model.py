@@ -71,18 +71,36 @@ class Observation:
         }
 
 
+OUTCOMES = ("agrees", "differs", "rejected", "undecided")
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """What ``decide()`` made of one observed address: agreed with the choice, or why not."""
+    """What ``decide()`` made of one observed address.
+
+    ``outcome``: ``agrees`` with the chosen address, ``differs`` from it, was ``rejected``
+    (never acceptable: private, CGNAT, the server's own address, ...), or its family stayed
+    ``undecided``. ``reason`` says why, for a person.
+    """
 
     source: str
     kind: str
     ip: IPAddress
-    agreed: bool
+    outcome: str
     reason: str
 
+    @property
+    def agreed(self) -> bool:
+        return self.outcome == "agrees"
+
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "kind": self.kind, "ip": str(self.ip), "reason": self.reason}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "ip": str(self.ip),
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from wgagent.model import PublicAddresses
 from wgagent.part import Part
 from wgagent.publicip.decide import adopt, decide, load_adoption
 from wgagent.publicip.echo import HttpEchoSource
-from wgagent.publicip.http import AiohttpClient
+from wgagent.publicip.httpclient import AiohttpClient
 from wgagent.publicip.interface import InterfaceSource
 from wgagent.publicip.metadata import DmiData, MetadataSource, identify, read_dmi
 from wgagent.publicip.model import Adoption, Decision, Observation, iso8601

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from wgagent.config import PublicIPConfig
 from wgagent.publicip.decide import decide
-from wgagent.publicip.http import AiohttpClient
+from wgagent.publicip.httpclient import AiohttpClient
 from wgagent.publicip.model import Decision, Observation
 from wgagent.publicip.part import build_sources
 from wgagent.publicip.sources import Source, observe_all
@@ -70,7 +70,7 @@ def format_report(observations: Sequence[Observation], decision: Decision) -> st
             result = "not applicable" + (f": {o.note}" if o.note else "")
         else:
             verdict = verdicts.get((o.source, o.ip))
-            result = "" if verdict is None else ("agrees" if verdict.agreed else "disagrees") + f": {verdict.reason}"
+            result = "" if verdict is None else f"{verdict.outcome}: {verdict.reason}"
             if o.port is not None:
                 result += f" (mapped port {o.port})"
         rows.append((o.source, o.kind, str(o.ip) if o.ip is not None else "-", f"{o.elapsed_s:.3f}s", result))

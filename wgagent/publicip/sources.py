@@ -17,7 +17,7 @@ timeout, and turns every outcome into ``Observation``s: a broken source is an
 observation with an error, never an exception out of the runner.
 
 HTTP-based sources (echo, metadata) reach the network through ``HttpClient``, so tests
-plug in a fake; the aiohttp implementation lives in ``http.py``.
+plug in a fake; the aiohttp implementation lives in ``httpclient.py``.
 """
 
 from __future__ import annotations
