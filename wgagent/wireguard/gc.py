@@ -1,0 +1,429 @@
+"""The ``peer_gc`` check: remove dead WireGuard peers, never a live node's.
+
+flannel adds a peer per Node key and removes it only when the Node is deleted, so peers of
+nodes that re-keyed (reboot: new key, its routes moved to the new peer, the old one left with
+no allowed IPs) and of nodes that vanished pile up (k3s #5216: tens of thousands).
+
+:func:`select_stale_peers` decides, as a pure function of the device, the live nodes' keys,
+when wgagent first saw each peer, ``now`` and the policy:
+
+- candidates: the last handshake is older than ``stale_after_s``, or there never was one and
+  wgagent has seen the peer for longer than that (first-seen times persist in ``state_dir``);
+- of those, remove (a) peers whose key is no live Node's current key, (b) peers with no
+  allowed IPs;
+- never a live Node's current key, stale or not: flannel would not re-add it until it
+  restarts or that Node changes, so removing it cuts the node off. It is reported as
+  unreachable instead;
+- node list unknown: only (b). The node list is also not trusted (only (b) again) when a
+  peer with allowed IPs handshakes but holds no Node's key: the list is then incomplete (a
+  credential that sees only its own Node), and (a) would cut off nodes it does not show;
+- at most ``max_removals_per_pass``, the longest silent first.
+
+:func:`run_gc_pass` reads the device, decides, and removes in one transaction; the daemon's
+:class:`GCPart` and ``wgagent gc`` both call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wgagent import fsutil
+from wgagent.config import Config, GCConfig
+from wgagent.errors import WireGuardError, WriteError
+from wgagent.model import ClusterView
+from wgagent.part import Part
+from wgagent.state import State, iso8601
+from wgagent.wireguard.backend import Backend, HostNet, open_backend, resolve_interfaces
+from wgagent.wireguard.model import REJECT_AFTER_S, Device, Peer
+
+log = logging.getLogger(__name__)
+
+FIRST_SEEN_FILE = "wireguard-peers-first-seen.json"
+_MAX_LISTED = 100
+
+
+@dataclass(frozen=True)
+class GCPolicy:
+    stale_after_s: float = 300.0
+    max_removals_per_pass: int = 1000
+
+    @classmethod
+    def from_config(cls, cfg: GCConfig) -> GCPolicy:
+        return cls(cfg.stale_after_s, cfg.max_removals_per_pass)
+
+
+@dataclass(frozen=True)
+class Selection:
+    remove: tuple[Peer, ...] = ()
+    """Removed by this pass (or, in a dry run, what a real pass would remove), oldest first."""
+    kept_unreachable: tuple[Peer, ...] = ()
+    """Stale, but a live Node's current key: kept, and reported."""
+    kept_unknown: tuple[Peer, ...] = ()
+    """Stale with allowed IPs while the node list is unknown or untrusted: kept."""
+    deferred: tuple[Peer, ...] = ()
+    """Removable, but over ``max_removals_per_pass``: the next pass takes them."""
+    node_list: str = "known"
+    """``known``, ``unknown`` (no list) or ``untrusted`` (see the module doc)."""
+    note: str = ""
+
+    @property
+    def removed_keys(self) -> list[str]:
+        return [p.public_key for p in self.remove]
+
+
+def last_activity(peer: Peer, first_seen: Mapping[str, float]) -> float | None:
+    """The last handshake, or when wgagent first saw a peer that never had one."""
+    return peer.last_handshake if peer.last_handshake is not None else first_seen.get(peer.public_key)
+
+
+def is_stale(peer: Peer, first_seen: Mapping[str, float], now: float, stale_after_s: float) -> bool:
+    since = last_activity(peer, first_seen)
+    return since is not None and now - since > stale_after_s
+
+
+def select_stale_peers(
+    device: Device,
+    cluster_keys: frozenset[str] | None,
+    first_seen: Mapping[str, float],
+    now: float,
+    policy: GCPolicy,
+) -> Selection:
+    """Which peers of ``device`` to remove now (see the module doc for the rules).
+
+    ``cluster_keys``: every live Node's current public key, or None when the node list is
+    unknown. ``first_seen``: epoch seconds at which wgagent first saw each key; a peer that
+    never handshook and is missing here counts as seen just now (never a candidate).
+    """
+    node_list, note = "known", ""
+    if cluster_keys is None:
+        node_list, note = "unknown", "node list unknown: only peers without allowed IPs are removed"
+    else:
+        strangers = [
+            p
+            for p in device.peers
+            if p.allowed_ips
+            and p.public_key not in cluster_keys
+            and (age := p.handshake_age(now)) is not None
+            and age <= policy.stale_after_s
+        ]
+        if strangers:
+            node_list = "untrusted"
+            note = (
+                f"node list looks incomplete: {len(strangers)} peer(s) with allowed IPs handshake but hold no"
+                f" Node's key (e.g. {strangers[0].public_key}); only peers without allowed IPs are removed"
+            )
+    live = cluster_keys or frozenset()
+    removable: list[Peer] = []
+    unreachable: list[Peer] = []
+    unknown: list[Peer] = []
+    for peer in device.peers:
+        if peer.public_key == device.public_key or not is_stale(peer, first_seen, now, policy.stale_after_s):
+            continue
+        if peer.public_key in live:
+            unreachable.append(peer)
+        elif not peer.allowed_ips or node_list == "known":
+            removable.append(peer)
+        else:
+            unknown.append(peer)
+
+    def oldest_first(p: Peer) -> tuple[float, str]:
+        return (last_activity(p, first_seen) or 0.0, p.public_key)
+
+    removable.sort(key=oldest_first)
+    cap = policy.max_removals_per_pass
+    return Selection(
+        remove=tuple(removable[:cap]),
+        kept_unreachable=tuple(sorted(unreachable, key=oldest_first)),
+        kept_unknown=tuple(sorted(unknown, key=oldest_first)),
+        deferred=tuple(removable[cap:]),
+        node_list=node_list,
+        note=note,
+    )
+
+
+def update_first_seen(previous: Mapping[str, float], device: Device, now: float) -> dict[str, float]:
+    """First-seen times for the device's peers now: kept for known keys, ``now`` for new ones;
+    keys no longer on the device are dropped (a peer added again is new again)."""
+    return {p.public_key: previous.get(p.public_key, float(int(now))) for p in device.peers}
+
+
+def peer_states(device: Device, selection: Selection, now: float, *, removed: bool) -> dict[str, int]:
+    """``wgagent_peers{state=...}`` after a pass: active (handshake in the last 180 s),
+    unreachable (stale live node), stale (stale, kept or deferred), idle (the rest)."""
+    gone = {p.public_key for p in selection.remove} if removed else set()
+    unreachable = {p.public_key for p in selection.kept_unreachable}
+    stale = {p.public_key for p in (*selection.kept_unknown, *selection.deferred)}
+    if not removed:
+        stale |= {p.public_key for p in selection.remove}
+    counts = {"active": 0, "idle": 0, "stale": 0, "unreachable": 0}
+    for p in device.peers:
+        if p.public_key in gone:
+            continue
+        age = p.handshake_age(now)
+        if age is not None and age <= REJECT_AFTER_S:
+            counts["active"] += 1
+        elif p.public_key in unreachable:
+            counts["unreachable"] += 1
+        elif p.public_key in stale:
+            counts["stale"] += 1
+        else:
+            counts["idle"] += 1
+    return counts
+
+
+# --- first-seen times, kept in state_dir -----------------------------------------------------------
+
+
+class FirstSeenStore:
+    """``{ifname: {public_key: epoch seconds}}`` in ``<state_dir>/wireguard-peers-first-seen.json``.
+
+    A corrupt or unreadable file is logged and treated as empty: then never-handshaked peers
+    only become candidates ``stale_after_s`` later, which is the safe direction.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, FIRST_SEEN_FILE)
+        self._data: dict[str, dict[str, float]] | None = None
+        self._warned = False
+
+    def get(self, ifname: str) -> dict[str, float]:
+        if self._data is None:
+            self._data = self._load()
+        return self._data.get(ifname, {})
+
+    def put(self, ifname: str, seen: dict[str, float]) -> None:
+        if self._data is None:
+            self._data = self._load()
+        self._data[ifname] = seen
+        try:
+            fsutil.save_json(self.path, {"version": 1, "interfaces": self._data})
+            self._warned = False
+        except WriteError as exc:
+            if not self._warned:
+                log.warning("cannot keep peer first-seen times (GC of never-handshaked peers waits): %s", exc)
+                self._warned = True
+
+    def _load(self) -> dict[str, dict[str, float]]:
+        raw = fsutil.load_json(self.path)
+        out: dict[str, dict[str, float]] = {}
+        if not isinstance(raw, dict) or not isinstance(raw.get("interfaces"), dict):
+            if raw is not None:
+                log.warning("ignoring %s: not a first-seen file", self.path)
+            return out
+        for ifname, seen in raw["interfaces"].items():
+            if isinstance(ifname, str) and isinstance(seen, dict):
+                out[ifname] = {
+                    k: float(v)
+                    for k, v in seen.items()
+                    if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                }
+        return out
+
+
+# --- one pass -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GCResult:
+    interface: str
+    backend: str | None
+    dry_run: bool
+    at: float
+    peers: int = 0
+    """Peers on the device before the pass."""
+    selection: Selection = field(default_factory=Selection)
+    owners: Mapping[str, str] = field(default_factory=dict)
+    """Node name of each kept unreachable key."""
+    states: Mapping[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self, *, limit: int | None = None) -> dict[str, Any]:
+        """The CLI's ``--json`` (all keys) and ``/status`` (``limit`` keys per list)."""
+        sel = self.selection
+        removed = sel.removed_keys
+        kept = [p.public_key for p in sel.kept_unreachable]
+        return {
+            "interface": self.interface,
+            "backend": self.backend,
+            "dry_run": self.dry_run,
+            "at": iso8601(self.at),
+            "ok": self.ok,
+            "error": self.error,
+            "peers": self.peers,
+            "removed": removed[:limit] if limit is not None else removed,
+            "removed_count": len(removed),
+            "kept_unreachable": kept[:limit] if limit is not None else kept,
+            "unreachable_nodes": {k: self.owners.get(k, "?") for k in kept[: limit or len(kept)]},
+            "kept_unknown_count": len(sel.kept_unknown),
+            "deferred_count": len(sel.deferred),
+            "node_list": sel.node_list,
+            "note": sel.note,
+            "peer_states": dict(self.states),
+        }
+
+    def detail(self) -> str:
+        """One line for the check."""
+        if self.error:
+            return f"{self.interface}: {self.error}"
+        sel = self.selection
+        n = len(sel.remove)
+        if n:
+            verb = "dry run, would remove" if self.dry_run else "removed"
+            text = f"{self.interface}: {verb} {n} dead peer(s)"
+        else:
+            text = f"{self.interface}: nothing to remove"
+        text += f" of {self.peers}"
+        if sel.deferred:
+            text += f", {len(sel.deferred)} more next pass"
+        if sel.kept_unreachable:
+            names = sorted({self.owners.get(p.public_key, "?") for p in sel.kept_unreachable})
+            text += f"; kept {len(sel.kept_unreachable)} unreachable live node peer(s): {', '.join(names[:5])}"
+            if len(names) > 5:
+                text += f" and {len(names) - 5} more"
+        if sel.kept_unknown:
+            text += f"; kept {len(sel.kept_unknown)} stale peer(s) with allowed IPs"
+        if sel.note:
+            text += f" ({sel.note})"
+        return text
+
+
+def _fmt_handshake(peer: Peer) -> str:
+    return "never" if peer.last_handshake is None else iso8601(peer.last_handshake)
+
+
+async def run_gc_pass(
+    backend: Backend,
+    ifname: str,
+    cluster: ClusterView | None,
+    store: FirstSeenStore,
+    *,
+    now: float,
+    policy: GCPolicy,
+    dry_run: bool,
+) -> GCResult:
+    """Read, decide, remove in one transaction, log each removal. Device errors are in the
+    result (``error``), not raised, so a pass over several interfaces goes on."""
+    try:
+        device = await backend.get(ifname)
+    except WireGuardError as exc:
+        return GCResult(ifname, backend.kind, dry_run, now, error=str(exc))
+    seen = update_first_seen(store.get(ifname), device, now)
+    keys = cluster.current_keys if cluster is not None else None
+    sel = select_stale_peers(device, keys, seen, now, policy)
+    owners = {p.public_key: (cluster.owner_of(p.public_key) if cluster else None) or "?" for p in sel.kept_unreachable}
+    error = None
+    removed = False
+    if sel.remove and not dry_run:
+        try:
+            await backend.remove_peers(ifname, sel.removed_keys)
+            removed = True
+        except WireGuardError as exc:
+            error = f"removing {len(sel.remove)} peer(s) failed: {exc}"
+    if removed:
+        for key in sel.removed_keys:
+            seen.pop(key, None)
+    store.put(ifname, seen)
+    if sel.remove and (removed or dry_run):
+        verb = "would remove" if dry_run else "removed"
+        # One record, one line per peer: journald keeps every line, and 10,000 removals cost
+        # one formatting pass instead of 10,000.
+        lines = [
+            f"{ifname}: {verb} peer {p.public_key} endpoint={p.endpoint or '(none)'}"
+            f" allowed_ips={','.join(p.allowed_ips) or '(none)'} last_handshake={_fmt_handshake(p)}"
+            for p in sel.remove
+        ]
+        log.info("%s", "\n".join(lines))
+    for p in sel.kept_unreachable:
+        log.debug("%s: keeping unreachable peer %s of live node %s", ifname, p.public_key, owners[p.public_key])
+    states = peer_states(device, sel, now, removed=removed)
+    return GCResult(ifname, backend.kind, dry_run, now, len(device.peers), sel, owners, states, error)
+
+
+BackendFactory = Callable[[str, str], Backend]
+
+
+def _default_backend(ifname: str, uapi_dir: str) -> Backend:
+    return open_backend(ifname, uapi_dir)
+
+
+async def gc_all(
+    cfg: Config,
+    cluster: ClusterView | None,
+    store: FirstSeenStore,
+    *,
+    now: float,
+    dry_run: bool,
+    net: HostNet | None = None,
+    backend_factory: BackendFactory = _default_backend,
+) -> tuple[list[GCResult], str]:
+    """One pass over every interface to watch; the note when ``auto`` found none."""
+    wg = cfg.wireguard
+    names, note = resolve_interfaces(wg.interface, net or HostNet(), wg.uapi_dir)
+    policy = GCPolicy.from_config(wg.gc)
+    results = []
+    for name in names:
+        backend = backend_factory(name, wg.uapi_dir)
+        results.append(await run_gc_pass(backend, name, cluster, store, now=now, policy=policy, dry_run=dry_run))
+    return results, note
+
+
+class GCPart(Part):
+    name = "peer_gc"
+    checks = ("peer_gc",)
+
+    def __init__(
+        self,
+        state: State,
+        cfg: Config,
+        cluster: Callable[[], ClusterView | None],
+        *,
+        net: HostNet | None = None,
+        backend_factory: BackendFactory = _default_backend,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(state)
+        self.cfg = cfg
+        self.cluster = cluster
+        self.interval_s = cfg.wireguard.gc.interval_s
+        self.net = net or HostNet()
+        self.backend_factory = backend_factory
+        self.clock = clock
+        self.store = FirstSeenStore(cfg.state_dir)
+        m = state.metrics
+        self.removed_total = m.counter(
+            "wgagent_gc_removed_total", "Dead WireGuard peers removed by GC.", ("interface",)
+        )
+        self.peers = m.gauge(
+            "wgagent_peers", "WireGuard peers after the last GC pass, by state.", ("interface", "state")
+        )
+
+    async def reconcile(self) -> None:
+        dry_run = self.cfg.wireguard.gc.dry_run
+        results, note = await gc_all(
+            self.cfg, self.cluster(), self.store, now=self.clock(), dry_run=dry_run,
+            net=self.net, backend_factory=self.backend_factory,
+        )  # fmt: skip
+        if not results:
+            self.state.set_check("peer_gc", True, f"nothing to clean: {note}")
+            self.state.set_part(self.name, {"dry_run": dry_run, "interfaces": [], "note": note})
+            return
+        self.peers.clear()
+        for r in results:
+            removed = len(r.selection.remove) if r.ok and not dry_run else 0
+            self.removed_total.inc(removed, interface=r.interface)
+            for st, count in r.states.items():
+                self.peers.set(count, interface=r.interface, state=st)
+        ok = all(r.ok for r in results)
+        self.state.set_check("peer_gc", ok, "; ".join(r.detail() for r in results))
+        self.state.set_part(
+            self.name, {"dry_run": dry_run, "interfaces": [r.to_json(limit=_MAX_LISTED) for r in results]}
+        )
