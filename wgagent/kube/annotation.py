@@ -196,7 +196,12 @@ class AnnotationPart(Part):
         addrs = self._public_ip()
         want = wanted(addrs) if addrs else {}
         if not want:
-            self._fail("waiting", "no public IP decided yet; nothing to annotate", PENDING_INTERVAL_S, quiet=True)
+            self._fail(
+                "waiting",
+                f"no public IP decided yet; nothing to annotate on Node {self.node}",
+                PENDING_INTERVAL_S,
+                quiet=True,
+            )
             return
         current = self._from_watch()
         if current is not None and assess(current, want).ok:
@@ -220,7 +225,7 @@ class AnnotationPart(Part):
             self._fail("credential", self._credential_problem(exc), self._slow.next())
             return
         except KubeError as exc:
-            self._fail("api", f"cannot reach the API to check Node {self.node}: {exc}", self._retry.next())
+            self._fail("api", f"cannot reach the API server to check Node {self.node}: {exc}", self._retry.next())
             return
         self._retry.reset()
         self._slow.reset()
@@ -228,7 +233,7 @@ class AnnotationPart(Part):
         if verdict.ok:
             self._succeed(verdict, want, current, "api")
             return
-        detail = verdict.detail
+        detail = f"Node {self.node}: {verdict.detail}"
         if verdict.needs_restart:
             detail += "; " + await self._restart(verdict)
         self._record(want, current, "api")
@@ -298,12 +303,12 @@ class AnnotationPart(Part):
 
     def _fail(self, kind: str, detail: str, retry_s: float, *, quiet: bool = False) -> None:
         if kind != self._problem:  # once per kind of problem, not every retry
-            (log.info if quiet else log.warning)("Node %s: %s", self.node, detail)
+            (log.info if quiet else log.warning)("%s", detail)
         self._problem = kind
         self.interval_s = retry_s
         self._status["retry_in_s"] = round(retry_s, 1)
         self.state.set_part(self.name, self._status)
-        self.state.set_check("annotation", False, f"Node {self.node}: {detail}")
+        self.state.set_check("annotation", False, detail)
 
     def _record(self, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
         self._status = {

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
-from wgagent.kube.backoff import Backoff
+from wgagent.kube.backoff import Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
 from wgagent.model import FLANNEL, ClusterView, NodeInfo
 from wgagent.part import StreamPart
@@ -155,7 +155,7 @@ class NodeWatch(StreamPart):
                     self._rv = None
                     self._gone_streak += 1
                     if self._gone_streak > 1:
-                        await self._wait(self._backoff.next())
+                        await self._wait(backoff_delay(self._gone_streak - 2, rand=self._rand))
                 except KubeError as exc:
                     self._failed(exc)
                     await self._wait(self._backoff.next() if self._usable else self._slow.next())
@@ -200,8 +200,9 @@ class NodeWatch(StreamPart):
         timeout_s = int(lo + (hi - lo) * self._rand())
         self._watches += 1
         self._m_watches.inc()
-        self._status = "watching"
-        self._m_up.set(1)
+        # Still "reconnecting" after a failure until the new watch delivers something.
+        self._status = "watching" if self._error is None else "reconnecting"
+        self._m_up.set(1 if self._error is None else 0)
         self._publish()
         async for event in self.api.watch_nodes_metadata(self._rv, timeout_s=timeout_s):
             self._apply(event)
@@ -253,6 +254,9 @@ class NodeWatch(StreamPart):
             self._slow.reset()
             self._error = None
             self._retry_in_s = None
+            if self._status == "reconnecting":
+                self._status = "watching"
+                self._m_up.set(1)
             if not self._usable:
                 self._usable = True
                 self._view = None
