@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     discover.add_argument("--json", action="store_true", help="print the observations and decision as JSON")
     gc = sub.add_parser("gc", help="one dead-peer garbage collection pass")
     gc.add_argument("--dry-run", action="store_true", help="decide and report, remove nothing")
-    gc.add_argument("--json", action="store_true")
+    gc.add_argument("--json", action="store_true", help="one JSON object per interface, one line each")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -174,6 +174,49 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return discover_command(cfg.public_ip, as_json=args.json, out=sys.stdout)
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from wgagent import logs
+    from wgagent.wireguard.gc import gc_command
+
+    cfg, _, _ = _load(args)
+    logs.setup("warning")  # the command prints each removal itself
+
+    async def one_pass() -> tuple[int, str]:
+        cluster, note = await node_list_once(cfg)
+        return await gc_command(cfg, dry_run=args.dry_run, as_json=args.json, cluster=cluster, cluster_note=note)
+
+    code, text = asyncio.run(one_pass())
+    print(text)
+    return code
+
+
+async def node_list_once(cfg: Any) -> tuple[Any, str]:
+    """Every Node's keys from one LIST (``ClusterView``), or None and why not.
+
+    The cluster source of ``wgagent gc``: the node watch's one-shot LIST with the list
+    credential. Without it GC removes only peers without allowed IPs.
+    """
+    if not cfg.kube.enabled:
+        return None, "kube.enabled is false"
+    from wgagent.kube.client import KubeClient
+    from wgagent.kube.kubeconfig import credential_paths
+    from wgagent.kube.watch import NodeWatch
+    from wgagent.state import State
+
+    paths = credential_paths(cfg.kube, cfg.k3s, cfg.k3s.role)
+    state = State(node=cfg.node, version=__version__)
+    watch = NodeWatch(state, KubeClient(paths.list, timeout_s=cfg.kube.request_timeout_s))
+    try:
+        await watch.reconcile()
+    finally:
+        await watch.close()
+    view = watch.view()
+    if view is None:
+        error = state.status()["parts"].get("node_watch", {}).get("error") or "no answer"
+        return None, f"node list unavailable: {error}"
+    return view, ""
+
+
 def _not_built(part: str) -> Any:
     def cmd(_: argparse.Namespace) -> int:
         print(f"wgagent: this build has no {part} yet", file=sys.stderr)
@@ -187,5 +230,5 @@ _COMMANDS = {
     "status": cmd_status,
     "doctor": _not_built("doctor (it comes with the WireGuard part)"),
     "discover": cmd_discover,
-    "gc": _not_built("peer garbage collection"),
+    "gc": cmd_gc,
 }
