@@ -25,6 +25,7 @@ when wgagent first saw each peer, ``now`` and the policy:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -273,7 +274,7 @@ class GCResult:
     def detail(self) -> str:
         """One line for the check."""
         if self.error:
-            return f"{self.interface}: {self.error}"
+            return self.error if self.error.startswith(self.interface) else f"{self.interface}: {self.error}"
         sel = self.selection
         n = len(sel.remove)
         if n:
@@ -315,7 +316,8 @@ async def run_gc_pass(
     try:
         device = await backend.get(ifname)
     except WireGuardError as exc:
-        return GCResult(ifname, backend.kind, dry_run, now, error=str(exc))
+        unread = Selection(node_list="unknown" if cluster is None else "known")
+        return GCResult(ifname, backend.kind, dry_run, now, selection=unread, error=str(exc))
     seen = update_first_seen(store.get(ifname), device, now)
     keys = cluster.current_keys if cluster is not None else None
     sel = select_stale_peers(device, keys, seen, now, policy)
@@ -409,9 +411,14 @@ class GCPart(Part):
     async def reconcile(self) -> None:
         dry_run = self.cfg.wireguard.gc.dry_run
         results, note = await gc_all(
-            self.cfg, self.cluster(), self.store, now=self.clock(), dry_run=dry_run,
-            net=self.net, backend_factory=self.backend_factory,
-        )  # fmt: skip
+            self.cfg,
+            self.cluster(),
+            self.store,
+            now=self.clock(),
+            dry_run=dry_run,
+            net=self.net,
+            backend_factory=self.backend_factory,
+        )
         if not results:
             self.state.set_check("peer_gc", True, f"nothing to clean: {note}")
             self.state.set_part(self.name, {"dry_run": dry_run, "interfaces": [], "note": note})
@@ -427,3 +434,83 @@ class GCPart(Part):
         self.state.set_part(
             self.name, {"dry_run": dry_run, "interfaces": [r.to_json(limit=_MAX_LISTED) for r in results]}
         )
+
+
+# --- ``wgagent gc``: one pass now ------------------------------------------------------------------
+
+
+async def gc_command(
+    cfg: Config,
+    *,
+    dry_run: bool,
+    as_json: bool,
+    cluster: ClusterView | None,
+    cluster_note: str = "",
+    now: float | None = None,
+    net: HostNet | None = None,
+    backend_factory: BackendFactory = _default_backend,
+) -> tuple[int, str]:
+    """One GC pass over every interface; the exit code and what to print.
+
+    ``--json`` prints one JSON object per interface, one per line (one line in the usual
+    case of one interface): ``{"interface", "removed", "kept_unreachable", "dry_run", ...}``.
+    ``cluster_note`` says why the node list is unknown, when it is.
+    """
+    dry_run = dry_run or cfg.wireguard.gc.dry_run
+    store = FirstSeenStore(cfg.state_dir)
+    results, note = await gc_all(
+        cfg,
+        cluster,
+        store,
+        now=time.time() if now is None else now,
+        dry_run=dry_run,
+        net=net,
+        backend_factory=backend_factory,
+    )
+    if not results:
+        if as_json:
+            return 1, json.dumps(
+                {
+                    "interface": None,
+                    "removed": [],
+                    "kept_unreachable": [],
+                    "dry_run": dry_run,
+                    "ok": False,
+                    "error": note,
+                }
+            )
+        return 1, f"wgagent: {note}"
+    code = 0 if all(r.ok for r in results) else 1
+    if as_json:
+        lines = []
+        for r in results:
+            data = r.to_json()
+            if cluster is None and cluster_note:
+                data["node_list_note"] = cluster_note
+            lines.append(json.dumps(data))
+        return code, "\n".join(lines)
+    return code, "\n".join(format_result(r, cluster_note if cluster is None else "") for r in results)
+
+
+def format_result(r: GCResult, cluster_note: str = "") -> str:
+    """A pass for a person: the headline, each removal, each unreachable live node."""
+    out = [r.detail()]
+    if r.error:
+        return out[0]
+    verb = "would remove" if r.dry_run else "removed"
+    for p in r.selection.remove:
+        out.append(
+            f"  {verb} {p.public_key}  endpoint {p.endpoint or '(none)'}  allowed IPs"
+            f" {', '.join(p.allowed_ips) or '(none)'}  last handshake {_fmt_handshake(p)}"
+        )
+    for p in r.selection.kept_unreachable:
+        out.append(
+            f"  kept {p.public_key}  of live node {r.owners.get(p.public_key, '?')}: unreachable, last handshake"
+            f" {_fmt_handshake(p)} (removing it would cut the node off until flannel restarts)"
+        )
+    if r.selection.node_list == "unknown":
+        out.append(
+            f"  node list unknown{f' ({cluster_note})' if cluster_note else ''}: only peers without allowed IPs"
+            " were considered"
+        )
+    return "\n".join(out)

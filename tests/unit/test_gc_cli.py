@@ -1,0 +1,151 @@
+"""``wgagent gc``: what it prints and returns (gc_command on the fake backend), and the CLI's
+errors (no traceback, exit codes) through ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wgagent import cli
+from wgagent.config import Config, GCConfig, WireGuardConfig
+from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
+from wgagent.wireguard.backend import HostNet
+from wgagent.wireguard.fake import FakeBackend
+from wgagent.wireguard.gc import FIRST_SEEN_FILE, gc_command
+from wgagent.wireguard.model import Device, Peer, key_from_bytes
+
+NOW = 1_800_000_000.0
+
+
+def k(n: int) -> str:
+    return key_from_bytes(bytes([n]) * 32)
+
+
+def prepare(tmp_path: Path, **gc: object) -> tuple[Config, FakeBackend, HostNet]:
+    dev = Device(
+        "flannel-wg",
+        51820,
+        k(100),
+        (
+            Peer(k(1), "198.51.100.1:51820", ("10.42.1.0/24",), NOW - 10),
+            Peer(k(2), "198.51.100.2:51820", ("10.42.2.0/24",), NOW - 4000),
+            Peer(k(3), "203.0.113.3:51820", ("10.42.3.0/24",), NOW - 4000),
+            Peer(k(4), None, (), None),
+        ),
+    )
+    (tmp_path / "state").mkdir(parents=True)
+    seen = {"version": 1, "interfaces": {"flannel-wg": {k(4): NOW - 3600}}}
+    (tmp_path / "state" / FIRST_SEEN_FILE).write_text(json.dumps(seen))
+    cfg = Config(
+        state_dir=str(tmp_path / "state"),
+        wireguard=WireGuardConfig(interface="flannel-wg", uapi_dir=str(tmp_path / "run"), gc=GCConfig(**gc)),  # type: ignore[arg-type]
+    )
+    return cfg, FakeBackend({"flannel-wg": dev}), HostNet(str(tmp_path / "sys"), str(tmp_path / "proc"))
+
+
+CLUSTER = ClusterView(
+    {n: NodeInfo(n, {ANN_BACKEND_DATA: json.dumps({"PublicKey": k(i)})}) for n, i in (("a", 1), ("b", 2))}
+)
+
+
+async def run(
+    tmp_path: Path,
+    *,
+    dry_run: bool = False,
+    as_json: bool = True,
+    cluster: ClusterView | None = CLUSTER,
+    note: str = "",
+    gc: dict[str, object] | None = None,
+) -> tuple[int, str, FakeBackend]:
+    cfg, fake, net = prepare(tmp_path, **(gc or {}))
+    code, text = await gc_command(
+        cfg,
+        dry_run=dry_run,
+        as_json=as_json,
+        cluster=cluster,
+        cluster_note=note,
+        now=NOW,
+        net=net,
+        backend_factory=lambda ifname, uapi_dir: fake,
+    )
+    return code, text, fake
+
+
+async def test_json_has_the_promised_keys(tmp_path: Path) -> None:
+    code, text, fake = await run(tmp_path)
+    assert code == 0
+    data = json.loads(text)
+    assert data["interface"] == "flannel-wg"
+    assert data["removed"] == [k(3), k(4)]
+    assert data["kept_unreachable"] == [k(2)] and data["unreachable_nodes"] == {k(2): "b"}
+    assert data["dry_run"] is False and data["node_list"] == "known"
+    assert fake.transactions == [("flannel-wg", (k(3), k(4)))]
+
+
+async def test_dry_run_flag_or_config_changes_nothing(tmp_path: Path) -> None:
+    _code, text, fake = await run(tmp_path / "flag", dry_run=True)
+    assert json.loads(text)["removed"] == [k(3), k(4)] and json.loads(text)["dry_run"] is True
+    assert fake.transactions == []
+    _code, text, fake = await run(tmp_path / "config", dry_run=False, gc={"dry_run": True})
+    assert json.loads(text)["dry_run"] is True and fake.transactions == []
+
+
+async def test_without_the_node_list_only_peers_without_allowed_ips_go_and_it_says_why(tmp_path: Path) -> None:
+    code, text, fake = await run(tmp_path, as_json=False, cluster=None, note="kube.enabled is false")
+    assert code == 0
+    assert fake.transactions == [("flannel-wg", (k(4),))]
+    assert text.splitlines()[0] == (
+        "flannel-wg: removed 1 dead peer(s) of 4; kept 2 stale peer(s) with allowed IPs"
+        " (node list unknown: only peers without allowed IPs are removed)"
+    )
+    assert f"  removed {k(4)}  endpoint (none)  allowed IPs (none)  last handshake never" in text
+    assert text.splitlines()[-1] == (
+        "  node list unknown (kube.enabled is false): only peers without allowed IPs were considered"
+    )
+
+
+async def test_text_names_the_kept_live_node(tmp_path: Path) -> None:
+    _code, text, _ = await run(tmp_path, as_json=False)
+    assert f"  kept {k(2)}  of live node b: unreachable" in text
+
+
+async def test_an_unreadable_device_exits_1(tmp_path: Path) -> None:
+    cfg, _, net = prepare(tmp_path)
+    code, text = await gc_command(
+        cfg,
+        dry_run=False,
+        as_json=False,
+        cluster=None,
+        now=NOW,
+        net=net,
+        backend_factory=lambda ifname, uapi_dir: FakeBackend({}),
+    )
+    assert (code, text) == (1, "flannel-wg: no interface flannel-wg")
+
+
+def test_cli_gc_with_a_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"wireguard": {"gc": {"max_removals_per_pass": 0}}}))
+    assert cli.main(["--config", str(path), "gc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wireguard.gc.max_removals_per_pass" in err
+
+
+def test_cli_gc_with_a_missing_socket_dir_and_no_kernel_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    cfg = {
+        "state_dir": str(tmp_path / "state"),
+        "public_ip": {"enabled": False},
+        "kube": {"enabled": False},
+        "wireguard": {"interface": "wgt-none0", "uapi_dir": str(tmp_path / "run")},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["--config", str(path), "gc", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["interface"] == "wgt-none0" and out["ok"] is False and out["node_list_note"] == "kube.enabled is false"
+    assert out["error"].startswith("wgt-none0: ") or out["error"].startswith("no interface wgt-none0")
