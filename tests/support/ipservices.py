@@ -59,6 +59,8 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    peer: tuple[str, int] = ("", 0)
+    """The caller's address and port, as the service saw them."""
 
 
 @dataclass
@@ -229,6 +231,8 @@ async def _serve_http(svc: Service, reader: asyncio.StreamReader, writer: asynci
         req = await _read_request(reader)
         if req is None:
             return
+        peername = writer.get_extra_info("peername")
+        req.peer = (str(peername[0]), int(peername[1]))
         svc.log(req)
         if svc.spec["kind"] == "echo":
             await _echo(svc, req, writer)
@@ -289,7 +293,7 @@ class _StunProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.svc.log(Request("BINDING", f"{addr[0]}:{addr[1]}", {}))
+        self.svc.log(Request("BINDING", f"{addr[0]}:{addr[1]}", {}, (str(addr[0]), int(addr[1]))))
         if self.dropped < int(self.svc.spec.get("drop_first", 0)):
             self.dropped += 1
             return

@@ -130,21 +130,23 @@ async def gather_within(attempts: Mapping[str, Awaitable[Answer]], budget_s: flo
         for task in tasks:
             task.cancel()
     answers: list[Answer] = []
-    errors: list[str] = []
+    errors: list[SourceError] = []
     for task, label in tasks.items():
         if task not in done:
-            errors.append(f"{label}: no answer within {budget_s:.2g} s")
+            errors.append(SourceError(f"{label}: no answer within {budget_s:.2g} s"))
             continue
         exc = task.exception()
         if exc is None:
             answers.append(task.result())
         elif isinstance(exc, SourceError):
-            errors.append(f"{label}: {exc}" if len(tasks) > 1 else str(exc))
+            errors.append(type(exc)(f"{label}: {exc}") if len(tasks) > 1 else exc)
         else:
             raise exc
-    if not answers:
-        raise SourceError("; ".join(errors) or "nothing to ask")
-    return answers
+    if answers:
+        return answers
+    if len(errors) == 1:
+        raise errors[0]
+    raise SourceError("; ".join(map(str, errors)) or "nothing to ask")
 
 
 def _error(source: Source, message: str, elapsed_s: float) -> Observation:
