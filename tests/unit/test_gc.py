@@ -274,9 +274,13 @@ def gc_config(tmp_path: Path, **gc: object) -> Config:
 def gc_part(tmp_path: Path, fake: FakeBackend, cluster: ClusterView | None, clock: list[float], **gc: object):
     state = State(node="node-a", version="t")
     part = GCPart(
-        state, gc_config(tmp_path, **gc), lambda: cluster, net=HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")),
-        backend_factory=lambda ifname, uapi_dir: fake, clock=lambda: clock[0],
-    )  # fmt: skip
+        state,
+        gc_config(tmp_path, **gc),
+        lambda: cluster,
+        net=HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")),
+        backend_factory=lambda ifname, uapi_dir: fake,
+        clock=lambda: clock[0],
+    )
     return part, state
 
 

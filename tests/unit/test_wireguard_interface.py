@@ -179,9 +179,13 @@ async def test_part_reports_in_the_check_and_status(tmp_path: Path) -> None:
     state = State(node="a", version="t")
     cluster: list[ClusterView | None] = [None]
     part = InterfacePart(
-        state, WireGuardConfig(uapi_dir=str(tmp_path / "run")), lambda: cluster[0], net=net,
-        backend_factory=lambda ifname, uapi_dir: fake, clock=lambda: NOW,
-    )  # fmt: skip
+        state,
+        WireGuardConfig(uapi_dir=str(tmp_path / "run")),
+        lambda: cluster[0],
+        net=net,
+        backend_factory=lambda ifname, uapi_dir: fake,
+        clock=lambda: NOW,
+    )
     await part.reconcile()
     check = state.checks["wireguard_interface"]
     assert check.ok

@@ -99,7 +99,7 @@ def facts(release: str = "6.1.0-18-amd64", **kw: object) -> ModuleFacts:
         ),
         ("nothing tried, nothing known", facts(), False, "missing", ["not_loaded"]),
     ],
-)  # fmt: skip
+)
 def test_diagnosis(case: str, f: ModuleFacts, ok: bool, state: str, codes: list[str]) -> None:
     d = diagnose(f)
     assert (d.ok, d.state, [x.code for x in d.findings]) == (ok, state, codes), case
@@ -203,8 +203,12 @@ async def test_check_runs_modprobe_and_probe_only_when_needed(tmp_path: Path) ->
 
 
 async def test_real_modprobe_missing_is_reported_not_raised(tmp_path: Path) -> None:
-    host = ModuleHost(sys_module_dir=str(tmp_path), modules_root=str(tmp_path), release="6.1.0",
-                      modprobe_argv=(str(tmp_path / "no-modprobe"), "wireguard"))  # fmt: skip
+    host = ModuleHost(
+        sys_module_dir=str(tmp_path),
+        modules_root=str(tmp_path),
+        release="6.1.0",
+        modprobe_argv=(str(tmp_path / "no-modprobe"), "wireguard"),
+    )
     result = await host.modprobe()
     assert result.returncode is None and "No such file or directory" in result.output
 

@@ -303,9 +303,13 @@ class InterfacePart(Part):
 
     async def reconcile(self) -> None:
         facts, note = await gather_interfaces(
-            self.cfg, self.cluster(), net=self.net, backend_factory=self.backend_factory,
-            now=self.clock(), own_node=self.state.node,
-        )  # fmt: skip
+            self.cfg,
+            self.cluster(),
+            net=self.net,
+            backend_factory=self.backend_factory,
+            now=self.clock(),
+            own_node=self.state.node,
+        )
         if not facts:
             self.state.set_check("wireguard_interface", False, note)
             self.state.set_part(self.name, {"interfaces": [], "note": note})

@@ -227,8 +227,10 @@ class ModuleHost:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.modprobe_argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
         except OSError as exc:
             return ModprobeResult(None, f"{self.modprobe_argv[0]}: {exc.strerror or exc}")
         try:

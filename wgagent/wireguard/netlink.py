@@ -294,9 +294,13 @@ async def probe_link_support(timeout_s: float = 20.0) -> tuple[str, str]:
     kernel has no WireGuard), ``error`` (another errno) or ``unavailable`` (no probe)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _PROBE_CODE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+            sys.executable,
+            "-c",
+            _PROBE_CODE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
     except OSError as exc:
         return "unavailable", f"cannot start the probe: {exc.strerror or exc}"
     try:
