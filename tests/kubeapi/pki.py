@@ -10,9 +10,12 @@ EC P-256 keys: quick to make, and accepted by Python's ssl and by kubectl (Go).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 import yaml
@@ -124,3 +127,16 @@ class PKI:
 def _b64(path: str) -> str:
     with open(path, "rb") as f:
         return base64.b64encode(f.read()).decode()
+
+
+_shared: PKI | None = None
+
+
+def shared_pki() -> PKI:
+    """One PKI per test process (its directory removed at exit): making keys takes time."""
+    global _shared
+    if _shared is None:
+        directory = tempfile.mkdtemp(prefix="kubeapi-pki-")
+        atexit.register(shutil.rmtree, directory, True)
+        _shared = PKI.create(directory)
+    return _shared

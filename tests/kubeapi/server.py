@@ -123,8 +123,8 @@ class KubeAPI:
         history_s: float = 75.0,
         seed: int = 1,
     ) -> None:
-        self._own_dir = workdir is None and pki is None
-        self.dir = workdir or (pki.dir if pki else tempfile.mkdtemp(prefix="kubeapi-"))
+        self._own_dir = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="kubeapi-")
         self._pki = pki
         self.host = host
         self.port = port
@@ -259,6 +259,10 @@ class KubeAPI:
     def k3s_restart(self, node: str, *, wipe_overwrite: bool = False) -> Obj:
         """Act as flannel on a k3s restart of ``node``: public-ip := public-ip-overwrite."""
         return self.store.k3s_restart(node, wipe_overwrite=wipe_overwrite)
+
+    def other_changes(self, n: int = 1) -> None:
+        """Other objects changed: the cluster-wide resourceVersion moves, no Node event."""
+        self.store.rv += n
 
     def reset_counts(self) -> None:
         self.counts.clear()
@@ -429,8 +433,12 @@ class KubeAPI:
             return field_name is None or obj["metadata"]["name"] == field_name
 
         async def bookmark() -> None:
-            if bookmarks:
-                await send("BOOKMARK", _bookmark(str(last_rv), fmt))
+            nonlocal last_rv
+            if not bookmarks:
+                return
+            if watcher.queue.empty():  # everything up to now was sent: the cluster's rv is safe
+                last_rv = max(last_rv, self.store.rv)
+            await send("BOOKMARK", _bookmark(str(last_rv), fmt))
 
         try:
             if gone:
