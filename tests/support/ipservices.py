@@ -25,7 +25,8 @@ SPEC is ``{"services": [ ... ]}``, each service one of::
         ``Metadata-Flavor: Google``; Azure 400 without ``Metadata: true``; all refuse a
         request carrying X-Forwarded-For (a proxy), as the real services do.
 
-Every request is logged to stdout as ``REQ <name> <METHOD> <path> <header names>``.
+As a script, every request is logged to stdout as ``REQ <name> <METHOD> <path> <header
+names>``; in-process, requests are kept in ``Service.requests``.
 The STUN encoder here is written apart from wgagent's decoder on purpose.
 """
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, cast
 
+PRINT_REQUESTS = False
 COOKIE = 0x2112A442
 BIG_BODY = 10 * 1024 * 1024
 
@@ -76,7 +78,8 @@ class Service:
 
     def log(self, req: Request) -> None:
         self.requests.append(req)
-        print(f"REQ {self.name} {req.method} {req.path} {','.join(sorted(req.headers))}", flush=True)
+        if PRINT_REQUESTS:
+            print(f"REQ {self.name} {req.method} {req.path} {','.join(sorted(req.headers))}", flush=True)
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -357,6 +360,8 @@ async def start(specs: Sequence[dict[str, Any]]) -> Services:
 
 
 async def _main(path: str) -> None:
+    global PRINT_REQUESTS
+    PRINT_REQUESTS = True
     with open(path) as f:
         spec = json.load(f)
     services = await start(spec["services"])
