@@ -601,6 +601,9 @@ def test_enable_now_reaches_active_through_ready_and_serves_health(container: _C
         if name in health["checks"]:
             assert health["checks"][name]["ok"] is False, health
             assert code == 503
+    if "k3s_config" in health["checks"]:  # the agent's own write, under the sandbox
+        assert health["checks"]["k3s_config"]["ok"] is True, health
+        assert c.run("sh", "-c", "ls /etc/rancher/k3s/config.yaml.d/*.yaml").stdout.strip(), "no drop-in written"
     assert c.curl("/livez") == (200, "ok")
     assert c.curl("/metrics")[1].count("wgagent_build_info{") == 1
 
@@ -772,6 +775,16 @@ def test_stop_finishes_within_5_seconds(container: _Container) -> None:
     assert (p["ActiveState"], p["Result"], p["ExecMainStatus"]) == ("inactive", "success", "0"), p
     assert took < 5, took
     assert re.search(r"wgagent\[\d+\]: .*stopped$", c.journal(after=cursor), re.M)
+
+
+def test_the_agent_met_no_sandbox_denial(container: _Container) -> None:
+    # Every run so far (start, watchdog restart, reloads, ordering, stop) in one journal: a
+    # part that needs something the unit forbids shows up here first.
+    log = container.journal()
+    assert "ready:" in log, log
+    denials = [ln for ln in log.splitlines() if re.search(r"Permission denied|Operation not permitted|Read-only file "
+                                                          r"system|EACCES|EPERM|EROFS", ln)]  # fmt: skip
+    assert not denials, "\n".join(denials)
 
 
 def _repack(c: _Container, version: str) -> str:
