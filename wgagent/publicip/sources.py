@@ -132,14 +132,15 @@ async def gather_within(attempts: Mapping[str, Awaitable[Answer]], budget_s: flo
     answers: list[Answer] = []
     errors: list[SourceError] = []
     for task, label in tasks.items():
+        prefix = f"{label}: " if len(tasks) > 1 else ""
         if task not in done:
-            errors.append(SourceError(f"{label}: no answer within {budget_s:.2g} s"))
+            errors.append(SourceError(f"{prefix}no answer within {budget_s:.2g} s"))
             continue
         exc = task.exception()
         if exc is None:
             answers.append(task.result())
         elif isinstance(exc, SourceError):
-            errors.append(type(exc)(f"{label}: {exc}") if len(tasks) > 1 else exc)
+            errors.append(type(exc)(f"{prefix}{exc}") if prefix else exc)
         else:
             raise exc
     if answers:
