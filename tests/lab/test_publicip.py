@@ -452,6 +452,7 @@ def test_everything_down_keeps_the_last_address_and_fails_the_check(net: Net) ->
         detail = down["check"]["detail"]
         assert detail.startswith("no public address decided this round")
         assert f"keeping {ROUTER_IP}" in detail and "wgagent discover" in detail
+        assert "4 of 4 sources failed" in detail
         first.close()
         # A restart while the network is still down: the saved address is used at once.
         second = Driver(net, net.node, path)

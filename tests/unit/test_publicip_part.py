@@ -148,6 +148,7 @@ async def test_everything_down_keeps_the_address_and_fails_the_check(tmp_path: P
     check = state.checks["public_ip"]
     assert not check.ok
     assert f"keeping {X}" in check.detail
+    assert "2 of 2 sources failed (first: stun:a: no answer within 5 s)" in check.detail
     assert "wgagent discover" in check.detail and "public_ip.static" in check.detail
     assert saved(tmp_path)["ipv4"] == X
 

@@ -223,14 +223,19 @@ class PublicIPPart(Part):
         }
         self.state.set_part(self.name, section)
         if decision is not None:
-            ok, detail = self._check(decision)
+            ok, detail = self._check(decision, observations)
             self.state.set_check("public_ip", ok, detail)
 
-    def _check(self, decision: Decision) -> tuple[bool, str]:
+    def _check(self, decision: Decision, observations: Sequence[Observation]) -> tuple[bool, str]:
         a = self._adoption
         if not decision.decided:
+            failed = [o for o in observations if o.error is not None]
             if not self._sources:
                 why = "no source is enabled (public_ip.sources is empty) and public_ip.static is not set"
+            elif failed:
+                asked = len({o.source for o in observations})
+                why = f"{len(failed)} of {asked} sources failed (first: {failed[0].source}: {failed[0].error}); "
+                why += decision.reason
             else:
                 why = decision.reason
             if a.adopted is not None:
