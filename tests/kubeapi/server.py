@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -142,6 +143,8 @@ class KubeAPI:
         self._runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
         self._transports: set[asyncio.Transport] = set()
+        self._lifecycle = asyncio.Lock()
+        self._stopping = False
         for name in servers:
             self.store.add(name, role="server")
         for name in nodes:
@@ -165,29 +168,44 @@ class KubeAPI:
 
     async def start(self) -> None:
         """Listen (again, on the same port after :meth:`stop`)."""
-        if self._ssl is None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.pki.ca_cert)
-            ctx.load_cert_chain(self.pki.server_cert, self.pki.server_key)
-            ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer tokens need no client certificate
-            self._ssl = ctx
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        app = web.Application(middlewares=[], client_max_size=8 << 20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self._ssl).start()
+        async with self._lifecycle:
+            if self._runner is not None:
+                return
+            if self._ssl is None:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.pki.ca_cert)
+                ctx.load_cert_chain(self.pki.server_cert, self.pki.server_key)
+                ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer tokens need no client certificate
+                self._ssl = ctx
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            self.port = sock.getsockname()[1]
+            app = web.Application(client_max_size=8 << 20)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            # Where the shutdown grace is given moved between aiohttp 3.8 and 3.9.
+            grace: dict[str, float] = {"shutdown_timeout": 1.0}
+            runner_takes_it = "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters
+            self._runner = web.AppRunner(app, access_log=None, **(grace if runner_takes_it else {}))
+            await self._runner.setup()
+            site = web.SockSite(self._runner, sock, ssl_context=self._ssl, **({} if runner_takes_it else grace))
+            await site.start()
+            self._stopping = False
 
     async def stop(self) -> None:
-        """The API server goes away: open connections are cut, new ones refused."""
-        runner, self._runner = self._runner, None
-        self.store.signal("close")
-        for transport in list(self._transports):
-            transport.abort()
-        if runner is not None:
+        """The API server goes away, as if it crashed: open connections are cut, new ones refused."""
+        async with self._lifecycle:
+            runner, self._runner = self._runner, None
+            if runner is None:
+                return
+            self._stopping = True  # a request arriving meanwhile has its connection cut
+            self.store.signal("close")
+            for _ in range(200):  # open watches see "close" and end (bounded: 1 s)
+                if not self.store.watchers:
+                    break
+                await asyncio.sleep(0.005)
+            for transport in list(self._transports):
+                transport.abort()
             await runner.cleanup()
 
     async def close(self) -> None:
@@ -289,6 +307,10 @@ class KubeAPI:
         if transport is not None:
             self._transports.add(transport)  # type: ignore[arg-type]
         try:
+            if self._stopping:
+                if transport is not None:
+                    transport.abort()
+                raise _Dropped()
             return await self._handle_counted(request)
         except _Dropped:
             return web.Response(status=500)  # never reaches the client: its connection is gone
