@@ -30,6 +30,8 @@ from wgagent import __version__, config, logs
 from wgagent.config import Config
 from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
+from wgagent.kube import AnnotationPart, NodeWatch
+from wgagent.kube import clients as kube_clients
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
 from wgagent.publicip.part import PublicIPPart
@@ -57,6 +59,21 @@ def build_parts(cfg: Config, state: State) -> Stages:
     clean: list[Part] = []
     if cfg.public_ip.enabled:
         observe.append(PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir))
+    if cfg.kube.enabled:
+        own_api, list_api = kube_clients(cfg, state)
+        watch = NodeWatch(state, list_api)
+        ip = next((p for p in observe if isinstance(p, PublicIPPart)), None)
+        annotation = AnnotationPart(
+            state,
+            cfg.node,
+            own_api,
+            public_ip=ip.adopted if ip is not None else lambda: None,
+            request_restart=None,  # TODO(lead): the k3s Restarter's request(): one restarter, one rate limit
+            cluster=watch.view,
+        )
+        watch.on_change = lambda names: annotation.wake.set() if cfg.node in names else None
+        observe.append(watch)
+        act.append(annotation)
     return [stage for stage in (observe, act, clean) if stage]
 
 
