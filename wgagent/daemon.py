@@ -26,7 +26,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from wgagent import __version__, config, logs
+from wgagent import __version__, config, k3s, logs
 from wgagent.config import Config
 from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
@@ -57,8 +57,20 @@ def build_parts(cfg: Config, state: State) -> Stages:
     observe: list[Part] = []
     act: list[Part] = []
     clean: list[Part] = []
+    ip_part: PublicIPPart | None = None
     if cfg.public_ip.enabled:
-        observe.append(PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir))
+        ip_part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
+        observe.append(ip_part)
+    if cfg.k3s.enabled:
+        role = k3s.detect_role(cfg.k3s)
+        restarter = k3s.Restarter(
+            cfg.k3s, state_dir=cfg.state_dir, unit=role.unit if role else None, metrics=state.metrics
+        )  # also for the annotation part: one restarter, one rate limit
+        public_ip = ip_part.adopted if ip_part is not None else lambda: None
+        k3s_part = k3s.K3sPart(state, cfg.k3s, public_ip=public_ip, role=role, restarter=restarter)
+        act.append(k3s_part)
+        if ip_part is not None:
+            ip_part.on_change = k3s_part.wake.set
     if cfg.kube.enabled:
         own_api, list_api = kube_clients(cfg, state)
         watch = NodeWatch(state, list_api)
