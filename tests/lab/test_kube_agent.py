@@ -12,12 +12,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import require
-from tests.kubeapi import CONTROLLER, KubeAPI, User, shared_pki
+from tests.kubeapi import CONTROLLER, PKI, KubeAPI, User, shared_pki
 from wgagent.errors import Forbidden, KubeConfigError, KubeUnreachable, NotFound, ServerError, Unauthorized
 from wgagent.kube.annotation import STEADY_INTERVAL_S, AnnotationPart
 from wgagent.kube.client import KubeClient
@@ -401,4 +402,16 @@ async def test_unreachable_error_names_the_server() -> None:
         with pytest.raises(KubeUnreachable) as exc:
             await client.get_node("n1")
         assert str(exc.value).startswith(f"GET {api.url}/api/v1/nodes/n1: cannot connect")
+        await client.close()
+
+
+async def test_untrusted_server_certificate_is_a_clear_error(tmp_path: Path) -> None:
+    async with api_with("n1") as api:
+        other_ca = PKI.create(str(tmp_path / "other"))
+        cert = api.pki.client("system:node:n1", "system:nodes")
+        path = other_ca.kubeconfig(str(tmp_path / "k.yaml"), api.url, cert=cert)  # trusts the wrong CA
+        client = KubeClient(path, retries=0)
+        with pytest.raises(KubeUnreachable) as exc:
+            await client.get_node("n1")
+        assert "TLS certificate not trusted" in str(exc.value) and str(exc.value).startswith(f"GET {api.url}/")
         await client.close()

@@ -294,6 +294,7 @@ async def test_missing_kubeconfig_fails_the_check_not_the_daemon() -> None:
     part, state = part_for(api)
     await part.reconcile()
     assert "kubelet.kubeconfig: kubeconfig not found" in state.checks["annotation"].detail
+    assert part.interval_s == 15.0  # reading the file again costs the API server nothing
 
 
 async def test_api_down_backs_off_then_recovers(caplog: pytest.LogCaptureFixture) -> None:

@@ -216,14 +216,15 @@ async def test_unreachable_reconnects_with_backoff_and_keeps_the_last_view() -> 
 
 
 @pytest.mark.parametrize(
-    ("error", "status"),
+    ("error", "status", "delays"),
     [
-        pytest.param(Forbidden('nodes is forbidden: User "system:node:n1" cannot list'), "refused", id="forbidden"),
+        pytest.param(Forbidden('nodes is forbidden: User "system:node:n1" cannot list'), "refused",
+                     [10.0, 20.0, 40.0], id="forbidden"),
         pytest.param(KubeConfigError("/x/k3scontroller.kubeconfig: kubeconfig not found"), "no credential",
-                     id="no-kubeconfig"),
+                     [15.0, 15.0, 15.0], id="no-kubeconfig"),
     ],
 )  # fmt: skip
-async def test_missing_or_refused_list_credential(error: KubeError, status: str) -> None:
+async def test_missing_or_refused_list_credential(error: KubeError, status: str, delays: list[float]) -> None:
     api = ScriptedAPI()
     api.lists = [error, error, error, listing(10, meta("n1", 5))]
     seen: list[tuple[bool, str, str]] = []
@@ -239,7 +240,8 @@ async def test_missing_or_refused_list_credential(error: KubeError, status: str)
     )
     watch._sleep = sleeps
     await run_until(watch, api)
-    assert sleeps.delays == [10.0, 20.0, 40.0]  # slow: a credential is fixed by a person, or by k3s
+    # A refused credential costs a request per try: slow backoff. A missing file costs nothing.
+    assert sleeps.delays == delays
     assert [(none, st) for none, st, _ in seen] == [(True, status)] * 3
     if status == "refused":
         assert "needs a credential that may list and watch all Nodes" in seen[0][2]

@@ -55,6 +55,10 @@ wakes this part as soon as the own Node's flannel annotations change."""
 PENDING_INTERVAL_S = 60.0
 """While waiting for flannel to re-read the overwrite (a k3s restart pending or under way)."""
 
+CREDENTIAL_FILE_RETRY_S = 15.0
+"""A missing or unreadable kubeconfig (k3s writes the kubelet's at first start) is read again
+this often; it costs the API server nothing."""
+
 RequestRestart = Callable[[str], Awaitable[RestartResult]]
 
 
@@ -221,7 +225,10 @@ class AnnotationPart(Part):
                 quiet=True,
             )
             return
-        except (Forbidden, Unauthorized, KubeConfigError) as exc:
+        except KubeConfigError as exc:  # no request was made: look at the file again soon
+            self._fail("credential", self._credential_problem(exc), CREDENTIAL_FILE_RETRY_S)
+            return
+        except (Forbidden, Unauthorized) as exc:
             self._fail("credential", self._credential_problem(exc), self._slow.next())
             return
         except KubeError as exc:

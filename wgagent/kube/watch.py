@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = (2700, 3600)
 """The range ``timeoutSeconds`` is drawn from (the API server honours what it is asked)."""
+CREDENTIAL_FILE_RETRY_S = 15.0
+"""A missing or unreadable kubeconfig is read again this often."""
 AUTH_RETRY_CAP_S = 600.0
-"""A refused or missing credential is retried from 10 s up to this rarely: it changes only
-when someone fixes it (or when k3s writes its controller kubeconfig at first start)."""
+"""A refused credential is retried from 10 s up to this rarely: each try is a request, and
+it changes only when someone fixes RBAC or the kubeconfig."""
 
 
 def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
@@ -158,7 +160,13 @@ class NodeWatch(StreamPart):
                         await self._wait(backoff_delay(self._gone_streak - 2, rand=self._rand))
                 except KubeError as exc:
                     self._failed(exc)
-                    await self._wait(self._backoff.next() if self._usable else self._slow.next())
+                    if isinstance(exc, KubeConfigError):
+                        # Reading a file costs the API nothing: look again soon (k3s writes
+                        # its controller kubeconfig when it first starts, after us).
+                        delay = CREDENTIAL_FILE_RETRY_S
+                    else:
+                        delay = self._backoff.next() if self._usable else self._slow.next()
+                    await self._wait(delay)
         finally:
             self._streaming = False
             self._m_up.set(0)
