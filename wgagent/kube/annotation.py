@@ -301,6 +301,8 @@ class AnnotationPart(Part):
 
     def _succeed(self, verdict: Assessment, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
         self._confirmed.update(want)
+        self._retry.reset()
+        self._slow.reset()
         if self._problem is not None:
             log.info("Node %s: %s", self.node, verdict.detail)
         self._problem = None
