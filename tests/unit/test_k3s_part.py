@@ -36,6 +36,8 @@ class Node:
         self.state_dir = str(tmp / "state")
         self.role = role
         self.detected: Role | None = None
+        self.unit_dir = tmp / "systemd"
+        self.unit_dir.mkdir()
         self.part = self.new_part()
 
     def new_part(self) -> K3sPart:
@@ -56,6 +58,7 @@ class Node:
             restarter=restarter,
             detect=lambda: self.detected,
             missing_detail=lambda: "no k3s found: test",
+            unit_dirs=[str(self.unit_dir)],
         )
 
     @property
@@ -242,3 +245,15 @@ async def test_role_found_later_and_none_until_then(tmp_path: Path) -> None:
     assert node.check()[0] and node.state.role == "agent"
     assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
     assert node.part.restarter.unit == "k3s-agent.service"
+
+
+async def test_flags_on_k3s_command_line_are_reported(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    (node.unit_dir / "k3s.service").write_text(
+        "[Service]\nExecStart=/usr/local/bin/k3s \\\n    server \\\n    '--flannel-backend=vxlan' \\\n"
+    )
+    await node.part.reconcile()
+    ok, detail = node.check()
+    assert not ok
+    assert detail.startswith(f"{node.unit_dir}/k3s.service: ExecStart sets --flannel-backend=vxlan: it overrides")
+    assert node.status()["unit_files"] == [f"{node.unit_dir}/k3s.service"]

@@ -5,7 +5,8 @@ One pass::
     role      the one the daemon detected, or detect again (k3s installed after wgagent)
     address   the adopted public IP; while there is none, the one already in the drop-in
     write     render_dropin() -> fsutil.atomic_write (only on change, mode 0600)
-    scan      scan_config() over config.yaml and config.yaml.d/ with the new drop-in
+    scan      scan_config() over config.yaml and config.yaml.d/ with the new drop-in,
+              scan_unit() over k3s's ExecStart (command-line flags beat config files)
     restart   when a value k3s reads changed (not the comments), Restarter.request();
               otherwise Restarter.retry_pending(), so a rate-limited or refused restart
               happens once allowed, or is dropped once someone restarted k3s
@@ -18,26 +19,27 @@ is the first of those, one line. ``/status`` gets the whole picture under ``part
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
 from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
 from wgagent.k3s.restart import Restarter
-from wgagent.k3s.role import Role, detect_role, role_missing_detail
+from wgagent.k3s.role import UNIT_DIRS, Role, detect_role, role_missing_detail
 from wgagent.k3s.scan import (
     DROPIN_DIR,
     DROPIN_NAME,
     FLANNEL_BACKEND,
     NODE_EXTERNAL_IP,
-    Scan,
+    Finding,
     Value,
     owned_keys,
     parse_file,
     read_config_files,
     scan_config,
 )
+from wgagent.k3s.unit import read_unit, scan_unit
 from wgagent.model import PublicAddresses, RestartResult
 from wgagent.part import Part
 from wgagent.state import State
@@ -63,14 +65,16 @@ class K3sPart(Part):
         restarter: Restarter,
         detect: Callable[[], Role | None] | None = None,
         missing_detail: Callable[[], str] | None = None,
+        unit_dirs: Sequence[str] = UNIT_DIRS,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
         self.role = role
         self.restarter = restarter
         self._public_ip = public_ip
-        self._detect = detect or (lambda: detect_role(cfg))
-        self._missing_detail = missing_detail or (lambda: role_missing_detail(cfg))
+        self._unit_dirs = tuple(unit_dirs)
+        self._detect = detect or (lambda: detect_role(cfg, unit_dirs=self._unit_dirs))
+        self._missing_detail = missing_detail or (lambda: role_missing_detail(cfg, self._unit_dirs))
         self._reported: tuple[str, ...] = ()
         if role is not None and restarter.unit is None:
             restarter.unit = role.unit
@@ -103,6 +107,8 @@ class K3sPart(Part):
         else:
             files[_OWN_REL] = content
         scan = scan_config(self.cfg.config_dir, files, role=role.name)
+        unit_files = read_unit(role.unit, self._unit_dirs)
+        errors = [*scan.errors, *scan_unit(unit_files, role=role.name, config_dir=self.cfg.config_dir)]
 
         diff = _diff(_values(old_bytes, role.name), _values(content, role.name)) if changed else ""
         if changed:
@@ -114,9 +120,9 @@ class K3sPart(Part):
             restart = await self.restarter.retry_pending()
         if restart is not None and restart.restarted:
             log.info("%s", restart.detail)
-        self._log_findings(scan)
+        self._log_findings(errors)
 
-        ok, detail = self._verdict(path, role, addresses, changed, write_error, scan, restart)
+        ok, detail = self._verdict(path, role, addresses, changed, write_error, errors, restart)
         self.state.set_check(CHECK, ok, detail)
         self.state.set_part(
             self.name,
@@ -130,7 +136,8 @@ class K3sPart(Part):
                 "node_external_ip": [str(ip) for ip in (addresses.ipv4, addresses.ipv6) if ip] if addresses else [],
                 "address_from": "public_ip" if adopted else "existing drop-in" if addresses else None,
                 "files": list(scan.files),
-                "findings": [str(f) for f in scan.errors],
+                "unit_files": [p for p, _ in unit_files],
+                "findings": [str(f) for f in errors],
                 "notes": [str(f) for f in scan.notes],
                 "restart": {
                     "result": None if restart is None else restart.detail,
@@ -154,13 +161,12 @@ class K3sPart(Part):
         addresses: PublicAddresses | None,
         changed: bool,
         write_error: str | None,
-        scan: Scan,
+        errors: Sequence[Finding],
         restart: RestartResult | None,
     ) -> tuple[bool, str]:
         problems: list[str] = []
         if write_error:
             problems.append(f"{write_error}; k3s keeps the previous {DROPIN_NAME}")
-        errors = scan.errors
         if errors:
             more = f" (and {len(errors) - 1} more, see 'wgagent status')" if len(errors) > 1 else ""
             problems.append(f"{errors[0]}{more}")
@@ -176,8 +182,8 @@ class K3sPart(Part):
             detail += f"; {restart.detail}"
         return True, detail
 
-    def _log_findings(self, scan: Scan) -> None:
-        texts = tuple(str(f) for f in scan.errors)
+    def _log_findings(self, errors: Sequence[Finding]) -> None:
+        texts = tuple(str(f) for f in errors)
         if texts != self._reported:
             for text in texts:
                 if text not in self._reported:

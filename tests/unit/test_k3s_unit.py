@@ -1,0 +1,103 @@
+"""k3s's command line in its unit (ExecStart): flags that beat the drop-in, and --config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wgagent.k3s import read_unit, scan_unit
+from wgagent.k3s.unit import exec_start
+
+UNIT = "/etc/systemd/system/k3s.service"
+INSTALL_SCRIPT_UNIT = """\
+[Unit]
+Description=Lightweight Kubernetes
+
+[Service]
+Type=notify
+EnvironmentFile=-/etc/default/%N
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/k3s \\
+    server \\
+\t'--node-external-ip=198.51.100.9' \\
+\t'--flannel-backend' 'vxlan' \\
+\t'--flannel-external-ip' \\
+\t'--write-kubeconfig-mode=644' \\
+
+"""
+
+
+def messages(text: str, role: str = "server", config_dir: str = "/etc/rancher/k3s") -> list[str]:
+    return [f.message.split(":")[0] for f in scan_unit([(UNIT, text)], role=role, config_dir=config_dir)]
+
+
+def test_install_script_unit_with_flags_wgagent_owns() -> None:
+    assert exec_start([(UNIT, INSTALL_SCRIPT_UNIT)]) == (
+        UNIT,
+        [
+            "/usr/local/bin/k3s",
+            "server",
+            "--node-external-ip=198.51.100.9",
+            "--flannel-backend",
+            "vxlan",
+            "--flannel-external-ip",
+            "--write-kubeconfig-mode=644",
+        ],
+    )
+    assert messages(INSTALL_SCRIPT_UNIT) == [
+        "ExecStart sets --node-external-ip=198.51.100.9",
+        "ExecStart sets --flannel-backend=vxlan",
+        "ExecStart sets --flannel-external-ip",
+    ]
+    (first,) = scan_unit([(UNIT, INSTALL_SCRIPT_UNIT)], role="agent", config_dir="/etc/rancher/k3s")
+    assert first.path == UNIT and "k3s adds it to the drop-in's node-external-ip" in first.message
+
+
+def test_a_plain_unit_has_no_findings() -> None:
+    assert messages("[Service]\nExecStart=/usr/local/bin/k3s agent --node-label a=b\n", role="agent") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("--config /srv/k3s.yaml", ["ExecStart makes k3s read /srv/k3s.yaml (--config), so it never reads "]),
+        ("-c=/srv/k3s.yaml", ["ExecStart makes k3s read /srv/k3s.yaml (--config), so it never reads "]),
+        ("--config /etc/rancher/k3s/config.yaml", []),
+    ],
+)
+def test_config_elsewhere(args: str, expected: list[str]) -> None:
+    found = scan_unit([(UNIT, f"[Service]\nExecStart=/usr/local/bin/k3s server {args}\n")], role="server",
+                      config_dir="/etc/rancher/k3s")  # fmt: skip
+    assert [f.message[: len(e)] for f, e in zip(found, expected, strict=True)] == expected
+
+
+def test_dropin_clearing_exec_start_replaces_it() -> None:
+    dropin = "[Service]\nExecStart=\nExecStart=/usr/local/bin/k3s server\n"
+    assert exec_start([(UNIT, INSTALL_SCRIPT_UNIT), (UNIT + ".d/override.conf", dropin)]) == (
+        UNIT + ".d/override.conf",
+        ["/usr/local/bin/k3s", "server"],
+    )
+    assert scan_unit([(UNIT, INSTALL_SCRIPT_UNIT), ("o.conf", dropin)], role="server", config_dir="/x") == []
+
+
+def test_exec_start_outside_service_section_and_comments_are_ignored() -> None:
+    text = "[Unit]\nExecStart=/bin/false --node-external-ip=1.1.1.1\n[Service]\n# ExecStart=--flannel-backend=x\n"
+    assert exec_start([(UNIT, text)]) is None
+
+
+def test_read_unit_takes_the_highest_priority_file_and_all_dropins(tmp_path: Path) -> None:
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    for d in (etc / "k3s.service.d", lib / "k3s.service.d"):
+        d.mkdir(parents=True)
+    (etc / "k3s.service").write_text("etc")
+    (lib / "k3s.service").write_text("lib")
+    (etc / "k3s.service.d" / "20-b.conf").write_text("etc-b")
+    (lib / "k3s.service.d" / "20-b.conf").write_text("lib-b (hidden)")
+    (lib / "k3s.service.d" / "10-a.conf").write_text("lib-a")
+    (lib / "k3s.service.d" / "notes.txt").write_text("no")
+    assert read_unit("k3s.service", [str(etc), str(tmp_path / "none"), str(lib)]) == [
+        (str(etc / "k3s.service"), "etc"),
+        (str(lib / "k3s.service.d" / "10-a.conf"), "lib-a"),
+        (str(etc / "k3s.service.d" / "20-b.conf"), "etc-b"),
+    ]
