@@ -75,15 +75,24 @@ def build_parts(cfg: Config, state: State) -> Stages:
         own_api, list_api = kube_clients(cfg, state)
         watch = NodeWatch(state, list_api)
         ip = next((p for p in observe if isinstance(p, PublicIPPart)), None)
+        k3s_found = next((p for p in act if isinstance(p, k3s.K3sPart)), None)
         annotation = AnnotationPart(
             state,
             cfg.node,
             own_api,
             public_ip=ip.adopted if ip is not None else lambda: None,
-            request_restart=None,  # TODO(lead): the k3s Restarter's request(): one restarter, one rate limit
+            request_restart=k3s_found.restarter.request if k3s_found is not None else None,  # one rate limit
             cluster=watch.view,
         )
         watch.on_change = lambda names: annotation.wake.set() if cfg.node in names else None
+        if ip is not None:  # a new public IP wakes the annotation too, not only the k3s part
+            ip_changed = ip.on_change
+
+            def public_ip_changed() -> None:
+                ip_changed()
+                annotation.wake.set()
+
+            ip.on_change = public_ip_changed
         observe.append(watch)
         act.append(annotation)
     return [stage for stage in (observe, act, clean) if stage]
