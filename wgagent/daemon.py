@@ -30,12 +30,16 @@ from wgagent import __version__, config, k3s, logs
 from wgagent.config import Config
 from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
+from wgagent.model import ClusterView
 from wgagent.kube import AnnotationPart, NodeWatch
 from wgagent.kube import clients as kube_clients
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
 from wgagent.publicip.part import PublicIPPart
 from wgagent.state import State
+from wgagent.wireguard.gc import GCPart
+from wgagent.wireguard.interface import InterfacePart
+from wgagent.wireguard.module import ModulePart
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,17 @@ def build_parts(cfg: Config, state: State) -> Stages:
             ip.on_change = public_ip_changed
         observe.append(watch)
         act.append(annotation)
+    if cfg.wireguard.enabled:
+        # TODO(lead): pass the node watch's view() here once NodeWatch is built in this
+        # function; until then peer GC removes only peers without allowed IPs, and no live
+        # node is reported unreachable.
+        def cluster() -> ClusterView | None:
+            return None
+
+        observe.append(ModulePart(state, cfg.wireguard))
+        observe.append(InterfacePart(state, cfg.wireguard, cluster))
+        if cfg.wireguard.gc.enabled:
+            clean.append(GCPart(state, cfg, cluster))
     return [stage for stage in (observe, act, clean) if stage]
 
 
