@@ -30,9 +30,9 @@ from wgagent import __version__, config, k3s, logs
 from wgagent.config import Config
 from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
-from wgagent.model import ClusterView
 from wgagent.kube import AnnotationPart, NodeWatch
 from wgagent.kube import clients as kube_clients
+from wgagent.model import ClusterView
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
 from wgagent.publicip.part import PublicIPPart
@@ -100,12 +100,14 @@ def build_parts(cfg: Config, state: State) -> Stages:
         observe.append(watch)
         act.append(annotation)
     if cfg.wireguard.enabled:
-        # TODO(lead): pass the node watch's view() here once NodeWatch is built in this
-        # function; until then peer GC removes only peers without allowed IPs, and no live
-        # node is reported unreachable.
-        def cluster() -> ClusterView | None:
+        node_watch = next((p for p in observe if isinstance(p, NodeWatch)), None)
+
+        def no_cluster() -> ClusterView | None:
             return None
 
+        # Without the node watch (kube.enabled: false) peer GC removes only peers without
+        # allowed IPs, and no live node can be reported unreachable.
+        cluster = node_watch.view if node_watch is not None else no_cluster
         observe.append(ModulePart(state, cfg.wireguard))
         observe.append(InterfacePart(state, cfg.wireguard, cluster))
         if cfg.wireguard.gc.enabled:
