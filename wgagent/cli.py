@@ -23,7 +23,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from wgagent import __version__
@@ -107,7 +107,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = asyncio.run(daemon.once())
         print(json.dumps(daemon.state.status(), indent=2))
         return code
-    return asyncio.run(daemon.serve())
+    return run_bounded(daemon.serve())
+
+
+def run_bounded(coro: Coroutine[Any, Any, int]) -> int:
+    """Like ``asyncio.run()``, without waiting at the end for tasks that ignored cancellation.
+
+    ``Daemon.serve()`` cancels its tasks and gives them a bounded grace; ``asyncio.run()``
+    would then wait for stragglers without limit, making shutdown unbounded.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        stragglers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if stragglers:
+            log.error(
+                "exiting with %d task(s) that ignored cancellation: %s",
+                len(stragglers),
+                ", ".join(sorted(t.get_name() for t in stragglers)),
+            )
+        else:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def fetch_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -139,6 +139,10 @@ class Daemon:
         self._exit_code = 0
         self._status_pending = False
 
+    def stop(self) -> None:
+        """Ask ``serve()`` to shut down (what SIGTERM does)."""
+        self._stop.set()
+
     # --- run --once -------------------------------------------------------------------------
 
     async def once(self) -> int:

@@ -91,7 +91,12 @@ class Gauge(_Family):
 class Registry:
     def __init__(self, changed: Callable[[], None] = lambda: None) -> None:
         self._families: dict[str, _Family] = {}
+        self._collectors: list[Callable[[list[str]], None]] = []
         self._changed = changed
+
+    def add_collector(self, collect: Callable[[list[str]], None]) -> None:
+        """Call ``collect(lines)`` at render time, for series derived from other state."""
+        self._collectors.append(collect)
 
     def counter(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> Counter:
         return self._add(Counter, name, help_text, labelnames)
@@ -114,4 +119,6 @@ class Registry:
         out: list[str] = []
         for family in self._families.values():
             family.render(out)
+        for collect in self._collectors:
+            collect(out)
         return "\n".join(out) + "\n"

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
+    """Reads ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` from the process
+    environment, as sdnotify itself does (so the two can never disagree)."""
+
+    def __init__(self) -> None:
+        environ = os.environ
         self._notifier = None
         if environ.get("NOTIFY_SOCKET"):
             import sdnotify

@@ -73,7 +73,7 @@ class State:
         self.reconcile_errors = self.metrics.counter(
             "wgagent_reconcile_errors_total", "Reconcile passes that failed, by part.", ("part",)
         )
-        self._check_ok = self.metrics.gauge("wgagent_check_ok", "1 when the check passes, else 0.", ("check",))
+        self.metrics.add_collector(self._render_checks)
 
     # --- writers --------------------------------------------------------------------------
 
@@ -87,15 +87,11 @@ class State:
             return
         since = old.since if old is not None and old.ok == ok else self._clock()
         self._checks[name] = Check(ok, detail, since)
-        self._check_ok.set(1 if ok else 0, check=name)
         self._bump()
 
     def drop_check(self, name: str) -> None:
         """A disabled part's check is absent, not failing."""
         if self._checks.pop(name, None) is not None:
-            self._check_ok.clear()
-            for other, check in self._checks.items():
-                self._check_ok.set(1 if check.ok else 0, check=other)
             self._bump()
 
     def set_part(self, name: str, data: Mapping[str, Any]) -> None:
@@ -116,6 +112,13 @@ class State:
         self.generation += 1
         for listener in self._listeners:
             listener()
+
+    def _render_checks(self, out: list[str]) -> None:
+        out.append("# HELP wgagent_check_ok 1 when the check passes, else 0.")
+        out.append("# TYPE wgagent_check_ok gauge")
+        for name in CHECK_NAMES:
+            if name in self._checks:
+                out.append(f'wgagent_check_ok{{check="{name}"}} {int(self._checks[name].ok)}')
 
     # --- readers --------------------------------------------------------------------------
 

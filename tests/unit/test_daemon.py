@@ -1,0 +1,326 @@
+"""The daemon runtime: sd_notify on a real socket, watchdog, reload, staged shutdown, run --once.
+
+Processes run ``python -m wgagent`` with a sandbox config (every outward part off, paths in
+a temp dir); in-process tests plug fake parts into the daemon through ``parts_factory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import configs
+from tests.support.notify import NotifySocket
+from tests.unit.test_health import free_port
+from wgagent import config
+from wgagent.daemon import Daemon, Stages
+from wgagent.notify import Notifier
+from wgagent.part import Part, StreamPart
+from wgagent.state import State
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    yield sock
+    sock.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start_daemon(cfg_path: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    full_env.pop("JOURNAL_STREAM", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "wgagent", "--config", cfg_path, "run", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ready_status_watchdog_rate_and_stopping(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    port = free_port()
+    cfg = configs.write(str(tmp_path / "c.yaml"), configs.sandbox(str(tmp_path), port))
+    proc = start_daemon(cfg, notify_socket.env(watchdog_usec=400_000))  # ping every 0.2 s
+    try:
+        notify_socket.wait_for("READY=1")
+        assert any(m.startswith("STATUS=ok: all 1 checks pass") for m in notify_socket.lines())
+        assert http_get(port, "/healthz")[0] == 200
+        notify_socket.wait_for("WATCHDOG=1", count=8)
+        pings = notify_socket.times("WATCHDOG=1")
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        assert max(gaps) < 0.4, gaps  # always within WATCHDOG_USEC, or systemd would kill us
+        assert min(gaps) > 0.1, gaps  # and not flooding: every WATCHDOG_USEC/2
+        proc.send_signal(signal.SIGTERM)
+        stop_sent = time.monotonic()
+        assert proc.wait(5) == 0
+        assert time.monotonic() - stop_sent < 5
+        notify_socket.wait_for("STOPPING=1")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_without_notify_socket_it_runs_in_the_foreground(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = configs.write(str(tmp_path / "c.yaml"), configs.sandbox(str(tmp_path), port))
+    proc = start_daemon(cfg, {})
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert http_get(port, "/healthz")[0] == 200
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(5) == 0
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert "health endpoint on http://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_sighup_applies_a_valid_file_and_refuses_an_invalid_one(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    port, new_port = free_port(), free_port()
+    cfg_path = str(tmp_path / "c.yaml")
+    configs.write(cfg_path, configs.sandbox(str(tmp_path), port))
+    proc = start_daemon(cfg_path, notify_socket.env())
+    try:
+        notify_socket.wait_for("READY=1")
+
+        # An invalid file: refused, old config stays, the config check fails and says why.
+        Path(cfg_path).write_text("public_ip:\n  quorum: many\n")
+        t = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("RELOADING=1", after=t)
+        notify_socket.wait_for("READY=1", after=t)
+        code, body = http_get(port, "/healthz")
+        assert code == 503
+        detail = body["checks"]["config"]["detail"]  # type: ignore[index]
+        assert "reload refused" in detail and "public_ip.quorum: 'many' is invalid" in detail
+        assert proc.poll() is None
+
+        # A valid file takes effect: here the health endpoint moves to a new port.
+        configs.write(cfg_path, configs.sandbox(str(tmp_path), new_port))
+        t = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("READY=1", after=t)
+        code, body = http_get(new_port, "/healthz")
+        assert code == 200 and body["checks"]["config"]["ok"] is True  # type: ignore[index]
+        with pytest.raises(OSError):
+            http_get(port, "/healthz")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert "reload refused, still running the previous config" in err
+
+
+def test_run_once_prints_status_json_and_exits_0_when_all_pass(tmp_path: Path) -> None:
+    cfg = configs.write(str(tmp_path / "c.yaml"), configs.sandbox(str(tmp_path), free_port()))
+    out = subprocess.run(
+        [sys.executable, "-m", "wgagent", "--config", cfg, "run", "--once"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["status"] == "ok" and status["node"] == "node1" and "config" in status["checks"]
+
+
+async def until(cond: Callable[[], object], task: asyncio.Task[int], timeout: float = 10) -> None:
+    """Wait for ``cond`` while the daemon task runs; fail fast if it ended or time ran out."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if task.done():
+            raise AssertionError(f"daemon ended early: {task.result()!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+# --- in-process: fake parts ---------------------------------------------------------------------
+
+
+class FakePart(Part):
+    def __init__(self, state: State, name: str, ok: bool = True, delay_s: float = 0.0) -> None:
+        super().__init__(state)
+        self.name = name
+        self.checks = (name,)
+        self.ok = ok
+        self.delay_s = delay_s
+        self.passes = 0
+        self.finished_at: float | None = None
+
+    async def reconcile(self) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.passes += 1
+        self.finished_at = time.monotonic()
+        self.state.set_check(self.name, self.ok, "fake")
+
+
+class HangingPart(Part):
+    """Hangs and ignores cancellation, like a badly written source, until released."""
+
+    name = "public_ip"
+    checks = ("public_ip",)
+    released = False
+
+    async def reconcile(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+            if HangingPart.released:
+                raise asyncio.CancelledError
+
+
+class BrokenPart(Part):
+    name = "k3s"
+    checks = ("k3s_config",)
+
+    async def reconcile(self) -> None:
+        raise KeyError("boom")
+
+
+class DyingStream(StreamPart):
+    name = "watch"
+
+    async def reconcile(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        raise RuntimeError("watch exploded")
+
+
+def notifier_for(sock: NotifySocket, monkeypatch: pytest.MonkeyPatch, watchdog_usec: int | None = None) -> Notifier:
+    for name, value in sock.env(watchdog_usec).items():
+        monkeypatch.setenv(name, value)
+    return Notifier()
+
+
+def daemon_with(
+    parts: Callable[[State], Stages] | None, tmp_path: Path, notifier: Notifier | None = None, **cfg: Any
+) -> Daemon:
+    health = config.HealthConfig(listen=config.ListenAddress("127.0.0.1", free_port()))
+    return Daemon(
+        dataclasses.replace(config.Config(), health=health, **cfg),
+        str(tmp_path / "none.yaml"),
+        notifier=notifier or Notifier(),
+        parts_factory=lambda c, s: parts(s) if parts else [],
+    )
+
+
+async def test_once_exit_code_follows_the_checks(tmp_path: Path) -> None:
+    good = daemon_with(lambda s: [[FakePart(s, "public_ip")], [FakePart(s, "k3s_config")]], tmp_path)
+    assert await good.once() == 0
+    bad = daemon_with(lambda s: [[FakePart(s, "public_ip", ok=False)]], tmp_path)
+    assert await bad.once() == 1
+
+
+async def test_a_part_that_raises_fails_its_checks_and_is_counted(tmp_path: Path) -> None:
+    daemon = daemon_with(lambda s: [[BrokenPart(s)]], tmp_path)
+    assert await daemon.once() == 1
+    check = daemon.state.checks["k3s_config"]
+    assert not check.ok and "k3s failed: 'boom'" in check.detail
+    assert daemon.state.reconcile_errors.get(part="k3s") == 1
+
+
+async def test_stages_run_in_order_and_ready_follows_the_first_pass(
+    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[FakePart] = []
+
+    def parts(s: State) -> Stages:
+        made[:] = [FakePart(s, "public_ip", delay_s=0.3), FakePart(s, "k3s_config")]
+        return [[made[0]], [made[1]]]
+
+    daemon = daemon_with(parts, tmp_path, notifier=notifier_for(notify_socket, monkeypatch))
+    task = asyncio.create_task(daemon.serve())
+    await until(lambda: notify_socket.times("READY=1"), task)
+    ready_at = notify_socket.times("READY=1")[0]
+    first, second = made
+    assert first.finished_at is not None and second.finished_at is not None
+    assert first.finished_at <= second.finished_at <= ready_at
+    daemon.stop()
+    assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_ready_comes_by_the_deadline_when_a_part_hangs_and_shutdown_is_bounded(
+    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = daemon_with(
+        lambda s: [[HangingPart(s)]],
+        tmp_path,
+        notifier=notifier_for(notify_socket, monkeypatch),
+        startup_deadline_s=1.0,
+    )
+    started = time.monotonic()
+    task = asyncio.create_task(daemon.serve())
+    await until(lambda: notify_socket.times("READY=1"), task)
+    assert 0.9 <= notify_socket.times("READY=1")[0] - started < 3
+    stop_at = time.monotonic()
+    daemon.stop()
+    try:
+        assert await asyncio.wait_for(task, 6) == 0
+        assert time.monotonic() - stop_at < 5
+        assert notify_socket.times("STOPPING=1")
+    finally:
+        HangingPart.released = True  # let the test's event loop end
+
+
+async def test_a_dying_task_is_logged_at_once_and_the_daemon_exits_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = daemon_with(lambda s: [[DyingStream(s)]], tmp_path)
+    assert await asyncio.wait_for(daemon.serve(), 5) == 1
+    assert "task watch-stream failed" in caplog.text and "watch exploded" in caplog.text
+
+
+async def test_a_wedged_loop_stops_the_watchdog(
+    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifier = notifier_for(notify_socket, monkeypatch, watchdog_usec=100_000)  # ping every 50 ms
+    daemon = daemon_with(None, tmp_path, notifier=notifier)
+    task = asyncio.create_task(daemon.serve())
+    await until(lambda: len(notify_socket.times("WATCHDOG=1")) >= 3, task)
+    wedged_at = time.monotonic()
+    time.sleep(0.6)  # the wedge itself: a blocking call on the event loop
+    unwedged_at = time.monotonic()
+    await until(lambda: [t for t in notify_socket.times("WATCHDOG=1") if t > unwedged_at], task)  # resumes
+    during = [t for t in notify_socket.times("WATCHDOG=1") if wedged_at + 0.06 < t < unwedged_at]
+    assert during == []
+    daemon.stop()
+    assert await asyncio.wait_for(task, 5) == 0
