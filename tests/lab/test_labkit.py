@@ -24,14 +24,19 @@ def test_nat_router_masquerades_and_close_removes_everything(lab: Lab) -> None:
     # The "internet" sees the router's address, not the node's: a UDP echo through the NAT.
     server = lab.spawn(
         inet,
-        ["python3", "-c",
-         "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 4000));"
-         "d,a=s.recvfrom(100); s.sendto(a[0].encode(), a)"],
+        [
+            "python3",
+            "-c",
+            "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 4000));"
+            "d,a=s.recvfrom(100); s.sendto(a[0].encode(), a)",
+        ],
         name="udp-echo",
     )
     lab.wait_udp(inet, 4000)
     seen = lab.run(
-        node, "python3", "-c",
+        node,
+        "python3",
+        "-c",
         "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5);"
         "s.sendto(b'x', ('203.0.113.254', 4000)); print(s.recvfrom(100)[0].decode())",
     ).strip()

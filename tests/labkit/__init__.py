@@ -120,7 +120,10 @@ class Lab:
 
     def link(self, a: Host, a_if: str, a_addr: str | None, b: Host, b_if: str, b_addr: str | None) -> None:
         """A veth pair between two namespaces, with optional addresses ("10.0.0.1/24")."""
-        tmp_a, tmp_b = f"{PREFIX}a{os.getpid() % 100000}{next(_counter)}", f"{PREFIX}b{os.getpid() % 100000}{next(_counter)}"
+        tmp_a, tmp_b = (
+            f"{PREFIX}a{os.getpid() % 100000}{next(_counter)}",
+            f"{PREFIX}b{os.getpid() % 100000}{next(_counter)}",
+        )
         sh("ip", "link", "add", tmp_a[:15], "type", "veth", "peer", "name", tmp_b[:15])
         for tmp, host, ifname, addr in ((tmp_a[:15], a, a_if, a_addr), (tmp_b[:15], b, b_if, b_addr)):
             sh("ip", "link", "set", tmp, "netns", host.netns)
@@ -149,7 +152,9 @@ class Lab:
 
     # --- processes -------------------------------------------------------------------------
 
-    def run(self, host: Host | None, *cmd: str, input: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    def run(
+        self, host: Host | None, *cmd: str, input: str | None = None, check: bool = True, timeout: float = 30
+    ) -> str:
         """Run a command to completion inside ``host`` (or the root namespace for None)."""
         argv = host.argv(*cmd) if host else list(cmd)
         return sh(*argv, input=input, check=check, timeout=timeout)
@@ -186,7 +191,12 @@ class Lab:
         full_env.update(env or {})
         with open(log, "ab") as out:
             popen = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd,
                 start_new_session=True,
             )
         proc = Proc(name, popen, log, host)
@@ -201,11 +211,17 @@ class Lab:
         """
         uapi_dir = os.path.join(host.dir, "run-wireguard")
         proc = self.spawn(
-            host, ["wireguard-go", "-f", ifname], name=f"{host.name}-wireguard-go-{ifname}",
+            host,
+            ["wireguard-go", "-f", ifname],
+            name=f"{host.name}-wireguard-go-{ifname}",
             private_mounts={uapi_dir: "/run/wireguard"},
         )
-        wait_for(lambda: os.path.exists(os.path.join(uapi_dir, f"{ifname}.sock")), 10, f"{ifname}.sock in {host.name}",
-                 proc=proc)
+        wait_for(
+            lambda: os.path.exists(os.path.join(uapi_dir, f"{ifname}.sock")),
+            10,
+            f"{ifname}.sock in {host.name}",
+            proc=proc,
+        )
         return proc, uapi_dir
 
     def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 5) -> int | None:
@@ -318,7 +334,9 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, *, proc: Pro
         if cond():
             return
         if proc is not None and not proc.alive():
-            raise LabError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.output()[-2000:]}")
+            raise LabError(
+                f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.output()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)

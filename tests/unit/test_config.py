@@ -100,7 +100,9 @@ def test_values_are_converted_to_typed_frozen_fields() -> None:
             id="bad-yaml",
         ),
         pytest.param(
-            "", "/etc/wgagent/config.yaml: config file is empty; write '{}' or comments only for all defaults", id="empty"
+            "",
+            "/etc/wgagent/config.yaml: config file is empty; write '{}' or comments only for all defaults",
+            id="empty",
         ),
         pytest.param(
             "state_dir: var/lib/wgagent\n",

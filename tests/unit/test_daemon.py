@@ -7,7 +7,9 @@ a temp dir); in-process tests plug fake parts into the daemon through ``parts_fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -72,7 +74,7 @@ def test_ready_status_watchdog_rate_and_stopping(tmp_path: Path, notify_socket: 
         assert http_get(port, "/healthz")[0] == 200
         notify_socket.wait_for("WATCHDOG=1", count=8)
         pings = notify_socket.times("WATCHDOG=1")
-        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert max(gaps) < 0.4, gaps  # always within WATCHDOG_USEC, or systemd would kill us
         assert min(gaps) > 0.1, gaps  # and not flooding: every WATCHDOG_USEC/2
         proc.send_signal(signal.SIGTERM)
@@ -199,10 +201,8 @@ class HangingPart(Part):
 
     async def reconcile(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.05)
-            except asyncio.CancelledError:
-                pass
             if HangingPart.released:
                 raise asyncio.CancelledError
 

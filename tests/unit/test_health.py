@@ -131,5 +131,7 @@ async def test_busy_port_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         server = HealthServer(State(node="n1", version="1"), ListenAddress("127.0.0.1", port))
-        with pytest.raises(WgAgentError, match=rf"cannot serve the health endpoint on 127.0.0.1:{port}: .*health.listen"):
+        with pytest.raises(
+            WgAgentError, match=rf"cannot serve the health endpoint on 127.0.0.1:{port}: .*health.listen"
+        ):
             await server.start()

@@ -74,9 +74,7 @@ def test_summary_names_the_failing_checks() -> None:
     state.set_check("config", True, "loaded")
     assert state.summary() == "ok: all 1 checks pass"
     state.set_check("annotation", False, "public-ip is 10.0.0.5, overwrite is 203.0.113.7")
-    assert state.summary() == (
-        "failing 1/2: annotation (annotation: public-ip is 10.0.0.5, overwrite is 203.0.113.7)"
-    )
+    assert state.summary() == ("failing 1/2: annotation (annotation: public-ip is 10.0.0.5, overwrite is 203.0.113.7)")
 
 
 def test_status_has_node_role_version_uptime_and_parts() -> None:
