@@ -18,6 +18,8 @@ from wgagent.wireguard.model import key_from_bytes
 from wgagent.wireguard.uapi import (
     GetParser,
     UapiBackend,
+    _LineParser,
+    _parse_fast,
     encode_remove,
     errno_text,
     parse_errno,
@@ -191,6 +193,56 @@ def test_chunk_boundaries_do_not_matter(cuts: list[int]) -> None:
     for a, b in itertools.pairwise(bounds):
         parser.feed(REPLY[a:b])
     assert parser.result() == parse_get(REPLY, "wg0")
+
+
+num = st.integers(min_value=0, max_value=2**40).map(str) | st.sampled_from(["0", "00", "007"])
+
+
+@st.composite
+def wireguard_go_replies(draw: st.DrawFn) -> bytes:
+    """Replies in wireguard-go's layout, with every optional line present or not."""
+    lines = []
+    if draw(st.booleans()):
+        lines.append(f"private_key={draw(st.sampled_from([ALICE_PRIV, '00' * 32]))}")
+    if draw(st.booleans()):
+        lines.append(f"listen_port={draw(num)}")
+    for i in range(draw(st.integers(min_value=0, max_value=4))):
+        lines += [f"public_key={i:02x}{'ab' * 31}", f"preshared_key={PSK}", "protocol_version=1"]
+        if draw(st.booleans()):
+            lines.append(f"endpoint={draw(st.sampled_from(['198.51.100.1:51820', '[2001:db8::1]:51820', '']))}")
+        lines += [f"last_handshake_time_sec={draw(num)}", f"last_handshake_time_nsec={draw(num)}"]
+        lines += [f"tx_bytes={draw(num)}", f"rx_bytes={draw(num)}", f"persistent_keepalive_interval={draw(num)}"]
+        lines += [f"allowed_ip=10.{i}.{j}.0/24" for j in range(draw(st.integers(min_value=0, max_value=3)))]
+    lines.append(f"errno={draw(st.sampled_from(['0', '0', '-22']))}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(wireguard_go_replies())
+def test_fast_path_agrees_with_the_line_parser(content: bytes) -> None:
+    try:
+        slow = _LineParser("wg0", "x").parse(content)
+    except WireGuardError as exc:
+        with pytest.raises(WireGuardError, match="errno -22"):
+            _parse_fast(content, "wg0", "x")
+        assert "errno -22" in str(exc)
+        return
+    fast = _parse_fast(content, "wg0", "x")
+    assert fast is not None  # wireguard-go's layout takes the fast path
+    assert fast == slow
+
+
+def test_another_layout_takes_the_line_parser() -> None:
+    # boringtun-like: other order, an unknown key; same meaning.
+    content = (
+        f"listen_port=51820\nprivate_key={ALICE_PRIV}\npublic_key={PEER2}\nallowed_ip=10.42.1.0/24\nallowed_ip=fd00::/64\n"
+        "endpoint=198.51.100.9:51820\nrx_bytes=4028\ntx_bytes=4157\nlast_handshake_time_nsec=500000000\n"
+        "last_handshake_time_sec=1700000000\nfuture=1\npersistent_keepalive_interval=25\nerrno=0\n"
+    ).encode()
+    assert _parse_fast(content, "wg0", "x") is None
+    dev = parse_get(content + b"\n", "wg0")
+    assert dev.public_key == b64(ALICE_PUB) and dev.listen_port == 51820
+    assert dev.peers[0] == parse_get(REPLY, "wg0").peers[1]
 
 
 def test_encode_remove_is_one_transaction() -> None:
