@@ -253,12 +253,15 @@ async def test_one_pass_removes_in_one_transaction_and_logs_each_removal(caplog:
     assert k(3) not in store.get("flannel-wg") and k(1) in store.get("flannel-wg")
 
 
-async def test_a_failed_removal_is_reported_and_first_seen_is_kept() -> None:
+async def test_a_failed_removal_is_reported_and_first_seen_is_kept(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeBackend({"wg0": device(peer(1, age=4000))})
     fake.devices = {"wg0": Device("wg0", 51820, OWN, (peer(1, age=4000),))}
     fake.fail_remove = WireGuardError("wg0: removing peers failed: errno -5")
     store = MemoryStore()
+    caplog.set_level(logging.INFO, logger="wgagent.wireguard.gc")
     r = await run_gc_pass(fake, "wg0", cluster_of(), store, now=NOW, policy=POLICY, dry_run=False)
+    assert "wg0: removing 1 peer(s) failed: wg0: removing peers failed: errno -5" in caplog.text
+    assert "removed peer" not in caplog.text
     assert not r.ok and "removing 1 peer(s) failed" in (r.error or "")
     assert k(1) in store.get("wg0")
     assert r.states["stale"] == 1

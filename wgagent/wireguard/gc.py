@@ -100,48 +100,50 @@ def select_stale_peers(
     unknown. ``first_seen``: epoch seconds at which wgagent first saw each key; a peer that
     never handshook and is missing here counts as seen just now (never a candidate).
     """
+    stale_after = policy.stale_after_s
+    live = cluster_keys if cluster_keys is not None else frozenset()
+    own = device.public_key
+    unreachable: list[tuple[float, str, Peer]] = []
+    no_ips: list[tuple[float, str, Peer]] = []
+    with_ips: list[tuple[float, str, Peer]] = []
+    strangers: list[Peer] = []
+    # One loop, no calls per peer: this runs over every peer of a device that may hold 10,000.
+    for peer in device.peers:
+        key = peer.public_key
+        hs = peer.last_handshake
+        since = hs if hs is not None else first_seen.get(key)
+        if since is None or now - since <= stale_after or key == own:
+            if hs is not None and cluster_keys is not None and peer.allowed_ips and key not in live and key != own:
+                strangers.append(peer)  # handshakes, but no Node holds its key
+            continue
+        if key in live:
+            unreachable.append((since, key, peer))
+        elif peer.allowed_ips:
+            with_ips.append((since, key, peer))
+        else:
+            no_ips.append((since, key, peer))
     node_list, note = "known", ""
     if cluster_keys is None:
         node_list, note = "unknown", "node list unknown: only peers without allowed IPs are removed"
+    elif strangers:
+        node_list = "untrusted"
+        note = (
+            f"node list looks incomplete: {len(strangers)} peer(s) with allowed IPs handshake but hold no"
+            f" Node's key (e.g. {strangers[0].public_key}); only peers without allowed IPs are removed"
+        )
+    if node_list == "known":
+        removable, unknown = no_ips + with_ips, []
     else:
-        strangers = [
-            p
-            for p in device.peers
-            if p.allowed_ips
-            and p.public_key not in cluster_keys
-            and (age := p.handshake_age(now)) is not None
-            and age <= policy.stale_after_s
-        ]
-        if strangers:
-            node_list = "untrusted"
-            note = (
-                f"node list looks incomplete: {len(strangers)} peer(s) with allowed IPs handshake but hold no"
-                f" Node's key (e.g. {strangers[0].public_key}); only peers without allowed IPs are removed"
-            )
-    live = cluster_keys or frozenset()
-    removable: list[Peer] = []
-    unreachable: list[Peer] = []
-    unknown: list[Peer] = []
-    for peer in device.peers:
-        if peer.public_key == device.public_key or not is_stale(peer, first_seen, now, policy.stale_after_s):
-            continue
-        if peer.public_key in live:
-            unreachable.append(peer)
-        elif not peer.allowed_ips or node_list == "known":
-            removable.append(peer)
-        else:
-            unknown.append(peer)
-
-    def oldest_first(p: Peer) -> tuple[float, str]:
-        return (last_activity(p, first_seen) or 0.0, p.public_key)
-
-    removable.sort(key=oldest_first)
+        removable, unknown = no_ips, with_ips
+    removable.sort()  # the longest silent first; keys are unique, so Peers are never compared
+    unknown.sort()
+    unreachable.sort()
     cap = policy.max_removals_per_pass
     return Selection(
-        remove=tuple(removable[:cap]),
-        kept_unreachable=tuple(sorted(unreachable, key=oldest_first)),
-        kept_unknown=tuple(sorted(unknown, key=oldest_first)),
-        deferred=tuple(removable[cap:]),
+        remove=tuple(t[2] for t in removable[:cap]),
+        kept_unreachable=tuple(t[2] for t in unreachable),
+        kept_unknown=tuple(t[2] for t in unknown),
+        deferred=tuple(t[2] for t in removable[cap:]),
         node_list=node_list,
         note=note,
     )
@@ -150,31 +152,20 @@ def select_stale_peers(
 def update_first_seen(previous: Mapping[str, float], device: Device, now: float) -> dict[str, float]:
     """First-seen times for the device's peers now: kept for known keys, ``now`` for new ones;
     keys no longer on the device are dropped (a peer added again is new again)."""
-    return {p.public_key: previous.get(p.public_key, float(int(now))) for p in device.peers}
+    get, seen_now = previous.get, int(now)
+    return {p.public_key: get(p.public_key, seen_now) for p in device.peers}
 
 
 def peer_states(device: Device, selection: Selection, now: float, *, removed: bool) -> dict[str, int]:
     """``wgagent_peers{state=...}`` after a pass: active (handshake in the last 180 s),
     unreachable (stale live node), stale (stale, kept or deferred), idle (the rest)."""
-    gone = {p.public_key for p in selection.remove} if removed else set()
-    unreachable = {p.public_key for p in selection.kept_unreachable}
-    stale = {p.public_key for p in (*selection.kept_unknown, *selection.deferred)}
-    if not removed:
-        stale |= {p.public_key for p in selection.remove}
-    counts = {"active": 0, "idle": 0, "stale": 0, "unreachable": 0}
-    for p in device.peers:
-        if p.public_key in gone:
-            continue
-        age = p.handshake_age(now)
-        if age is not None and age <= REJECT_AFTER_S:
-            counts["active"] += 1
-        elif p.public_key in unreachable:
-            counts["unreachable"] += 1
-        elif p.public_key in stale:
-            counts["stale"] += 1
-        else:
-            counts["idle"] += 1
-    return counts
+    selected = len(selection.remove)
+    # Selected peers are stale (older than stale_after_s >= 180 s), so never active.
+    active = sum(1 for p in device.peers if p.last_handshake is not None and now - p.last_handshake <= REJECT_AFTER_S)
+    unreachable = len(selection.kept_unreachable)
+    stale = len(selection.kept_unknown) + len(selection.deferred) + (0 if removed else selected)
+    left = len(device.peers) - (selected if removed else 0)
+    return {"active": active, "idle": left - active - unreachable - stale, "stale": stale, "unreachable": unreachable}
 
 
 # --- first-seen times, kept in state_dir -----------------------------------------------------------
@@ -201,8 +192,11 @@ class FirstSeenStore:
         if self._data is None:
             self._data = self._load()
         self._data[ifname] = seen
+        # Compact, not fsutil.save_json's indented form: with 10,000 peers that is 35 ms of
+        # pure-Python encoding per pass, this ~5 ms. Still one atomic write, only on change.
+        data = json.dumps({"version": 1, "interfaces": self._data}, sort_keys=True, separators=(",", ":"))
         try:
-            fsutil.save_json(self.path, {"version": 1, "interfaces": self._data})
+            fsutil.atomic_write(self.path, data.encode() + b"\n")
             self._warned = False
         except WriteError as exc:
             if not self._warned:
@@ -217,12 +211,8 @@ class FirstSeenStore:
                 log.warning("ignoring %s: not a first-seen file", self.path)
             return out
         for ifname, seen in raw["interfaces"].items():
-            if isinstance(ifname, str) and isinstance(seen, dict):
-                out[ifname] = {
-                    k: float(v)
-                    for k, v in seen.items()
-                    if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-                }
+            if isinstance(seen, dict):  # JSON object keys are always strings
+                out[ifname] = {k: v for k, v in seen.items() if type(v) is int or type(v) is float}
         return out
 
 
@@ -301,6 +291,17 @@ def _fmt_handshake(peer: Peer) -> str:
     return "never" if peer.last_handshake is None else iso8601(peer.last_handshake)
 
 
+def _log_removals(ifname: str, verb: str, peers: tuple[Peer, ...]) -> None:
+    # One record, one line per peer: journald keeps every line, and 10,000 removals cost
+    # one pass through the handlers instead of 10,000.
+    lines = [
+        f"{ifname}: {verb} peer {p.public_key} endpoint={p.endpoint or '(none)'}"
+        f" allowed_ips={','.join(p.allowed_ips) or '(none)'} last_handshake={_fmt_handshake(p)}"
+        for p in peers
+    ]
+    log.info("%s", "\n".join(lines))
+
+
 async def run_gc_pass(
     backend: Backend,
     ifname: str,
@@ -330,20 +331,14 @@ async def run_gc_pass(
             removed = True
         except WireGuardError as exc:
             error = f"removing {len(sel.remove)} peer(s) failed: {exc}"
-    if removed:
-        for key in sel.removed_keys:
-            seen.pop(key, None)
+            log.error("%s: %s", ifname, error)
+        if removed:
+            _log_removals(ifname, "removed", sel.remove)
+            for key in sel.removed_keys:
+                seen.pop(key, None)
+    elif sel.remove:
+        _log_removals(ifname, "would remove (dry run)", sel.remove)
     store.put(ifname, seen)
-    if sel.remove and (removed or dry_run):
-        verb = "would remove" if dry_run else "removed"
-        # One record, one line per peer: journald keeps every line, and 10,000 removals cost
-        # one formatting pass instead of 10,000.
-        lines = [
-            f"{ifname}: {verb} peer {p.public_key} endpoint={p.endpoint or '(none)'}"
-            f" allowed_ips={','.join(p.allowed_ips) or '(none)'} last_handshake={_fmt_handshake(p)}"
-            for p in sel.remove
-        ]
-        log.info("%s", "\n".join(lines))
     for p in sel.kept_unreachable:
         log.debug("%s: keeping unreachable peer %s of live node %s", ifname, p.public_key, owners[p.public_key])
     states = peer_states(device, sel, now, removed=removed)
