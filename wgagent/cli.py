@@ -228,7 +228,9 @@ async def node_list_once(cfg: Any) -> tuple[Any, str]:
     from wgagent.state import State
 
     paths = credential_paths(cfg.kube, cfg.k3s, cfg.k3s.role)
-    state = State(node=cfg.node, version=__version__)
+    from wgagent.daemon import node_name
+
+    state = State(node=node_name(cfg), version=__version__)
     watch = NodeWatch(state, KubeClient(paths.list, timeout_s=cfg.kube.request_timeout_s))
     try:
         await watch.reconcile()

@@ -19,7 +19,6 @@ import dataclasses
 import difflib
 import ipaddress
 import os
-import socket
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -376,11 +375,6 @@ class Config:
     k3s: K3sConfig = section(K3sConfig, "k3s config drop-in and restarts")
     kube: KubeConfig = section(KubeConfig, "Kubernetes API: annotation and node watch")
     wireguard: WireGuardConfig = section(WireGuardConfig, "WireGuard module, interface and peer GC")
-
-    @property
-    def node(self) -> str:
-        """The node name to use: the configured one or the lower-cased hostname (as k3s does)."""
-        return self.node_name or socket.gethostname().lower()
 
 
 # --- loading ---------------------------------------------------------------------------------

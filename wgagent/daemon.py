@@ -32,7 +32,7 @@ from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
 from wgagent.kube import AnnotationPart, NodeWatch
 from wgagent.kube import clients as kube_clients
-from wgagent.model import ClusterView
+from wgagent.model import ClusterView, PublicAddresses
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
 from wgagent.publicip.part import PublicIPPart
@@ -52,67 +52,79 @@ _HEALTH_GRACE_S = 1.0
 
 
 def build_parts(cfg: Config, state: State) -> Stages:
-    """The enabled parts, in start-up stages.
+    """The enabled parts, in start-up stages, wired to each other.
 
     A stage's first passes run concurrently; the next stage starts when they are done.
-    Stage 1 observes (public IP, WireGuard module and interface, node list), stage 2 acts
+    Stage 1 observes (public IP, node list, WireGuard module and interface), stage 2 acts
     on what stage 1 found (k3s drop-in, annotation), stage 3 cleans up (peer GC).
+
+    Data flows through callables (``model.py``): the adopted public IP to the drop-in and
+    the annotation, the node watch's view to the annotation, the interface check and GC.
+    One k3s Restarter serves the drop-in and the annotation, so both share one rate limit.
     """
     observe: list[Part] = []
     act: list[Part] = []
     clean: list[Part] = []
-    ip_part: PublicIPPart | None = None
+    public_ip: Callable[[], PublicAddresses | None] = _unknown
+    cluster: Callable[[], ClusterView | None] = _unknown
+    woken_by_new_ip: list[Part] = []
+    restarter: k3s.Restarter | None = None
+
     if cfg.public_ip.enabled:
         ip_part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
+
+        def new_ip() -> None:
+            for part in woken_by_new_ip:
+                part.wake.set()
+
+        ip_part.on_change = new_ip
+        public_ip = ip_part.adopted
         observe.append(ip_part)
+
     if cfg.k3s.enabled:
         role = k3s.detect_role(cfg.k3s)
         restarter = k3s.Restarter(
             cfg.k3s, state_dir=cfg.state_dir, unit=role.unit if role else None, metrics=state.metrics
-        )  # also for the annotation part: one restarter, one rate limit
-        public_ip = ip_part.adopted if ip_part is not None else lambda: None
+        )
         k3s_part = k3s.K3sPart(state, cfg.k3s, public_ip=public_ip, role=role, restarter=restarter)
+        woken_by_new_ip.append(k3s_part)
         act.append(k3s_part)
-        if ip_part is not None:
-            ip_part.on_change = k3s_part.wake.set
+
     if cfg.kube.enabled:
         own_api, list_api = kube_clients(cfg, state)
         watch = NodeWatch(state, list_api)
-        ip = next((p for p in observe if isinstance(p, PublicIPPart)), None)
-        k3s_found = next((p for p in act if isinstance(p, k3s.K3sPart)), None)
+        cluster = watch.view
         annotation = AnnotationPart(
             state,
-            cfg.node,
+            state.node,
             own_api,
-            public_ip=ip.adopted if ip is not None else lambda: None,
-            request_restart=k3s_found.restarter.request if k3s_found is not None else None,  # one rate limit
-            cluster=watch.view,
+            public_ip=public_ip,
+            request_restart=restarter.request if restarter is not None else None,
+            cluster=cluster,
         )
-        watch.on_change = lambda names: annotation.wake.set() if cfg.node in names else None
-        if ip is not None:  # a new public IP wakes the annotation too, not only the k3s part
-            ip_changed = ip.on_change
-
-            def public_ip_changed() -> None:
-                ip_changed()
-                annotation.wake.set()
-
-            ip.on_change = public_ip_changed
+        watch.on_change = lambda names: annotation.wake.set() if state.node in names else None
+        woken_by_new_ip.append(annotation)
         observe.append(watch)
         act.append(annotation)
+
     if cfg.wireguard.enabled:
-        node_watch = next((p for p in observe if isinstance(p, NodeWatch)), None)
-
-        def no_cluster() -> ClusterView | None:
-            return None
-
-        # Without the node watch (kube.enabled: false) peer GC removes only peers without
-        # allowed IPs, and no live node can be reported unreachable.
-        cluster = node_watch.view if node_watch is not None else no_cluster
+        # Without the node watch (kube.enabled: false) the cluster is unknown: peer GC then
+        # removes only peers without allowed IPs, and no live node is reported unreachable.
         observe.append(ModulePart(state, cfg.wireguard))
         observe.append(InterfacePart(state, cfg.wireguard, cluster))
         if cfg.wireguard.gc.enabled:
             clean.append(GCPart(state, cfg, cluster))
+
     return [stage for stage in (observe, act, clean) if stage]
+
+
+def _unknown() -> Any:
+    return None
+
+
+def node_name(cfg: Config) -> str:
+    """The Node name to act for: wgagent's ``node_name``, else k3s's own, as k3s derives it."""
+    return k3s.node_name(cfg).name
 
 
 class Daemon:
@@ -129,7 +141,7 @@ class Daemon:
         self.config_path = config_path
         self.config_required = config_required
         self.notifier = notifier or Notifier()
-        self.state = State(node=cfg.node, version=__version__)
+        self.state = State(node=node_name(cfg), version=__version__)
         self._factory = parts_factory
         self._parts: list[Part] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -321,7 +333,7 @@ class Daemon:
         if new != self.cfg:
             await self._stop_parts()
             self.cfg = new
-            self.state.node = new.node
+            self.state.node = node_name(new)
             self._start_parts()
         self._config_ok()
         self.notifier.ready()

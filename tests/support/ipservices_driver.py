@@ -41,7 +41,7 @@ def snapshot(part: PublicIPPart, state: State, changes: int) -> dict[str, Any]:
 async def main(path: str) -> None:
     cfg = config.load(path)
     logs.setup("warning")
-    state = State(node=cfg.node, version="lab")
+    state = State(node=cfg.node_name or "lab", version="lab")
     part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
     changes = 0
 

@@ -116,7 +116,7 @@ def test_errors_name_file_line_key_value_and_what_is_allowed(text: str, expected
 
 
 def test_node_name_must_be_a_kubernetes_name() -> None:
-    assert config.parse("node_name: node-1.example\n").node == "node-1.example"
+    assert config.parse("node_name: node-1.example\n").node_name == "node-1.example"
     assert "node_name: 'Node_1' is invalid" in error_of("node_name: Node_1\n")
 
 
