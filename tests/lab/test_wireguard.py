@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require
+from tests.kubeapi import CONTROLLER, KubeAPI, shared_pki
 from tests.labkit import Host, Lab, Proc, wait_for
 from tests.support import configs
 from wgagent.config import Config, GCConfig, WireGuardConfig
@@ -264,8 +265,11 @@ def test_run_once_and_gc_cli_in_a_node_namespace(cluster: Cluster, tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     once = subprocess.run(
         n1.host.argv(sys.executable, "-m", "wgagent", "--config", path, "run", "--once"),
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     status = json.loads(once.stdout)
     checks = status["checks"]
     assert checks["wireguard_interface"]["ok"], checks
@@ -278,8 +282,11 @@ def test_run_once_and_gc_cli_in_a_node_namespace(cluster: Cluster, tmp_path: Pat
 
     gc = subprocess.run(
         [sys.executable, "-m", "wgagent", "--config", path, "gc", "--dry-run", "--json"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert gc.returncode == 0, gc.stderr
     out = json.loads(gc.stdout)
     assert out["interface"] == IF and out["dry_run"] is True
@@ -287,6 +294,55 @@ def test_run_once_and_gc_cli_in_a_node_namespace(cluster: Cluster, tmp_path: Pat
     assert out["node_list"] == "unknown" and out["node_list_note"] == "kube.enabled is false"
     assert len(device(n1).peers) == 3002  # a dry run removes nothing
     assert "Traceback" not in once.stderr + gc.stderr
+
+
+async def test_gc_cli_takes_the_node_list_from_the_api(cluster: Cluster, tmp_path: Path) -> None:
+    """``wgagent gc --json`` with a list credential: one LIST through the node watch's client
+    (the API stand-in on 127.0.0.1), then a real pass: exactly the dead go, node3 is kept."""
+    require("openssl")
+    c = cluster
+    n1, n2, n3 = c.nodes
+    async with KubeAPI(pki=shared_pki()) as api:
+        for n in c.nodes:
+            api.store.add(n.name, annotations={ANN_BACKEND_DATA: json.dumps({"PublicKey": n.pub, "Port": PORT})})
+        cfg = configs.sandbox(
+            str(tmp_path),
+            18796,
+            state_dir=str(c.state_dir),
+            kube={
+                "enabled": True,
+                "kubeconfig": api.node_kubeconfig("node1"),
+                "list_kubeconfig": api.controller_kubeconfig(),
+            },
+            wireguard={
+                "enabled": True,
+                "interface": IF,
+                "uapi_dir": n1.uapi_dir,
+                "gc": {"max_removals_per_pass": 10_000},
+            },
+        )
+        path = configs.write(str(tmp_path / "config.yaml"), cfg)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "wgagent",
+            "--config",
+            path,
+            "gc",
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        lists = api.count(user=CONTROLLER, verb="list")
+    assert proc.returncode == 0, err.decode()
+    data = json.loads(out)
+    assert data["node_list"] == "known" and "node_list_note" not in data
+    assert set(data["removed"]) == c.dead_no_node | c.dead_no_ips
+    assert data["kept_unreachable"] == [n3.pub] and data["unreachable_nodes"] == {n3.pub: "node3"}
+    assert keys(device(n1)) == {n2.pub, n3.pub}
+    assert lists == 1
 
 
 def _kernel_has_wireguard(lab: Lab) -> bool:
