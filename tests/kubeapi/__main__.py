@@ -1,6 +1,7 @@
 """Run the API stand-in as a process (for lab tests that run wgagent elsewhere).
 
     python -m tests.kubeapi --port 6443 --nodes n1,n2 --servers s1 --dir /tmp/kubeapi
+    python -m tests.kubeapi ... --nodes n1=10.1.0.2,n2=198.51.100.20   # with their InternalIP
 
 Writes the test PKI and kubeconfigs into ``--dir`` (``kubeconfigs/node-<name>.yaml``,
 ``k3scontroller.yaml``, ``admin-inline.yaml``), prints one JSON line saying where, and
@@ -24,17 +25,17 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _nodes(text: str) -> list[tuple[str, str | None]]:
+    """``n1,n2=10.1.0.2`` -> ``[("n1", None), ("n2", "10.1.0.2")]`` (name, InternalIP)."""
+    return [(name, ip or None) for name, _, ip in (item.partition("=") for item in _names(text))]
+
+
 async def _serve(args: argparse.Namespace) -> None:
     pki = PKI.create(args.dir + "/pki", server_ips=tuple(_names(args.san)))
-    api = KubeAPI(
-        nodes=_names(args.nodes),
-        servers=_names(args.servers),
-        pki=pki,
-        workdir=args.dir,
-        host=args.host,
-        port=args.port,
-        time_scale=args.time_scale,
-    )
+    api = KubeAPI(pki=pki, workdir=args.dir, host=args.host, port=args.port, time_scale=args.time_scale)
+    for role, given in (("server", args.servers), ("agent", args.nodes)):  # servers first, as KubeAPI does
+        for name, internal_ip in _nodes(given):
+            api.store.add(name, role=role, internal_ip=internal_ip)
     await api.start()
     info = {
         "url": api.url,
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.kubeapi", description="Kubernetes API stand-in for Nodes")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6443)
-    p.add_argument("--nodes", default="", help="agent node names, comma-separated")
-    p.add_argument("--servers", default="", help="server node names, comma-separated")
+    p.add_argument("--nodes", default="", help="agent node names, comma-separated; NAME=IP sets its InternalIP")
+    p.add_argument("--servers", default="", help="server node names, comma-separated; NAME=IP as for --nodes")
     p.add_argument("--dir", required=True, help="where the PKI and kubeconfigs are written")
     p.add_argument("--san", default="", help="extra server certificate IP addresses, comma-separated")
     p.add_argument("--time-scale", type=float, default=1.0, help="real seconds per simulated second")
