@@ -90,6 +90,14 @@ class Finding:
     line: int | None
     message: str
     error: bool = True
+    code: str = ""
+    """What kind, for programs (``wgagent doctor``): ``unreadable``, ``invalid``, ``override`` (a
+    later file sets an owned key), ``replaced`` (wgagent's drop-in replaces an earlier value),
+    ``no_backend``, ``backend`` (flannel-backend is not WireGuard), ``exec_flag``, ``exec_config``."""
+    key: str | None = None
+    """The k3s flag it is about, when it is about one."""
+    value: Value = None
+    """That flag's value there."""
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
@@ -173,12 +181,15 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
     """The keys of one config file in file order, or the finding that says why k3s cannot use it."""
     if isinstance(content, Unreadable):
         if not content.fatal:
-            return [], Finding(path, None, f"not checked: {content.reason}", error=False)
-        return [], Finding(path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot")
+            return [], Finding(path, None, f"not checked: {content.reason}", error=False, code="unreadable")
+        return [], Finding(
+            path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot", code="unreadable"
+        )
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [], Finding(path, None, f"not UTF-8 text (byte {exc.start}); k3s will not start with this file")
+        message = f"not UTF-8 text (byte {exc.start}); k3s will not start with this file"
+        return [], Finding(path, None, message, code="invalid")
     loader = yaml.SafeLoader(text)
     try:
         # k3s decodes only the first document of a file
@@ -190,6 +201,7 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
                 path,
                 node.start_mark.line + 1,
                 "not a mapping of k3s flags (key: value); k3s will not start with this file",
+                code="invalid",
             )
         loader.flatten_mapping(node)
         entries = []
@@ -208,9 +220,10 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         line = mark.line + 1 if mark is not None else None
-        return [], Finding(path, line, f"not valid YAML ({problem}); k3s will not start until it is fixed")
+        message = f"not valid YAML ({problem}); k3s will not start until it is fixed"
+        return [], Finding(path, line, message, code="invalid")
     except (TypeError, ValueError) as exc:  # e.g. an unhashable key: still "does not parse"
-        return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed")
+        return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed", code="invalid")
     finally:
         loader.dispose()
 
@@ -248,6 +261,7 @@ def scan_config(
                 os.path.join(config_dir, DROPIN_DIR),
                 None,
                 f"cannot list the directory ({reason.reason}); k3s will not start while it cannot",
+                code="unreadable",
             )
         )
     settings: dict[str, Setting] = {}
@@ -277,7 +291,8 @@ def scan_config(
             ours = own_values.get(key)
             for index, path, entry in occurrences.get(key, []):
                 if index > own_index:
-                    findings.append(Finding(path, entry.line, _override_message(key, entry, ours, own)))
+                    message = _override_message(key, entry, ours, own)
+                    findings.append(Finding(path, entry.line, message, code="override", key=key, value=entry.value))
                     reported.add((path, entry.line))
                 elif index < own_index and ours is not None:
                     findings.append(
@@ -287,6 +302,9 @@ def scan_config(
                             f"{key}{'+' if entry.append else ''}: {_show(entry.value)} is replaced by wgagent's "
                             f"{own} ({_show(ours.value)})",
                             error=False,
+                            code="replaced",
+                            key=key,
+                            value=entry.value,
                         )
                     )
     if role == "server":
@@ -297,6 +315,8 @@ def scan_config(
                     os.path.join(config_dir, MAIN),
                     None,
                     "no file sets flannel-backend, so k3s uses vxlan: flannel does not use WireGuard",
+                    code="no_backend",
+                    key=FLANNEL_BACKEND,
                 )
             )
         elif (backend.path, backend.line) not in reported:
@@ -304,7 +324,17 @@ def scan_config(
             if problem_text is not None:
                 ours_text = " (wgagent's k3s.flannel_backend)" if backend.path.endswith("/" + own_rel) else ""
                 text = f"{FLANNEL_BACKEND}: {problem_text}{ours_text}"
-                findings.append(Finding(backend.path, backend.line, text, error=not ours_text))
+                findings.append(
+                    Finding(
+                        backend.path,
+                        backend.line,
+                        text,
+                        error=not ours_text,
+                        code="backend",
+                        key=FLANNEL_BACKEND,
+                        value=backend.value,
+                    )
+                )
     rank = {os.path.join(config_dir, rel): index for index, rel in enumerate(order)}
     findings.sort(key=lambda f: (rank.get(f.path, -1), f.line or 0))
     return Scan(tuple(os.path.join(config_dir, r) for r in order), settings, tuple(findings), own_values)

@@ -18,7 +18,15 @@ import os
 import shlex
 from collections.abc import Sequence
 
-from wgagent.k3s.scan import FLANNEL_BACKEND, FLANNEL_EXTERNAL_IP, MAIN, NODE_EXTERNAL_IP, Finding, owned_keys
+from wgagent.k3s.scan import (
+    FLANNEL_BACKEND,
+    FLANNEL_EXTERNAL_IP,
+    MAIN,
+    NODE_EXTERNAL_IP,
+    Finding,
+    backend_problem,
+    owned_keys,
+)
 
 MAX_UNIT_BYTES = 256 << 10
 
@@ -126,6 +134,8 @@ def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str) -
                         None,
                         f"ExecStart makes k3s read {value} (--config), so it never reads {config_dir}/config.yaml.d/;"
                         f" set k3s.config_dir to {os.path.dirname(value)}",
+                        code="exec_config",
+                        value=value,
                     )
                 )
             continue
@@ -138,6 +148,8 @@ def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str) -
             effect = "k3s adds it to the drop-in's node-external-ip"
         else:
             effect = f"it overrides the drop-in's {name} (command-line flags beat config files)"
+            if name == FLANNEL_BACKEND and (problem := backend_problem(value)) is not None:
+                effect += f" ({problem})"
         where = "wgagent's k3s.flannel_backend" if name == FLANNEL_BACKEND else "wgagent"
         findings.append(
             Finding(
@@ -145,6 +157,9 @@ def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str) -
                 None,
                 f"ExecStart sets {shown}: {effect}; remove it from ExecStart (INSTALL_K3S_EXEC) and let {where} "
                 "set it, then systemctl daemon-reload",
+                code="exec_flag",
+                key=name,
+                value=value if eq or value else None,
             )
         )
     return findings
