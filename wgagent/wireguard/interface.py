@@ -238,6 +238,31 @@ def _default_backend(ifname: str, uapi_dir: str) -> Backend:
     return open_backend(ifname, uapi_dir)
 
 
+@dataclass(frozen=True)
+class DeviceRead:
+    """One interface as read now: its link, its device (None if unreadable) and why not."""
+
+    link: Link
+    device: Device | None
+    backend: str | None
+    """The backend's ``kind``; None when no backend was asked (no link, no socket)."""
+    error: str | None
+
+
+async def read_device(
+    name: str, uapi_dir: str, net: HostNet, backend_factory: BackendFactory = _default_backend
+) -> DeviceRead:
+    """Read ``name`` through the backend that serves it; errors are in the result, not raised."""
+    link = net.link(name)
+    if not (link.exists or _has_socket(uapi_dir, name)):
+        return DeviceRead(link, None, None, f"{name} does not exist")
+    backend = backend_factory(name, uapi_dir)
+    try:
+        return DeviceRead(link, await backend.get(name), backend.kind, None)
+    except WireGuardError as exc:
+        return DeviceRead(link, None, backend.kind, str(exc))
+
+
 async def gather_interfaces(
     cfg: WireGuardConfig,
     cluster: ClusterView | None,
@@ -252,27 +277,17 @@ async def gather_interfaces(
     bound = bound_udp_ports(net.udp_tables())
     out = []
     for name in names:
-        link = net.link(name)
-        device, error, kind = None, None, None
-        if link.exists or _has_socket(cfg.uapi_dir, name):
-            backend = backend_factory(name, cfg.uapi_dir)
-            kind = backend.kind
-            try:
-                device = await backend.get(name)
-            except WireGuardError as exc:
-                error = str(exc)
-        else:
-            error = f"{name} does not exist"
+        read = await read_device(name, cfg.uapi_dir, net, backend_factory)
         out.append(
             interface_facts(
-                link,
-                device,
+                read.link,
+                read.device,
                 bound,
                 cluster,
                 now=now,
                 expected_port=expected_port(name, cfg),
-                backend=kind,
-                error=error,
+                backend=read.backend,
+                error=read.error,
                 own_node=own_node,
             )
         )
