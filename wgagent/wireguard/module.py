@@ -153,7 +153,8 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
             Finding(
                 "not_built",
                 f"kernel {rel} has no wireguard module in /lib/modules/{rel} and does not have it built in",
-                "install a kernel built with CONFIG_WIREGUARD (e.g. the distribution's standard one) and reboot",
+                "boot a kernel built with CONFIG_WIREGUARD, e.g. the distribution's standard one:"
+                " apt install linux-image-$(dpkg --print-architecture) && reboot",
             )
         )
     probe = facts.probe
@@ -162,7 +163,8 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
             Finding(
                 "no_kernel_support",
                 "creating a wireguard link answers 'Operation not supported': this kernel has no WireGuard support",
-                "boot a kernel with WireGuard (5.6 or later, or wireguard-dkms on older ones)",
+                "boot a kernel with WireGuard (5.6 or later): apt update && apt dist-upgrade && reboot;"
+                f" on an older kernel: apt install wireguard-dkms linux-headers-{rel}",
             )
         )
     elif probe is not None and probe.result == "error":
