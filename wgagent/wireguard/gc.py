@@ -192,9 +192,10 @@ class FirstSeenStore:
         if self._data is None:
             self._data = self._load()
         self._data[ifname] = seen
-        # Compact, not fsutil.save_json's indented form: with 10,000 peers that is 35 ms of
-        # pure-Python encoding per pass, this ~5 ms. Still one atomic write, only on change.
-        data = json.dumps({"version": 1, "interfaces": self._data}, sort_keys=True, separators=(",", ":"))
+        # Compact and unsorted, not fsutil.save_json's indented sorted form: with 10,000 peers
+        # that is 35 ms of pure-Python encoding per pass, this ~3 ms (the C encoder). The key
+        # order is the device's, so unchanged state still encodes the same and is not rewritten.
+        data = json.dumps({"version": 1, "interfaces": self._data}, separators=(",", ":"))
         try:
             fsutil.atomic_write(self.path, data.encode() + b"\n")
             self._warned = False
