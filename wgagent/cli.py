@@ -4,7 +4,7 @@
 
     run [--once]             the daemon in the foreground; --once: one pass, print the status JSON
     status [--json]          ask the running daemon (GET /status) and print a table or the JSON
-    doctor                   explain what is wrong on this node and how to fix it
+    doctor [--json]          explain what is wrong on this node and how to fix it
     discover [--json]        ask every public IP source once and show the decision
     gc [--dry-run] [--json]  one dead-peer GC pass now
     version                  print the version (also --version)
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="one reconcile pass, print the status JSON, exit 0/1")
     status = sub.add_parser("status", help="show the running daemon's state")
     status.add_argument("--json", action="store_true", help="print the JSON of /status")
-    sub.add_parser("doctor", help="explain what is wrong and how to fix it")
+    doctor = sub.add_parser("doctor", help="explain what is wrong and how to fix it")
+    doctor.add_argument("--json", action="store_true", help='print {"ok": ..., "findings": [...]} as JSON')
     discover = sub.add_parser("discover", help="ask every public IP source once")
     discover.add_argument("--json", action="store_true", help="print the observations and decision as JSON")
     gc = sub.add_parser("gc", help="one dead-peer garbage collection pass")
@@ -198,6 +199,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return discover_command(cfg.public_ip, as_json=args.json, out=sys.stdout)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from wgagent import logs
+    from wgagent.doctor import doctor_command
+
+    cfg, path, _ = _load(args)
+    logs.setup("error")  # the report says what went wrong; warnings would only repeat it
+    return doctor_command(cfg, path, as_json=args.json, out=sys.stdout)
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from wgagent import logs
     from wgagent.wireguard.gc import gc_command
@@ -254,7 +264,7 @@ def _not_built(part: str) -> Any:
 _COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
-    "doctor": _not_built("doctor (it comes with the WireGuard part)"),
+    "doctor": cmd_doctor,
     "discover": cmd_discover,
     "gc": cmd_gc,
 }
