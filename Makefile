@@ -7,6 +7,9 @@ test:            ## install what is needed, lint, type-check, run unit and lab t
 lab:             ## run wgagent on an embedded default, in throwaway network namespaces
 	scripts/lab
 
+lab-check:       ## the same without the live view: assert the end state, tear down, exit 0 or 1
+	scripts/lab --check
+
 deb:             ## build dist/wgagent_<version>_all.deb from the git-tracked files, then lintian
 	scripts/deb
 
