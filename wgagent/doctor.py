@@ -433,6 +433,8 @@ def _k3s_finding(f: K3sFinding, facts: Facts) -> Finding:
     """A finding of k3s's config scan, with the fix for its kind."""
     where = f"{f.path}:{f.line}" if f.line is not None else f.path
     unit = _unit(facts)
+    if f.code == "replaced":  # wgagent's drop-in wins: nothing to do
+        return Finding("info", "k3s", str(f))
     if f.key == FLANNEL_BACKEND:
         return _backend_finding(f, where, facts)
     if f.code == "override":
@@ -593,7 +595,7 @@ def _node_external_ip(facts: Facts, k: K3sFacts, d: Decision) -> list[Finding]:
             continue
         same_family = [h for h in have if h.version == ip.version]
         if ip not in same_family:
-            wrong.append(f"{', '.join(map(str, same_family)) or 'no IPv' + str(ip.version)} instead of {ip}")
+            wrong.append(f"{', '.join(map(str, same_family)) or f'no IPv{ip.version} address'} instead of {ip}")
     if not wrong:
         return [
             Finding(
@@ -729,7 +731,7 @@ def _annotations(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
     node, unit = facts.node, _unit(facts)
     backend = anns.get(ANN_BACKEND_TYPE)
     wg_fix = (
-        f"{FLANNEL_BACKEND}: wireguard-native in /etc/rancher/k3s/config.yaml on every server (wgagent's "
+        f"{FLANNEL_BACKEND}: wireguard-native in {facts.cfg.k3s.config_dir}/config.yaml on every server (wgagent's "
         f"drop-in does it), then systemctl restart k3s on the servers and k3s-agent on the agents"
     )
     if backend is not None and backend != "wireguard":
@@ -795,6 +797,15 @@ def _module_ok(facts: Facts) -> bool | None:
     return diagnose_module(facts.module).ok if isinstance(facts.module, ModuleFacts) else None
 
 
+def _missing_fix(facts: Facts, w: WireGuardFacts, otherwise: str) -> str:
+    """The fix for a missing interface: another WireGuard device here, the kernel first, or ``otherwise``."""
+    if w.other_devices:
+        return f"wireguard.interface: {w.other_devices[0]} in {facts.config_path} (if that is flannel's device)"
+    if _module_ok(facts) is False:
+        return f"make WireGuard available in the kernel first (see 'kernel'), then systemctl restart {_unit(facts)}"
+    return otherwise
+
+
 def _wireguard(facts: Facts) -> list[Finding]:
     w = facts.wireguard
     if isinstance(w, Skipped):
@@ -804,12 +815,9 @@ def _wireguard(facts: Facts) -> list[Finding]:
     unit = _unit(facts)
     others = f" WireGuard devices here: {', '.join(w.other_devices)}." if w.other_devices else ""
     if not w.interfaces:
-        if w.other_devices:
-            fix = f"wireguard.interface: {w.other_devices[0]} in {facts.config_path} (if that is flannel's device)"
-        elif _module_ok(facts) is False:
-            fix = f"make WireGuard available in the kernel first (see 'kernel'), then systemctl restart {unit}"
-        else:
-            fix = f"{FLANNEL_BACKEND}: wireguard-native on every server, then systemctl restart {unit}"
+        fix = _missing_fix(
+            facts, w, f"{FLANNEL_BACKEND}: wireguard-native on every server, then systemctl restart {unit}"
+        )
         return [Finding("problem", "wireguard", "flannel's WireGuard interface is missing", w.note + others, fix)]
     cluster = facts.kube.cluster if isinstance(facts.kube, KubeFacts) else None
     out: list[Finding] = []
@@ -838,11 +846,7 @@ def _interface(
     )
     out: list[Finding] = []
     if not f.exists:
-        fix = (
-            f"wireguard.interface: {w.other_devices[0]} in {facts.config_path} (if that is flannel's device)"
-            if w.other_devices
-            else f"systemctl restart {unit} (flannel creates {name} when it starts)"
-        )
+        fix = _missing_fix(facts, w, f"systemctl restart {unit} (flannel creates {name} when it starts)")
         return [Finding("problem", "wireguard", f"interface {name} does not exist", (f.error or "") + others, fix)]
     if read.device is None:
         return [

@@ -1,0 +1,543 @@
+"""``wgagent doctor``: the pure diagnose() with named cases (every failure of the seed and those
+around it), and the text and JSON reports.
+
+Each case starts from a healthy node's facts and breaks one thing; the healthy node itself
+must give no problem and no warning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+import pytest
+
+from wgagent.config import Config, GCConfig, K3sConfig, WireGuardConfig
+from wgagent.doctor import (
+    DEAD_PEERS_PROBLEM,
+    DaemonFacts,
+    DiscoveryFacts,
+    Facts,
+    Failed,
+    Finding,
+    InterfaceRead,
+    K3sFacts,
+    KubeFacts,
+    Skipped,
+    WireGuardFacts,
+    diagnose,
+    is_clear,
+    render_json,
+    render_text,
+)
+from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
+from wgagent.k3s.dropin import render_dropin
+from wgagent.k3s.role import NodeName, Role
+from wgagent.model import (
+    ANN_BACKEND_DATA,
+    ANN_BACKEND_TYPE,
+    ANN_PUBLIC_IP,
+    ANN_PUBLIC_IP_OVERWRITE,
+    ANN_SUBNET_MANAGER,
+    ClusterView,
+    NodeInfo,
+    PublicAddresses,
+)
+from wgagent.publicip.decide import decide
+from wgagent.publicip.model import Observation
+from wgagent.wireguard.backend import Link
+from wgagent.wireguard.interface import DeviceRead
+from wgagent.wireguard.model import Device, Peer, key_from_bytes
+from wgagent.wireguard.module import ModprobeResult, ModuleFacts, ProbeResult
+
+NOW = 1_800_000_000.0
+V4 = "203.0.113.7"
+CONF = "/etc/wgagent/config.yaml"
+UNIT = "/etc/systemd/system/k3s.service"
+DROPIN = "config.yaml.d/50-wgagent.yaml"
+ETC = "/etc/rancher/k3s"
+
+
+def dropin(address: str = V4, **k3s: Any) -> bytes:
+    """wgagent's drop-in on a server, as it writes it."""
+    return render_dropin("server", PublicAddresses(IPv4Address(address)), K3sConfig(**k3s)).encode()
+
+
+def k(n: int) -> str:
+    return key_from_bytes(bytes([n]) * 32)
+
+
+def node_anns(n: int, public_ip: str, *, overwrite: str | None = None) -> dict[str, str]:
+    anns = {
+        ANN_SUBNET_MANAGER: "true",
+        ANN_BACKEND_TYPE: "wireguard",
+        ANN_BACKEND_DATA: json.dumps({"PublicKey": k(n), "Port": 51820}),
+        ANN_PUBLIC_IP: public_ip,
+    }
+    if overwrite is not None:
+        anns[ANN_PUBLIC_IP_OVERWRITE] = overwrite
+    return anns
+
+
+OWN_ANNS = node_anns(1, V4, overwrite=V4)
+CLUSTER = ClusterView({"n1": NodeInfo("n1", OWN_ANNS), "n2": NodeInfo("n2", node_anns(2, "198.51.100.2"))})
+PEER_N2 = Peer(k(2), "198.51.100.2:51820", ("10.42.2.0/24",), NOW - 30, 1000, 2000, 25)
+
+
+def stun(source: str, port: int, ip: str = V4) -> Observation:
+    server = ip_address(f"198.51.100.{250 + len(source) % 5}")  # distinct servers for distinct names here
+    return Observation(source, "stun", 0.01, ip=ip_address(ip), server=server, port=port, local_port=40000)
+
+
+def discovery(*observations: Observation) -> DiscoveryFacts:
+    obs = observations or (stun("stun:a", 40000), Observation("http:b", "http", 0.02, ip=ip_address(V4)))
+    return DiscoveryFacts(tuple(obs), decide(obs, quorum=2))
+
+
+def device(*peers: Peer, port: int | None = 51820) -> Device:
+    return Device("flannel-wg", port, k(1), peers or (PEER_N2,))
+
+
+def wireguard(dev: Device | None = None, *, up: bool = True, bound: Iterable[int] = (51820,),
+              first_seen: dict[str, float] | None = None, others: tuple[str, ...] = ()) -> WireGuardFacts:  # fmt: skip
+    read = DeviceRead(Link("flannel-wg", True, up, "wireguard"), dev or device(), "netlink", None)
+    return WireGuardFacts((InterfaceRead("flannel-wg", read, first_seen or {}),), "", frozenset(bound), others)
+
+
+def k3s_facts(files: dict[str, bytes] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
+              role: str | None = "server", binary: str | None = "/usr/local/bin/k3s") -> K3sFacts:  # fmt: skip
+    if files is None:
+        files = {DROPIN: dropin()}
+    the_role = Role(role, f"k3s{'-agent' if role == 'agent' else ''}.service", f"unit {UNIT}") if role else None
+    unit_files = ((UNIT, f"[Service]\nExecStart={exec_start}\n"),) if role else ()
+    missing = "no k3s found: neither k3s.service nor k3s-agent.service in /etc/systemd/system" if not role else ""
+    looked = "" if binary else "there is no k3s binary (not on PATH, nor in /usr/local/bin)"
+    return K3sFacts(the_role, missing, binary, looked, files, unit_files, NodeName("n1", "wgagent node_name"))
+
+
+def healthy(**changes: Any) -> Facts:
+    facts = Facts(
+        cfg=Config(node_name="n1"),
+        config_path=CONF,
+        now=NOW,
+        node="n1",
+        node_source="wgagent node_name",
+        k3s=k3s_facts(),
+        module=ModuleFacts("6.1.0-28-amd64", loaded=True, builtin=False, modules_dir=True, module_file=True),
+        public_ip=discovery(stun("stun:a", 40000), stun("stun:cc", 40000)),
+        kube=KubeFacts("/etc/rancher/k3s/k3s.yaml", "/etc/rancher/k3s/k3s.yaml", OWN_ANNS, None, CLUSTER, None),
+        wireguard=wireguard(),
+        daemon=DaemonFacts("http://127.0.0.1:8795", 200),
+    )
+    return replace(facts, **changes)
+
+
+def find(findings: list[Finding], severity: str, area: str, title: str) -> Finding:
+    hits = [f for f in findings if f.severity == severity and f.area == area and title in f.title]
+    assert len(hits) == 1, "\n".join(f"{f.severity} {f.area}: {f.title}" for f in findings)
+    return hits[0]
+
+
+def problems(findings: list[Finding]) -> list[str]:
+    return [f"{f.area}: {f.title}" for f in findings if f.severity == "problem"]
+
+
+# --- the healthy node ------------------------------------------------------------------------------
+
+
+def test_a_healthy_node_is_all_clear() -> None:
+    findings = diagnose(healthy())
+    assert [f for f in findings if f.severity in ("problem", "warn")] == []
+    assert is_clear(findings)
+    find(findings, "ok", "kernel", "WireGuard is available in kernel 6.1.0-28-amd64")
+    find(findings, "ok", "k3s", "k3s server installed (/usr/local/bin/k3s)")
+    find(findings, "ok", "flannel", "flannel-backend is wireguard-native")
+    find(findings, "ok", "flannel", f"flannel's public-ip annotations are the discovered {V4}")
+    find(findings, "ok", "k3s", f"k3s's node-external-ip is the discovered {V4}")
+    find(findings, "ok", "public-ip", "STUN ports agree")
+    find(findings, "ok", "wireguard", "flannel-wg: up, listening on UDP 51820")
+    find(findings, "ok", "peers", "no dead peers on flannel-wg")
+    find(findings, "ok", "wgagent", "the wgagent daemon answers")
+
+
+def test_the_daemon_not_running_is_only_information() -> None:
+    facts = healthy(daemon=DaemonFacts("http://127.0.0.1:8795", None, error="Connection refused"))
+    findings = diagnose(facts)
+    f = find(findings, "info", "wgagent", "the wgagent daemon is not running")
+    assert "Connection refused" in f.detail and f.fix == "systemctl enable --now wgagent"
+    assert is_clear(findings)
+    failing = diagnose(healthy(daemon=DaemonFacts("http://x", 503, ("peer_gc", "annotation"))))
+    assert find(failing, "info", "wgagent", "reports failing checks: peer_gc, annotation").fix == "wgagent status"
+
+
+# --- the seed's failures, one case each --------------------------------------------------------------
+
+SEED_OLD_KERNEL = ModuleFacts(
+    "4.15.0-20-generic", loaded=False, builtin=False, modules_dir=True, module_file=False,
+    modprobe=ModprobeResult(1, "modprobe: FATAL: Module wireguard not found in directory /lib/modules/4.15.0-20-gen"
+                               "eric"),
+    probe=ProbeResult("unsupported", "Operation not supported"),
+)  # fmt: skip
+
+
+def test_seed_module_not_found_on_an_old_kernel_names_the_kernel_and_the_fixes() -> None:
+    findings = diagnose(healthy(module=SEED_OLD_KERNEL))
+    old = find(findings, "problem", "kernel", "kernel 4.15.0-20-generic is too old for WireGuard")
+    assert "apt install wireguard-dkms linux-headers-4.15.0-20-generic" in old.fix
+    assert "apt dist-upgrade" in old.fix and "reboot" in old.fix
+    mp = find(findings, "problem", "kernel", "modprobe wireguard fails (kernel 4.15.0-20-generic)")
+    assert "FATAL: Module wireguard not found in directory" in mp.detail and mp.fix
+    assert not is_clear(findings)
+
+
+def test_seed_operation_not_supported_means_no_wireguard_in_the_kernel() -> None:
+    module = ModuleFacts("6.18.44", loaded=False, builtin=False, modules_dir=False, module_file=None,
+                         modprobe=ModprobeResult(1, "modprobe: FATAL: Module wireguard not found"),
+                         probe=ProbeResult("unsupported", "Operation not supported"))  # fmt: skip
+    findings = diagnose(healthy(module=module))
+    f = find(findings, "problem", "kernel", "no WireGuard support in kernel 6.18.44 ('Operation not supported')")
+    assert "apt update && apt dist-upgrade && reboot" in f.fix
+    find(findings, "problem", "kernel", "/lib/modules/6.18.44 is missing")
+
+
+def test_seed_wg_show_empty_means_flannels_interface_is_missing() -> None:
+    note = "no WireGuard interface of flannel (looked for flannel-wg, flannel-wg-v6, flannel.1)"
+    missing = WireGuardFacts((), note + ": flannel.1 is a vxlan device (is flannel-backend wireguard-native?)",
+                             frozenset())  # fmt: skip
+    f = find(diagnose(healthy(wireguard=missing)), "problem", "wireguard", "flannel's WireGuard interface is missing")
+    assert "flannel.1 is a vxlan device" in f.detail
+    assert f.fix == "flannel-backend: wireguard-native on every server, then systemctl restart k3s"
+    # Another WireGuard device is here: name it as the fix.
+    f = find(diagnose(healthy(wireguard=replace(missing, other_devices=("wg0",)))), "problem", "wireguard",
+             "interface is missing")  # fmt: skip
+    assert f.fix.startswith(f"wireguard.interface: wg0 in {CONF}") and "WireGuard devices here: wg0" in f.detail
+    # No WireGuard in the kernel: that comes first.
+    f = find(diagnose(healthy(wireguard=missing, module=SEED_OLD_KERNEL)), "problem", "wireguard", "is missing")
+    assert f.fix.startswith("make WireGuard available in the kernel first")
+
+
+def test_seed_netstat_shows_nothing_on_the_wireguard_port() -> None:
+    findings = diagnose(healthy(wireguard=wireguard(bound=(53, 68))))
+    f = find(findings, "problem", "wireguard", "nothing listens on UDP 51820")
+    assert "netstat -ulnp" in f.detail and f.fix.startswith("systemctl restart k3s")
+
+
+def test_a_device_on_another_port() -> None:
+    findings = diagnose(healthy(wireguard=wireguard(device(port=51999), bound=(51999,))))
+    f = find(findings, "problem", "wireguard", "flannel-wg listens on UDP 51999, not 51820")
+    assert f"wireguard.listen_port: 51999 in {CONF}" in f.fix
+    find(findings, "problem", "wireguard", "nothing listens on UDP 51820")
+
+
+def test_a_device_that_is_down() -> None:
+    f = find(diagnose(healthy(wireguard=wireguard(up=False))), "problem", "wireguard", "flannel-wg is down")
+    assert "ip link set flannel-wg up" in f.fix
+
+
+@pytest.mark.parametrize(
+    ("anns", "fix"),
+    [
+        pytest.param(node_anns(1, "104.156.140.173"), f"kubectl annotate node n1 --overwrite "
+                     f"{ANN_PUBLIC_IP_OVERWRITE}={V4}, then systemctl restart k3s", id="seed-no-overwrite"),
+        pytest.param(node_anns(1, "10.0.0.3", overwrite="198.51.100.9"), f"{ANN_PUBLIC_IP_OVERWRITE}={V4}",
+                     id="overwrite-wrong"),
+        pytest.param(node_anns(1, "10.0.0.3", overwrite=V4), "systemctl restart k3s (flannel reads "
+                     "public-ip-overwrite only when it starts)", id="overwrite-right-flannel-stale"),
+        pytest.param({ANN_PUBLIC_IP_OVERWRITE: V4}, "flannel has not annotated Node n1", id="flannel-never-ran"),
+    ],
+)  # fmt: skip
+def test_seed_public_ip_annotation_differs_from_the_discovered_one(anns: dict[str, str], fix: str) -> None:
+    kube = KubeFacts("/k.yaml", "/k.yaml", anns, None, CLUSTER, None)
+    f = find(diagnose(healthy(kube=kube)), "problem", "flannel", f"flannel's public IP on Node n1 is not the "
+             f"discovered {V4}")  # fmt: skip
+    assert fix in f.fix
+
+
+def test_seed_backend_type_extension_is_the_removed_wireguard_backend() -> None:
+    anns = {**OWN_ANNS, ANN_BACKEND_TYPE: "extension"}
+    kube = KubeFacts("/k.yaml", "/k.yaml", anns, None, CLUSTER, None)
+    f = find(diagnose(healthy(kube=kube)), "problem", "flannel", "runs k3s's removed 'wireguard' extension backend")
+    assert f.fix.startswith("flannel-backend: wireguard-native in /etc/rancher/k3s/config.yaml on every server")
+
+
+BACKEND_CASES = {
+    "seed: flannel-backend: wireguard in config.yaml": (
+        {"config.yaml": b"flannel-backend: wireguard\n"}, "/usr/local/bin/k3s server",
+        "flannel backend 'wireguard' was removed in k3s 1.26",
+        f"flannel-backend: wireguard-native in {ETC}/config.yaml instead, then systemctl restart k3s",
+    ),
+    "vxlan in config.yaml": (
+        {"config.yaml": b"flannel-backend: vxlan\n"}, "/usr/local/bin/k3s server",
+        "flannel backend is 'vxlan', not WireGuard", "flannel-backend: wireguard-native in",
+    ),
+    "nothing sets it": (
+        {}, "/usr/local/bin/k3s server",
+        "flannel backend is vxlan: nothing sets flannel-backend",
+        f"flannel-backend: wireguard-native in {ETC}/config.yaml on every server",
+    ),
+    "seed: -flannel-backend=wireguard in ExecStart": (
+        None, "/usr/local/bin/k3s server -flannel-backend=wireguard",
+        "flannel backend 'wireguard' was removed in k3s 1.26",
+        f"remove --flannel-backend from ExecStart in {UNIT} (INSTALL_K3S_EXEC",
+    ),
+    "a later file sets vxlan": (
+        {DROPIN: dropin(),
+         "config.yaml.d/90-mine.yaml": b"flannel-backend: vxlan\n"}, "/usr/local/bin/k3s server",
+        "flannel backend is 'vxlan', not WireGuard",
+        f"delete the flannel-backend line from {ETC}/config.yaml.d/90-mine.yaml",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("files", "exec_start", "title", "fix"), BACKEND_CASES.values(), ids=BACKEND_CASES.keys())
+def test_flannel_backend_not_wireguard(files: dict[str, bytes] | None, exec_start: str, title: str, fix: str) -> None:
+    findings = diagnose(healthy(k3s=k3s_facts(files, exec_start=exec_start)))
+    f = find(findings, "problem", "flannel", title)
+    assert fix in f.fix
+    assert "ok" not in {x.severity for x in findings if x.area == "flannel" and "flannel-backend is" in x.title}
+
+
+def test_an_earlier_file_replaced_by_the_dropin_is_only_noted() -> None:
+    files = {"config.yaml": b"flannel-backend: wireguard\n",
+             DROPIN: dropin()}  # fmt: skip
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    assert is_clear(findings), problems(findings)
+    find(findings, "info", "k3s", "is replaced by wgagent's 50-wgagent.yaml")
+
+
+def test_wgagents_own_backend_setting_not_wireguard_is_a_warning() -> None:
+    files = {DROPIN: dropin(flannel_backend="vxlan")}  # fmt: skip
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    f = find(findings, "warn", "flannel", "flannel backend is 'vxlan'")
+    assert f.fix == f"k3s.flannel_backend: wireguard-native in {CONF}"
+
+
+def test_a_later_file_overriding_wgagents_node_external_ip() -> None:
+    files = {DROPIN: dropin(),
+             "config.yaml.d/99-old.yaml": b"node-external-ip: 198.51.100.1\n"}  # fmt: skip
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    f = find(findings, "problem", "k3s", f"{ETC}/config.yaml.d/99-old.yaml:1 overrides wgagent's node-external-ip")
+    assert f.fix == f"delete the node-external-ip line from {ETC}/config.yaml.d/99-old.yaml, then systemctl restart k3s"
+    d = find(findings, "problem", "k3s", "k3s's node-external-ip differs from the discovered public IP")
+    assert f"198.51.100.1 instead of {V4}" in d.detail
+
+
+def test_the_dropin_with_an_old_address() -> None:
+    files = {DROPIN: dropin("198.51.100.1")}
+    f = find(diagnose(healthy(k3s=k3s_facts(files))), "problem", "k3s", "node-external-ip differs")
+    assert f.fix.startswith("systemctl restart wgagent")
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        pytest.param(b"flannel-backend: [wireguard-native\n", "not valid YAML", id="bad-yaml"),
+        pytest.param(b"- a list\n", "not a mapping of k3s flags", id="not-a-mapping"),
+        pytest.param(b"\xff\xfe", "not UTF-8", id="not-utf8"),
+    ],
+)
+def test_a_k3s_config_file_that_does_not_parse(content: bytes, detail: str) -> None:
+    files = {"config.yaml.d/10-broken.yaml": content,
+             DROPIN: dropin()}  # fmt: skip
+    f = find(diagnose(healthy(k3s=k3s_facts(files))), "problem", "k3s", "k3s cannot use")
+    assert detail in f.detail and f.fix.startswith(f"correct or remove {ETC}/config.yaml.d/10-broken.yaml")
+
+
+def test_execstart_node_external_ip_and_config_elsewhere() -> None:
+    facts = healthy(k3s=k3s_facts(exec_start="/usr/local/bin/k3s server --node-external-ip=1.2.3.4 -c /srv/k3s.yaml"))
+    findings = diagnose(facts)
+    f = find(findings, "problem", "k3s", "k3s's ExecStart sets --node-external-ip")
+    assert "systemctl daemon-reload && systemctl restart k3s" in f.fix
+    assert find(findings, "problem", "k3s", "(--config)").fix == f"k3s.config_dir: /srv in {CONF}"
+
+
+def test_the_dropin_missing() -> None:
+    f = find(diagnose(healthy(k3s=k3s_facts({"config.yaml": b"flannel-backend: wireguard-native\n"}))), "warn",
+             "k3s", "drop-in /etc/rancher/k3s/config.yaml.d/50-wgagent.yaml does not exist")  # fmt: skip
+    assert f.fix.startswith("systemctl enable --now wgagent")
+
+
+def dead_peers(n: int, *, ips: bool) -> tuple[Peer, ...]:
+    return tuple(Peer(k(100 + i), f"203.0.113.{i}:51820", (f"10.100.0.{i}/32",) if ips else (), NOW - 3600)
+                 for i in range(n))  # fmt: skip
+
+
+def test_seed_peers_piling_up_are_counted_with_the_gc_command() -> None:
+    n = DEAD_PEERS_PROBLEM + 10
+    dev = device(PEER_N2, *dead_peers(n // 2, ips=True), *dead_peers(n - n // 2, ips=False)[::-1])
+    findings = diagnose(healthy(wireguard=wireguard(dev)))
+    f = find(findings, "problem", "peers", f"{n} dead peer(s) on flannel-wg")
+    assert f.fix.startswith(f"wgagent --config {CONF} gc")
+    assert f"{n} of {n + 1} peers" in f.detail
+
+
+def test_a_few_dead_peers_are_a_warning_and_gc_off_is_named() -> None:
+    cfg = Config(node_name="n1", wireguard=WireGuardConfig(gc=GCConfig(enabled=False)))
+    findings = diagnose(healthy(cfg=cfg, wireguard=wireguard(device(PEER_N2, *dead_peers(3, ips=False)))))
+    f = find(findings, "warn", "peers", "3 dead peer(s)")
+    assert "wireguard.gc.enabled: true" in f.fix and is_clear(findings)
+
+
+def test_dead_peers_without_the_node_list_are_only_those_without_allowed_ips() -> None:
+    kube = KubeFacts("/k.yaml", "/l.yaml", OWN_ANNS, None, None, Forbidden("LIST nodes: 403"))
+    dev = device(PEER_N2, *dead_peers(4, ips=True), *dead_peers(2, ips=False))
+    findings = diagnose(healthy(kube=kube, wireguard=wireguard(dev)))
+    f = find(findings, "warn", "peers", "2 dead peer(s)")
+    assert "node list unknown" in f.detail
+    find(findings, "info", "peers", "4 stale peer(s) with allowed IPs on flannel-wg not judged")
+    find(findings, "warn", "kubernetes", "cannot list the cluster's Nodes")
+    find(findings, "info", "wireguard", "live nodes not checked")
+
+
+def test_peers_that_never_handshook_and_were_never_seen_cannot_be_judged() -> None:
+    never = tuple(Peer(k(200 + i), None, (), None) for i in range(5))
+    findings = diagnose(healthy(wireguard=wireguard(device(PEER_N2, *never))))
+    find(findings, "info", "peers", "5 peer(s) on flannel-wg never completed a handshake")
+    find(findings, "ok", "peers", "no dead peers")
+    seen = {p.public_key: NOW - 3600 for p in never}
+    findings = diagnose(healthy(wireguard=wireguard(device(PEER_N2, *never), first_seen=seen)))
+    find(findings, "warn", "peers", "5 dead peer(s)")
+
+
+def test_seed_a_live_node_unreachable() -> None:
+    silent = PEER_N2._replace(last_handshake=NOW - 900)
+    findings = diagnose(healthy(wireguard=wireguard(device(silent))))
+    f = find(findings, "problem", "wireguard", "live node(s) unreachable over flannel-wg: n2")
+    assert "198.51.100.2:51820, last handshake 900 s ago" in f.detail and "open UDP 51820" in f.fix
+    never = PEER_N2._replace(last_handshake=None)
+    assert "last handshake never" in find(diagnose(healthy(wireguard=wireguard(device(never)))), "problem",
+                                          "wireguard", "unreachable").detail  # fmt: skip
+
+
+def test_a_node_without_a_peer_here() -> None:
+    cluster = ClusterView({**CLUSTER.nodes, "n3": NodeInfo("n3", node_anns(3, "198.51.100.3"))})
+    kube = KubeFacts("/k.yaml", "/k.yaml", OWN_ANNS, None, cluster, None)
+    f = find(diagnose(healthy(kube=kube)), "warn", "wireguard", "flannel has no peer on flannel-wg for: n3")
+    assert f.fix.startswith("systemctl restart k3s")
+
+
+def test_a_nat_that_maps_per_destination() -> None:
+    facts = healthy(public_ip=discovery(stun("stun:a", 40001), stun("stun:cc", 52344)))
+    f = find(diagnose(facts), "problem", "public-ip", "the NAT maps each destination to a different port")
+    assert "stun:a saw 203.0.113.7:40001" in f.detail and "stun:cc saw 203.0.113.7:52344" in f.detail
+    assert "forward UDP 51820 on the NAT router to this node" in f.fix
+
+
+def test_no_public_ip_discovered() -> None:
+    obs = (Observation("stun:a", "stun", 1.0, error="no answer within 1 s"),)
+    findings = diagnose(healthy(public_ip=DiscoveryFacts(obs, decide(obs, quorum=2))))
+    f = find(findings, "problem", "public-ip", "no public IP could be discovered")
+    assert "1 of 1 source(s) failed, first: stun:a: no answer within 1 s" in f.detail
+    assert f.fix.startswith(f"public_ip.static: [<this node's public IP>] in {CONF}")
+    find(findings, "info", "flannel", "not compared: no public IP decided")
+
+
+KUBE_ERRORS = {
+    "kubeconfig missing": (KubeConfigError("/etc/rancher/k3s/k3s.yaml: kubeconfig not found"),
+                           "no usable credential", "systemctl start k3s"),
+    "API unreachable": (KubeUnreachable("GET https://127.0.0.1:6443/api/v1/nodes/n1: cannot connect"),
+                        "the Kubernetes API is unreachable", "systemctl status k3s"),
+    "credential refused": (Unauthorized("GET ...: 401 Unauthorized"), "refuses the credential (401)",
+                           "systemctl restart k3s"),
+    "another node's credential": (Forbidden("GET ...: 403 Forbidden"), "may not read Node n1 (403)",
+                                  f"node_name: <this node's name in kubectl get nodes> in {CONF}"),
+    "node not registered": (NotFound('GET ...: 404 NotFound: nodes "n1" not found'), "Node n1 is not registered",
+                            "node_name: <the name kubectl get nodes shows"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("error", "title", "fix"), KUBE_ERRORS.values(), ids=KUBE_ERRORS.keys())
+def test_api_unreachable_or_credential_refused(error: KubeError, title: str, fix: str) -> None:
+    kube = KubeFacts("/etc/rancher/k3s/k3s.yaml", "/etc/rancher/k3s/k3s.yaml", None, error, None, error)
+    findings = diagnose(healthy(kube=kube))
+    f = find(findings, "problem", "kubernetes", title)
+    assert fix in f.fix and str(error) in f.detail
+    assert not any(x.title == "cannot list the cluster's Nodes" for x in findings)  # the same failure, once
+
+
+def test_seed_k3s_not_installed_says_so_and_what_it_skipped() -> None:
+    facts = healthy(k3s=k3s_facts(role=None, binary=None), kube=Skipped("k3s is not installed"),
+                    wireguard=Skipped("k3s is not installed"))  # fmt: skip
+    findings = diagnose(facts)
+    f = find(findings, "problem", "k3s", "k3s is not installed")
+    assert "Skipped without k3s: the Kubernetes API, flannel's annotations, flannel's WireGuard interface" in f.detail
+    assert f.fix.startswith("install k3s: curl -sfL https://get.k3s.io | sh -")
+    assert find(findings, "info", "kubernetes", "skipped").detail == "k3s is not installed"
+    assert find(findings, "info", "wireguard", "skipped").detail == "k3s is not installed"
+    assert problems(findings) == ["k3s: k3s is not installed"]
+
+
+def test_a_k3s_unit_without_a_k3s_binary_is_not_k3s_installed() -> None:
+    facts = healthy(k3s=k3s_facts(exec_start="/bin/sleep infinity", binary=None))
+    f = find(diagnose(facts), "problem", "k3s", "k3s is not installed")
+    assert "says server (k3s.service), but there is no k3s binary" in f.detail
+
+
+def test_k3s_binary_without_a_role() -> None:
+    f = find(diagnose(healthy(k3s=k3s_facts(role=None))), "problem", "k3s", "server or an agent")
+    assert f.fix == f"k3s.role: server (or agent) in {CONF}"
+
+
+def test_an_agent_restarts_k3s_agent() -> None:
+    facts = healthy(k3s=k3s_facts({}, role="agent", exec_start="/usr/local/bin/k3s agent"),
+                    wireguard=wireguard(bound=()))  # fmt: skip
+    findings = diagnose(facts)
+    assert find(findings, "problem", "wireguard", "nothing listens").fix.startswith("systemctl restart k3s-agent")
+    assert not any(f.area == "flannel" and "flannel-backend" in f.title for f in findings)  # a server option
+
+
+@pytest.mark.parametrize("area", ["k3s", "module", "public_ip", "kube", "wireguard"])
+def test_a_probe_that_failed_is_a_problem_not_a_crash(area: str) -> None:
+    findings = diagnose(healthy(**{area: Failed("it did not finish within 1 s")}))
+    hits = [f for f in findings if f.severity == "problem" and f.title.startswith("could not check")]
+    assert len(hits) == 1 and hits[0].detail == "it did not finish within 1 s" and hits[0].fix
+
+
+def test_disabled_parts_are_skipped_with_the_reason() -> None:
+    facts = healthy(public_ip=Skipped("public_ip.enabled is false"), kube=Skipped("kube.enabled is false"),
+                    wireguard=Skipped("wireguard.enabled is false"))  # fmt: skip
+    findings = diagnose(facts)
+    assert is_clear(findings)
+    assert {f.detail for f in findings if f.title.startswith("skipped")} == {
+        "public_ip.enabled is false", "kube.enabled is false", "wireguard.enabled is false"}  # fmt: skip
+
+
+# --- reports -----------------------------------------------------------------------------------------
+
+
+def test_json_report() -> None:
+    findings = diagnose(healthy(wireguard=wireguard(bound=())))
+    data = json.loads(render_json(findings))
+    assert data["ok"] is False and set(data) == {"ok", "findings"}
+    assert all(set(f) == {"severity", "area", "title", "detail", "fix"} for f in data["findings"])
+    assert {"severity": "problem", "area": "wireguard", "title": "nothing listens on UDP 51820"}.items() <= next(
+        f for f in data["findings"] if f["title"] == "nothing listens on UDP 51820").items()  # fmt: skip
+    assert json.loads(render_json(diagnose(healthy())))["ok"] is True
+
+
+def test_text_report_groups_by_area_problems_first_each_with_its_fix() -> None:
+    findings = [
+        Finding("ok", "wireguard", "flannel-wg: up"),
+        Finding("warn", "peers", "3 dead peer(s)", "old ones", "wgagent gc"),
+        Finding("problem", "wireguard", "nothing listens on UDP 51820", "netstat", "systemctl restart k3s"),
+        Finding("problem", "kernel", "no WireGuard", "EOPNOTSUPP", "apt dist-upgrade && reboot"),
+        Finding("info", "wgagent", "the wgagent daemon is not running"),
+    ]
+    text = render_text(findings, "wgagent doctor: node n1")
+    lines = text.splitlines()
+    assert lines[0] == "wgagent doctor: node n1"
+    areas = [line for line in lines if line and not line.startswith(" ")]
+    assert areas[1:5] == ["kernel", "wireguard", "peers", "wgagent"]
+    wg = lines.index("wireguard")
+    assert lines[wg + 1 : wg + 5] == [
+        "  PROBLEM  nothing listens on UDP 51820",
+        "           netstat",
+        "           fix: systemctl restart k3s",
+        "  ok       flannel-wg: up",
+    ]
+    assert lines[-1] == "2 problem(s) and 1 warning(s): apply the fixes above, then run 'wgagent doctor' again."
+    assert render_text([Finding("ok", "kernel", "fine")]).splitlines()[-1] == "All clear."
+    assert render_text([Finding("warn", "peers", "3")]).splitlines()[-1] == "No problem; 1 warning(s) above."
