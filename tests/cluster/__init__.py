@@ -2,7 +2,7 @@
 
 Network namespaces joined by veth pairs only, nothing routed to the host's interfaces::
 
-                    inet  (forwarding; stund 203.0.113.254/.253, coturn .252, HTTP echo .11)
+                    inet  (forwarding; stund 203.0.113.254/.253, coturn .252, HTTP echo .251)
          ┌────────────┼──────────────────────┬────────────────────────────┐
     203.0.113.9/30    203.0.113.13/30         198.51.100.1/24
     cp 203.0.113.10   nat1gw wan0 203.0.113.14  (nft masquerade)  pub2 198.51.100.20

@@ -57,7 +57,7 @@ API = "203.0.113.10:6443"
 STUND = ("203.0.113.254", "203.0.113.253")
 """stund's primary and alternate address (it needs two)."""
 COTURN = "203.0.113.252"
-ECHO = "203.0.113.11"
+ECHO = "203.0.113.251"
 METADATA = "10.1.0.1:8100"
 """The Alibaba metadata stand-in, on nat1's NAT router (the cloud's side of its LAN)."""
 DEAD_NO_NODE = 200
@@ -67,7 +67,7 @@ GC_INTERVAL_S = 5
 LIVE_HANDSHAKE_S = 180
 MAX_RESTARTS = 2
 """Per node: one for the first drop-in, at most one more when the annotation part's request
-comes after it (both run in the same stage; see the lab's README section)."""
+comes after it (both run in the same stage; see tests/cluster/__init__.py)."""
 COTURN_FLAGS = (
     *("-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--no-tcp"),
     *(f"--listening-ip={COTURN}", "--listening-port=3478", "--log-file=stdout", "--simple-log"),
@@ -330,7 +330,7 @@ class Cluster:
             self.dead_no_ips.add(key)
             lines.append(f"public_key={hexkey(key)}")
         uapi_set(pub2.uapi_dir, lines)
-        # wgagent ran here an hour ago and saw them then (see the lab's README section).
+        # wgagent ran here an hour ago and saw them then (see tests/cluster/__init__.py).
         os.makedirs(pub2.state_dir, exist_ok=True)
         seen = {key: time.time() - SEEN_AGO_S for key in self.dead_no_node | self.dead_no_ips}
         with open(os.path.join(pub2.state_dir, FIRST_SEEN_FILE), "w") as f:

@@ -137,6 +137,9 @@ def problems(cluster: Cluster, snap: Snapshot) -> list[str]:
         decided, _ = st.decided()
         if decided != spec.public_ip:
             say(f"public IP decided {decided}, expected {spec.public_ip}")
+        for obs in st.part("public_ip").get("observations") or []:
+            if obs.get("error"):  # every source here is a stand-in that must answer
+                say(f"public IP source {obs.get('source')} failed: {obs['error']}")
         if st.dropin != node.expected_dropin():
             say("drop-in missing" if st.dropin is None else "drop-in differs from render_dropin() for the address")
         if st.overwrite != spec.public_ip or st.public_ip != spec.public_ip:
