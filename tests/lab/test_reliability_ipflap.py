@@ -1,0 +1,277 @@
+"""Reliability: the public IP flaps every round for a simulated day; k3s is restarted at most
+once per ``k3s.min_restart_interval_s``.
+
+The real daemon (``Daemon.serve()``: its part loops, wake events, staged first pass) runs
+the real parts for 24 simulated hours on a :class:`~tests.support.virtualtime.VirtualTimeLoop`,
+which skips every wait, so the day takes seconds and no interval is shortened:
+
+- ``PublicIPPart`` (adoption, hysteresis, the 30 s confirmation cadence) asks two sources
+  that agree with each other but name another address every round, as behind a NAT
+  gateway that alternates its egress addresses;
+- ``K3sPart`` writes the real drop-in (temp dir) and asks the ``Restarter``, which runs a
+  fake ``systemctl`` (the k3s unit is active; a restart is recorded at the virtual time and
+  makes the API stand-in's "flannel" re-read the overwrite);
+- ``NodeWatch`` and ``AnnotationPart`` talk to the API stand-in over HTTPS on loopback; the
+  annotation part asks the same ``Restarter`` when flannel's ``public-ip`` is stale, so two
+  parts compete for one rate limit, as ``build_parts()`` wires them.
+
+The parts are built as ``build_parts()`` builds them, with the loop's clock injected
+(``clock``/``monotonic``) and the fakes plugged in where ``build_parts()`` would reach the
+network or systemd. Every restart the fake systemctl saw is checked against the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from tests.conftest import require
+from tests.kubeapi import KubeAPI, shared_pki
+from tests.labkit import free_port
+from tests.support.virtualtime import VirtualTimeLoop, wall
+from wgagent.config import Config, HealthConfig, K3sConfig, ListenAddress, PublicIPConfig
+from wgagent.daemon import Daemon, Stages
+from wgagent.k3s import CommandResult, K3sPart, Restarter, Role, render_dropin
+from wgagent.kube import AnnotationPart, KubeClient, NodeWatch
+from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
+from wgagent.publicip.model import Answer
+from wgagent.publicip.part import PublicIPPart
+from wgagent.state import State
+
+NODE = "n1"
+UNIT = "k3s-agent.service"
+DAY_S = 86400.0
+ADDRESSES = (IPv4Address("203.0.113.10"), IPv4Address("198.51.100.20"))
+
+
+class Flapper:
+    """Two echo-like sources that agree with each other and name another address every round."""
+
+    def __init__(self, addresses: Sequence[IPv4Address]) -> None:
+        self.addresses = itertools.cycle(addresses)
+        self.current = next(self.addresses)
+        self.rounds = 0
+        self.frozen = False
+
+    def sources(self) -> list[_FlapSource]:
+        return [_FlapSource(self, "http:a", leader=True), _FlapSource(self, "http:b", leader=False)]
+
+
+@dataclass
+class _FlapSource:
+    flapper: Flapper
+    name: str
+    leader: bool
+    kind: str = "http"
+    timeout_s: float = 5.0
+    why_not: str = ""
+
+    async def observe(self) -> Sequence[Answer]:
+        f = self.flapper
+        if self.leader:  # asked first in every round (observe_all keeps source order)
+            f.rounds += 1
+            if not f.frozen:
+                f.current = next(f.addresses)
+        return [Answer(f.current)]
+
+
+@dataclass
+class FakeSystemd:
+    """``systemctl`` for k3s-agent.service: active; a restart is instant and makes flannel
+    re-read the overwrite annotation (what a real k3s restart does)."""
+
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+    api: KubeAPI
+    restarts: list[float] = field(default_factory=list)
+    started_mono: float | None = None
+
+    async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+        args = list(argv[1:])
+        if args == ["is-active", UNIT]:
+            return CommandResult(0, "active\n", "")
+        if args == ["--no-block", "try-restart", UNIT]:
+            self.restarts.append(self.clock())
+            self.started_mono = self.monotonic()
+            self.api.k3s_restart(NODE)
+            return CommandResult(0, "", "")
+        if args[:1] == ["show"] and "--property=ExecMainStartTimestampMonotonic" in args:
+            usec = 0 if self.started_mono is None else int(self.started_mono * 1e6)
+            return CommandResult(0, f"{usec}\n", "")
+        return CommandResult(1, "", f"unexpected systemctl call: {args}")
+
+
+@dataclass
+class World:
+    tmp: Path
+    loop: VirtualTimeLoop
+    api: KubeAPI
+    flapper: Flapper
+    systemd: FakeSystemd
+    cfg: Config
+    daemons: list[Daemon] = field(default_factory=list)
+
+    def factory(self, cfg: Config, state: State) -> Stages:
+        """What ``build_parts()`` builds for public_ip + k3s + kube, with the loop's clock and the fakes."""
+        clock, mono = wall(self.loop), self.loop.time
+        ip = PublicIPPart(
+            state, cfg.public_ip, state_dir=cfg.state_dir, sources=self.flapper.sources(), clock=clock, monotonic=mono
+        )
+        role = Role("agent", UNIT, "k3s.role: agent")
+        restarter = Restarter(
+            cfg.k3s,
+            state_dir=cfg.state_dir,
+            unit=role.unit,
+            metrics=state.metrics,
+            runner=self.systemd,
+            clock=clock,
+            monotonic=mono,
+        )
+        k3s_part = K3sPart(
+            state, cfg.k3s, public_ip=ip.adopted, role=role, restarter=restarter, unit_dirs=[str(self.tmp / "units")]
+        )
+        watch = NodeWatch(state, KubeClient(self.api.controller_kubeconfig(), metrics=state.metrics))
+        annotation = AnnotationPart(
+            state,
+            state.node,
+            KubeClient(self.api.node_kubeconfig(NODE), metrics=state.metrics),
+            public_ip=ip.adopted,
+            request_restart=restarter.request,
+            cluster=watch.view,
+        )
+        watch.on_change = lambda names: annotation.wake.set() if state.node in names else None
+
+        def ip_changed() -> None:
+            k3s_part.wake.set()
+            annotation.wake.set()
+
+        ip.on_change = ip_changed
+        return [[ip, watch], [k3s_part, annotation]]
+
+    async def run_daemon(self, seconds: float) -> State:
+        """One daemon lifetime of ``seconds`` virtual seconds; its final state."""
+        daemon = Daemon(self.cfg, str(self.tmp / "absent.yaml"), config_required=False, parts_factory=self.factory)
+        self.daemons.append(daemon)
+        task = asyncio.ensure_future(daemon.serve())
+        await asyncio.sleep(seconds)
+        daemon.stop()
+        assert await task == 0
+        errors = daemon.state.reconcile_errors
+        assert "wgagent_reconcile_errors_total{" not in daemon.state.metrics.render(), errors
+        return daemon.state
+
+
+def make_world(tmp: Path, loop: VirtualTimeLoop, api: KubeAPI, *, confirmations: int) -> World:
+    (tmp / "units").mkdir()
+    cfg = Config(
+        node_name=NODE,
+        state_dir=str(tmp / "state"),
+        health=HealthConfig(listen=ListenAddress("127.0.0.1", free_port())),
+        public_ip=PublicIPConfig(confirmations=confirmations),  # quorum 2, interval 300 s: the defaults
+        k3s=K3sConfig(role="agent", config_dir=str(tmp / "etc-rancher-k3s"), data_dir=str(tmp / "data")),
+    )
+    systemd = FakeSystemd(wall(loop), loop.time, api)
+    return World(tmp, loop, api, Flapper(ADDRESSES), systemd, cfg)
+
+
+def run_in_virtual_time(body: Callable[[VirtualTimeLoop, KubeAPI], object]) -> None:
+    require("openssl")
+    pki = shared_pki()
+    loop = VirtualTimeLoop()
+    try:
+
+        async def main() -> None:
+            async with KubeAPI(nodes=[NODE], pki=pki) as api:
+                result = body(loop, api)
+                if asyncio.iscoroutine(result):
+                    await result
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def assert_rate_limited(restarts: Sequence[float], min_interval_s: float) -> None:
+    # Times are taken when the fake systemctl runs, a few (real) milliseconds after the
+    # Restarter decided: allow that much.
+    gaps = [b - a for a, b in itertools.pairwise(restarts)]
+    too_soon = [round(g, 3) for g in gaps if g < min_interval_s - 0.5][:10]
+    assert not too_soon, f"k3s restarted less than {min_interval_s:g} s after the previous restart: {too_soon}"
+
+
+def dropin_text(world: World, address: IPv4Address) -> str:
+    return render_dropin("agent", PublicAddresses(ipv4=address), world.cfg.k3s)
+
+
+def read_dropin(world: World) -> str:
+    return (Path(world.cfg.k3s.config_dir) / "config.yaml.d" / "50-wgagent.yaml").read_text()
+
+
+def test_a_day_of_flapping_confirmed_every_round_restarts_k3s_at_most_once_per_interval(tmp_path: Path) -> None:
+    """``confirmations: 1``: every round (300 s) adopts the other address, so the drop-in and
+    the overwrite change every round and both parts ask for a restart every time. The day
+    is six daemon lifetimes of four hours: the limit must hold across wgagent restarts too
+    (the history is saved before systemctl runs). Then the address settles for an hour and
+    everything must converge: drop-in, overwrite and flannel's public-ip name it, no restart
+    pending, every check ok."""
+
+    async def body(loop: VirtualTimeLoop, api: KubeAPI) -> None:
+        world = make_world(tmp_path, loop, api, confirmations=1)
+        min_interval = world.cfg.k3s.min_restart_interval_s
+        for _ in range(6):
+            await world.run_daemon(DAY_S / 6)
+        restarts = list(world.systemd.restarts)
+        assert world.flapper.rounds >= DAY_S / world.cfg.public_ip.interval_s - 6  # really flapping all day
+        assert_rate_limited(restarts, min_interval)
+        assert len(restarts) <= DAY_S / min_interval + 1
+        # Not starved either: a pending restart is served once allowed (k3s part every 60 s).
+        assert len(restarts) >= DAY_S / (min_interval + 120), len(restarts)
+
+        world.flapper.frozen = True  # the address settles
+        state = await world.run_daemon(3600)
+        assert_rate_limited(world.systemd.restarts, min_interval)
+        final = world.flapper.current
+        assert state.ok, state.status()["checks"]
+        assert read_dropin(world) == dropin_text(world, final)
+        anns = api.store.nodes[NODE]["metadata"]["annotations"]
+        assert anns[ANN_PUBLIC_IP_OVERWRITE] == anns[ANN_PUBLIC_IP] == str(final)
+        assert state.status()["parts"]["k3s"]["restart"]["pending"] is None
+        # the last restart came after the last change: it is the one that applied it
+        assert world.systemd.restarts[-1] > restarts[-1] or world.systemd.restarts == restarts
+
+    run_in_virtual_time(body)
+
+
+def test_a_day_of_unconfirmed_flapping_adopts_nothing_new(tmp_path: Path) -> None:
+    """The defaults (``confirmations: 2``): an address that wins one round and loses the next
+    is never adopted. Rounds alternate 30 s (a candidate waits) and 300 s (it lost again),
+    ~520 in the day. The first decision (nothing adopted yet) is adopted at once; after
+    that nothing changes all day: no write, no patch, and no restart beyond the start's.
+
+    The start needs two restarts, ``min_restart_interval_s`` apart: the k3s part restarts
+    k3s for the new drop-in while the annotation part, in the same stage, is still patching
+    the overwrite, so flannel read the old overwrite and needs another restart."""
+
+    async def body(loop: VirtualTimeLoop, api: KubeAPI) -> None:
+        world = make_world(tmp_path, loop, api, confirmations=2)
+        state = await world.run_daemon(DAY_S)
+        first = ADDRESSES[1]  # the first round's answer (the cycle starts at the second address)
+        assert world.flapper.rounds >= 2 * DAY_S / (30 + 300) - 4, world.flapper.rounds
+        restarts = world.systemd.restarts
+        assert_rate_limited(restarts, world.cfg.k3s.min_restart_interval_s)
+        assert len(restarts) <= 2 and restarts[-1] < restarts[0] + 2 * world.cfg.k3s.min_restart_interval_s, restarts
+        assert read_dropin(world) == dropin_text(world, first)
+        section = state.status()["parts"]["public_ip"]
+        assert section["adopted"]["ipv4"] == str(first)
+        assert section["pending"] is None or section["pending"]["rounds"] == 1
+        assert api.count(user=f"system:node:{NODE}", verb="patch") == 1  # the overwrite was set once, at the start
+        checks = state.status()["checks"]
+        assert all(c["ok"] for c in checks.values()), checks
+        anns = api.store.nodes[NODE]["metadata"]["annotations"]
+        assert anns[ANN_PUBLIC_IP_OVERWRITE] == anns[ANN_PUBLIC_IP] == str(first)
+
+    run_in_virtual_time(body)
