@@ -58,11 +58,11 @@ from wgagent.k3s.scan import (
 )
 from wgagent.k3s.scan import Finding as K3sFinding
 from wgagent.k3s.unit import exec_start, read_unit, scan_unit
-from wgagent.kube.annotation import annotations_of, assess, wanted
+from wgagent.kube.annotation import annotations_of, assess, short, wanted
 from wgagent.kube.kubeconfig import credential_paths
 from wgagent.kube.protocol import NodeAPI
 from wgagent.kube.watch import node_info
-from wgagent.model import ANN_BACKEND_TYPE, ANN_PUBLIC_IP_OVERWRITE, ANN_PUBLIC_IPV6_OVERWRITE, ClusterView
+from wgagent.model import ANN_BACKEND_TYPE, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ClusterView
 from wgagent.publicip.model import Decision, Observation
 from wgagent.publicip.sources import Source
 from wgagent.wireguard.backend import Backend, HostNet, is_wireguard, open_backend, resolve_interfaces
@@ -413,7 +413,7 @@ def _k3s(facts: Facts) -> list[Finding]:
                 )
             )
     out += found
-    if role is not None and not any(f.severity in ("warn", "problem") and f.area == "k3s" for f in found):
+    if role is not None and not any(f.severity in ("warn", "problem") for f in found):
         out.append(
             Finding(
                 "ok",
@@ -776,17 +776,14 @@ def _annotations(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
             f"systemctl status {unit}: flannel has not annotated Node {node} (is it running, with the kube subnet "
             "manager?)"
         )
-    overwrite = ", ".join(
-        f"{k.rsplit('/', 1)[-1]}={anns.get(k)}"
-        for k in (ANN_PUBLIC_IP_OVERWRITE, ANN_PUBLIC_IPV6_OVERWRITE)
-        if k in anns
-    )
+    published = [f"{short(k)} is {anns[k]}" for k in (ANN_PUBLIC_IP, ANN_PUBLIC_IPV6) if k in anns]
+    shown = "; ".join(p for p in published if p.split(" is ")[-1] not in verdict.detail)
     out.append(
         Finding(
             "problem",
             "flannel",
             f"flannel's public IP on Node {node} is not the discovered {p.decision.addresses}",
-            f"{verdict.detail}" + (f" (now: {overwrite})" if overwrite else ""),
+            verdict.detail + (f"; flannel's {shown}" if shown else ""),
             fix,
         )
     )

@@ -254,6 +254,8 @@ def test_seed_public_ip_annotation_differs_from_the_discovered_one(anns: dict[st
     f = find(diagnose(healthy(kube=kube)), "problem", "flannel", f"flannel's public IP on Node n1 is not the "
              f"discovered {V4}")  # fmt: skip
     assert fix in f.fix
+    if ANN_PUBLIC_IP in anns:  # what flannel published is named
+        assert f.detail.count(anns[ANN_PUBLIC_IP]) == 1
 
 
 def test_seed_backend_type_extension_is_the_removed_wireguard_backend() -> None:
@@ -298,6 +300,7 @@ def test_flannel_backend_not_wireguard(files: dict[str, bytes] | None, exec_star
     f = find(findings, "problem", "flannel", title)
     assert fix in f.fix
     assert "ok" not in {x.severity for x in findings if x.area == "flannel" and "flannel-backend is" in x.title}
+    assert not any("nothing in k3s's config defeats" in x.title for x in findings)
 
 
 def test_an_earlier_file_replaced_by_the_dropin_is_only_noted() -> None:
