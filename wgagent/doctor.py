@@ -91,6 +91,7 @@ DEAD_PEERS_PROBLEM = 50
 """Dead peers from this many on are a problem ("piling up", k3s #5216); fewer are a warning:
 a running daemon's GC removes a peer within one ``wireguard.gc.interval_s`` after it went stale."""
 
+START_WGAGENT = "systemctl enable --now wgagent"
 WITHOUT_K3S = "the Kubernetes API, flannel's annotations, flannel's WireGuard interface, its UDP port and peers"
 """What doctor skips when k3s is not installed."""
 
@@ -284,42 +285,21 @@ def _failed(area: str, what: str, failed: Failed, by_hand: str) -> Finding:
 
 
 def _daemon(facts: Facts) -> list[Finding]:
-    out = [
-        Finding(
-            "ok",
-            "wgagent",
-            f"config {facts.config_path}"
-            if os.path.exists(facts.config_path)
-            else f"no config file at {facts.config_path}: every key has its default",
-        )
-    ]
+    path = facts.config_path
+    exists = os.path.exists(path)
+    out = [Finding("ok", "wgagent", f"config {path}" if exists else f"no config file at {path}: all defaults")]
     d = facts.daemon
     if isinstance(d, Failed):
-        return [*out, Finding("info", "wgagent", "could not ask the wgagent daemon", d.error)]
-    if d.status == 200:
-        return [*out, Finding("ok", "wgagent", f"the wgagent daemon answers at {d.url}: every check passes")]
-    if d.status is not None:
-        failing = ", ".join(d.failing) or "?"
-        return [
-            *out,
-            Finding(
-                "info",
-                "wgagent",
-                f"the wgagent daemon reports failing checks: {failing}",
-                f"{d.url}/healthz answered {d.status}",
-                "wgagent status",
-            ),
-        ]
-    return [
-        *out,
-        Finding(
-            "info",
-            "wgagent",
-            "the wgagent daemon is not running",
-            f"nothing answers at {d.url}/healthz ({d.error}); doctor works without it",
-            "systemctl enable --now wgagent",
-        ),
-    ]
+        out.append(Finding("info", "wgagent", "could not ask the wgagent daemon", d.error))
+    elif d.status == 200:
+        out.append(Finding("ok", "wgagent", f"the wgagent daemon answers at {d.url}: every check passes"))
+    elif d.status is not None:
+        title = f"the wgagent daemon reports failing checks: {', '.join(d.failing) or '?'}"
+        out.append(Finding("info", "wgagent", title, f"{d.url}/healthz answered {d.status}", "wgagent status"))
+    else:
+        detail = f"nothing answers at {d.url}/healthz ({d.error}); doctor works without it"
+        out.append(Finding("info", "wgagent", "the wgagent daemon is not running", detail, START_WGAGENT))
+    return out
 
 
 _MODULE_TITLES = {
@@ -622,6 +602,47 @@ def _node_external_ip(facts: Facts, k: K3sFacts, d: Decision) -> list[Finding]:
     ]
 
 
+_KUBE_ERRORS: tuple[tuple[type[KubeError], str, str, str], ...] = (
+    # The first class that matches; templates take e, source, node, unit, conf, name_from.
+    (
+        KubeConfigError,
+        "no usable credential for the Kubernetes API",
+        "{e}",
+        "start k3s so that it writes {source} (systemctl start {unit}), or set kube.kubeconfig: <a kubeconfig for "
+        "Node {node}> in {conf}",
+    ),
+    (
+        KubeUnreachable,
+        "the Kubernetes API is unreachable",
+        "{e}",
+        "systemctl status {unit} (the API server, or on agents k3s's local load balancer, must run); check the server "
+        "address in {source}",
+    ),
+    (
+        Unauthorized,
+        "the API server refuses the credential (401)",
+        "{source}: {e}",
+        "systemctl restart {unit} (k3s renews its certificates when it starts), or set kube.kubeconfig: <a valid "
+        "kubeconfig> in {conf}",
+    ),
+    (
+        Forbidden,
+        "the credential may not read Node {node} (403)",
+        "{source}: {e}",
+        "node_name: <this node's name in kubectl get nodes> in {conf}, or kube.kubeconfig: <this node's own "
+        "credential>",
+    ),
+    (
+        NotFound,
+        "Node {node} is not registered",
+        "{e} (name from {name_from})",
+        "node_name: <the name kubectl get nodes shows for this node> in {conf}; or start k3s (systemctl start {unit}) "
+        "so that it registers",
+    ),
+    (KubeError, "the Kubernetes API failed", "{e}", "systemctl status {unit}; journalctl -u {unit}"),
+)
+
+
 def _kube(facts: Facts) -> list[Finding]:
     kf = facts.kube
     if isinstance(kf, Skipped):
@@ -629,82 +650,25 @@ def _kube(facts: Facts) -> list[Finding]:
     if isinstance(kf, Failed):
         return [_failed("kubernetes", "the Kubernetes API", kf, f"kubectl get node {facts.node} -o yaml")]
     out: list[Finding] = []
-    node, unit, conf = facts.node, _unit(facts), facts.config_path
     e = kf.node_error
-    if isinstance(e, KubeConfigError):
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                "no usable credential for the Kubernetes API",
-                str(e),
-                f"start k3s so that it writes {kf.own_source} (systemctl start {unit}), or set "
-                f"kube.kubeconfig: <a kubeconfig for Node {node}> in {conf}",
-            )
-        )
-    elif isinstance(e, KubeUnreachable):
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                "the Kubernetes API is unreachable",
-                str(e),
-                f"systemctl status {unit} (the API server, or on agents k3s's local load balancer, must "
-                f"run); check the server address in {kf.own_source}",
-            )
-        )
-    elif isinstance(e, Unauthorized):
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                "the API server refuses the credential (401)",
-                f"{kf.own_source}: {e}",
-                f"systemctl restart {unit} (k3s renews its certificates when it starts), or set "
-                f"kube.kubeconfig: <a valid kubeconfig> in {conf}",
-            )
-        )
-    elif isinstance(e, Forbidden):
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                f"the credential may not read Node {node} (403)",
-                f"{kf.own_source}: {e}",
-                f"node_name: <this node's name in kubectl get nodes> in {conf}, or kube.kubeconfig: "
-                "<this node's own credential>",
-            )
-        )
-    elif isinstance(e, NotFound):
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                f"Node {node} is not registered",
-                f"{e} (name from {facts.node_source})",
-                f"node_name: <the name kubectl get nodes shows for this node> in {conf}; or start "
-                f"k3s (systemctl start {unit}) so that it registers",
-            )
-        )
-    elif e is not None:
-        out.append(
-            Finding(
-                "problem",
-                "kubernetes",
-                "the Kubernetes API failed",
-                str(e),
-                f"systemctl status {unit}; journalctl -u {unit}",
-            )
-        )
+    if e is not None:
+        for cls, title, detail, fix in _KUBE_ERRORS:
+            if isinstance(e, cls):
+                where = {
+                    "e": e,
+                    "source": kf.own_source,
+                    "node": facts.node,
+                    "unit": _unit(facts),
+                    "conf": facts.config_path,
+                    "name_from": facts.node_source,
+                }
+                out.append(
+                    Finding("problem", "kubernetes", title.format(**where), detail.format(**where), fix.format(**where))
+                )
+                break
     elif kf.annotations is not None:
-        out.append(
-            Finding(
-                "ok",
-                "kubernetes",
-                f"the API answers; Node {node} is registered",
-                f"credential {kf.own_source}; name from {facts.node_source}",
-            )
-        )
+        detail = f"credential {kf.own_source}; name from {facts.node_source}"
+        out.append(Finding("ok", "kubernetes", f"the API answers; Node {facts.node} is registered", detail))
         out += _annotations(facts, kf.annotations)
     le = kf.list_error
     if le is not None and not (e is not None and (kf.list_source == kf.own_source or type(e) is type(le))):
@@ -716,7 +680,7 @@ def _kube(facts: Facts) -> list[Finding]:
                 f"{kf.list_source}: {le}; "
                 "dead peers are then told only by their missing allowed IPs, and unreachable live nodes "
                 "are not named",
-                f"kube.list_kubeconfig: <a kubeconfig that may list Nodes> in {conf}",
+                f"kube.list_kubeconfig: <a kubeconfig that may list Nodes> in {facts.config_path}",
             )
         )
     elif kf.cluster is not None:
