@@ -970,7 +970,10 @@ def _default_module_host() -> ModuleHost:
         result, detail = await probe_link_support(timeout_s=15.0)
         return ProbeResult(result, detail)
 
-    return ModuleHost(modprobe_argv=("modprobe", "--dry-run", MODULE), modprobe_timeout_s=10.0, prober=prober)
+    # sbin is often not on a user's PATH; modprobe lives there
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    modprobe = shutil.which("modprobe", path=search) or "modprobe"
+    return ModuleHost(modprobe_argv=(modprobe, "--dry-run", MODULE), modprobe_timeout_s=10.0, prober=prober)
 
 
 def _default_backend(ifname: str, uapi_dir: str) -> Backend:
