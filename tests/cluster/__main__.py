@@ -5,7 +5,7 @@
 
 Exit codes: 0 (check passed, or the live view was stopped), 1 (check failed or the lab could
 not be brought up), 2 (cannot run here: not root, tools missing), 130 (interrupted before the
-end). Ctrl-C, SIGTERM and SIGHUP all lead to the same tear-down: every process the lab started,
+live view or the check's end). Ctrl-C, SIGTERM and SIGHUP all lead to the same tear-down: every process the lab started,
 every namespace it made and its temp dir are removed, also when bring-up fails half-way; a
 second Ctrl-C during tear-down is ignored so that it can finish.
 """
@@ -143,6 +143,15 @@ def _wait_end_state(
 
 
 def live(cluster: Cluster, bring_up: float) -> int:
+    """The table, refreshed every second, until a signal: the usual way to end, so exit 0."""
+    try:
+        _refresh(cluster, bring_up)
+    except Interrupted as exc:
+        print(f"\nstopped ({exc}): tearing down", flush=True)
+    return 0
+
+
+def _refresh(cluster: Cluster, bring_up: float) -> None:
     tty = sys.stdout.isatty()
     t0 = time.monotonic()
     converged: float | None = None
