@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import logging
 import os
 import shutil
 import socket
@@ -79,8 +78,6 @@ from wgagent.wireguard.interface import (
 from wgagent.wireguard.model import Device
 from wgagent.wireguard.module import MODULE, ModuleFacts, ModuleHost, ProbeResult, check_module
 from wgagent.wireguard.module import diagnose as diagnose_module
-
-log = logging.getLogger(__name__)
 
 Severity = Literal["ok", "info", "warn", "problem"]
 SEVERITIES: tuple[Severity, ...] = ("ok", "info", "warn", "problem")
@@ -1064,7 +1061,8 @@ async def _bounded(what: str, timeout_s: float, work: Awaitable[T]) -> T | Faile
     except TimeoutError:
         return Failed(f"{what} did not finish within {timeout_s:g} s")
     except Exception as exc:  # a probe's failure is a finding, never a traceback
-        log.debug("doctor: %s failed", what, exc_info=True)
+        if os.environ.get("WGAGENT_DEBUG"):  # as the CLI does for a bug: the trace on request
+            raise
         return Failed(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
