@@ -171,7 +171,6 @@ class Cluster:
     """Whether this kernel can make a WireGuard link (ground truth for the module check)."""
     standin: dict[str, Any] = field(default_factory=dict)
     _api_ns: InNetns | None = None
-    _extra_ns: list[InNetns] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
     _network_done: bool = False
 
@@ -390,7 +389,7 @@ class Cluster:
             own = lister = self.standin["admin"]
         else:  # the kubelet's own-Node credential, and k3scontroller's to list and watch
             own, lister = kubeconfigs[node.name], self.standin["k3scontroller"]
-        cfg = configs.sandbox(
+        return configs.sandbox(
             node.host.dir,
             int(HEALTH.rsplit(":", 1)[1]),
             node_name=node.name,
@@ -417,7 +416,6 @@ class Cluster:
                 "gc": {"enabled": True, "interval_s": GC_INTERVAL_S, "stale_after_s": 180},
             },
         )
-        return cfg
 
     def http(self, node: Node, path: str) -> tuple[int, bytes]:
         """GET ``path`` of ``node``'s health endpoint (inside its namespace); (0, b"") if nothing answers."""
@@ -430,7 +428,7 @@ class Cluster:
 
     def close(self) -> None:
         """Stop everything and delete every namespace and the temp dir; safe to call at any point."""
-        for ns in [*(n.ns for n in self.nodes.values()), *([self._api_ns] if self._api_ns else []), *self._extra_ns]:
+        for ns in [*(n.ns for n in self.nodes.values()), *([self._api_ns] if self._api_ns else [])]:
             with contextlib.suppress(Exception):
                 ns.close()
         try:
