@@ -253,14 +253,6 @@ async def node_list_once(cfg: Any) -> tuple[Any, str]:
     return view, ""
 
 
-def _not_built(part: str) -> Any:
-    def cmd(_: argparse.Namespace) -> int:
-        print(f"wgagent: this build has no {part} yet", file=sys.stderr)
-        return EXIT_USAGE
-
-    return cmd
-
-
 _COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,

@@ -1,0 +1,89 @@
+"""``wgagent doctor``: one report for a person, every failure of the seed and around it, each with its fix.
+
+    gather.py    gather(cfg, config_path, env) -> Facts   adapters; every probe bounded, a failing one is data
+    facts.py     Facts and its parts                      plain data
+    diagnose.py  diagnose(facts) -> [Finding, ...]        pure; built on the parts' own decision functions,
+                 k3s_findings.py (k3s, flannel backend, public IP) and network_findings.py (API,
+                 annotations, interface, peers) hold one function per area
+    report.py    render_text(...) / render_json(...)      grouped by area, each finding with its fix
+    here         doctor_command(...) -> exit code         0 when all is clear, 1 when any finding is a problem
+
+The probes (k3s's files first, as they name the node and the role; the rest at once):
+
+    k3s         role (detect_role), binary, config files (scan_config), unit (scan_unit), node name
+    kernel      the module facts (ModuleHost): loaded, built in, /lib/modules, modprobe, link probe
+    public-ip   one discovery round over the configured sources, exactly as ``wgagent discover``
+    kubernetes  GET the own Node (own credential), LIST the Nodes (list credential)
+    wireguard   flannel's interfaces (read_device), bound UDP ports, first-seen times of peers
+    wgagent     the daemon's /healthz (informational: doctor works without it)
+
+A finding is ``Finding(severity, area, title, detail, fix)``; severity is ``ok``, ``info``,
+``warn`` or ``problem``. Only a problem makes the exit code 1. A probe that times out or fails
+is a problem finding ("could not check ..."), never a traceback. Without k3s the report says so
+and which checks it skipped.
+
+Doctor changes nothing: modprobe runs with ``--dry-run``, and no annotation, drop-in, peer or
+state file is written. (The link probe makes a throwaway wireguard link in a private network
+namespace; that may make the kernel load the module, as the daemon would.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TextIO
+
+from wgagent.config import Config
+from wgagent.doctor.diagnose import diagnose
+from wgagent.doctor.facts import (
+    DaemonFacts,
+    DiscoveryFacts,
+    Facts,
+    Failed,
+    InterfaceRead,
+    K3sFacts,
+    KubeFacts,
+    Skipped,
+    WireGuardFacts,
+)
+from wgagent.doctor.gather import Environment, fetch_health, find_k3s_binary, gather
+from wgagent.doctor.network_findings import DEAD_PEERS_PROBLEM
+from wgagent.doctor.report import Finding, is_clear, render_json, render_text
+
+__all__ = [
+    "DEAD_PEERS_PROBLEM",
+    "DaemonFacts",
+    "DiscoveryFacts",
+    "Environment",
+    "Facts",
+    "Failed",
+    "Finding",
+    "InterfaceRead",
+    "K3sFacts",
+    "KubeFacts",
+    "Skipped",
+    "WireGuardFacts",
+    "diagnose",
+    "doctor_command",
+    "fetch_health",
+    "find_k3s_binary",
+    "gather",
+    "is_clear",
+    "render_json",
+    "render_text",
+]
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+def doctor_command(cfg: Config, config_path: str, *, as_json: bool, out: TextIO, env: Environment | None = None) -> int:
+    """Gather, diagnose, print; 0 when all is clear, 1 when any finding is a problem."""
+    facts = asyncio.run(gather(cfg, config_path, env))
+    findings = diagnose(facts)
+    if as_json:
+        out.write(render_json(findings) + "\n")
+    else:
+        role = facts.k3s.role if isinstance(facts.k3s, K3sFacts) else None
+        what = f"k3s {role.name}" if role is not None else "k3s role unknown"
+        header = f"wgagent doctor: node {facts.node} ({what}; name from {facts.node_source}), config {config_path}"
+        out.write(render_text(findings, header) + "\n")
+    return 0 if is_clear(findings) else 1

@@ -1,0 +1,293 @@
+"""The adapters: gather every fact, each probe bounded by a timeout; a failing probe becomes data, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from wgagent.config import Config
+from wgagent.doctor.facts import (
+    DaemonFacts,
+    DiscoveryFacts,
+    Facts,
+    Failed,
+    InterfaceRead,
+    K3sFacts,
+    KubeFacts,
+    Skipped,
+    WireGuardFacts,
+)
+from wgagent.errors import KubeError
+from wgagent.k3s.role import UNIT_DIRS, detect_role, node_name, role_missing_detail
+from wgagent.k3s.scan import (
+    read_config_files,
+)
+from wgagent.k3s.unit import exec_start, read_unit
+from wgagent.kube.annotation import annotations_of
+from wgagent.kube.kubeconfig import credential_paths
+from wgagent.kube.protocol import NodeAPI
+from wgagent.kube.watch import node_info
+from wgagent.model import ClusterView
+from wgagent.publicip.sources import Source
+from wgagent.wireguard.backend import Backend, HostNet, is_wireguard, open_backend, resolve_interfaces
+from wgagent.wireguard.gc import FirstSeenStore
+from wgagent.wireguard.interface import (
+    BackendFactory,
+    bound_udp_ports,
+    read_device,
+)
+from wgagent.wireguard.module import MODULE, ModuleHost, ProbeResult, check_module
+
+T = TypeVar("T")
+
+# --- gather: the adapters ---------------------------------------------------------------------------
+
+
+def _default_module_host() -> ModuleHost:
+    """The real module facts, changing nothing: ``modprobe --dry-run`` and a bounded link probe."""
+
+    async def prober() -> ProbeResult:
+        from wgagent.wireguard.netlink import probe_link_support
+
+        result, detail = await probe_link_support(timeout_s=15.0)
+        return ProbeResult(result, detail)
+
+    # sbin is often not on a user's PATH; modprobe lives there
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    modprobe = shutil.which("modprobe", path=search) or "modprobe"
+    return ModuleHost(modprobe_argv=(modprobe, "--dry-run", MODULE), modprobe_timeout_s=10.0, prober=prober)
+
+
+def _default_backend(ifname: str, uapi_dir: str) -> Backend:
+    return open_backend(ifname, uapi_dir, timeout_s=10.0)
+
+
+def _kube_client(path: str, timeout_s: float) -> NodeAPI:
+    from wgagent.kube.client import KubeClient
+
+    return KubeClient(path, timeout_s=timeout_s, retries=0)
+
+
+def fetch_health(url: str, timeout_s: float) -> DaemonFacts:
+    """GET ``<url>/healthz`` (blocking; never through a proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url + "/healthz", timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read(1 << 20)
+    except urllib.error.HTTPError as exc:  # 503: it answers, with failing checks
+        status, body = exc.code, exc.read(1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return DaemonFacts(url, None, error=str(getattr(exc, "reason", exc)))
+    try:
+        checks = json.loads(body).get("checks") or {}
+        failing = tuple(n for n, c in checks.items() if isinstance(c, dict) and not c.get("ok"))
+    except (ValueError, AttributeError):
+        failing = ()
+    return DaemonFacts(url, status, failing)
+
+
+@dataclass
+class Environment:
+    """Where doctor's probes look: the real host by default; tests replace any of it."""
+
+    module: ModuleHost = field(default_factory=_default_module_host)
+    net: HostNet = field(default_factory=HostNet)
+    backend_factory: BackendFactory = _default_backend
+    unit_dirs: Sequence[str] = UNIT_DIRS
+    which: Callable[[str], str | None] = shutil.which
+    k3s_bin_dirs: Sequence[str] = ("/usr/local/bin",)
+    sources: Sequence[Source] | None = None
+    """Public IP sources; None: those the config names, as ``wgagent discover``."""
+    kube_client: Callable[[str, float], NodeAPI] = _kube_client
+    health: Callable[[str, float], DaemonFacts] = fetch_health
+    clock: Callable[[], float] = time.time
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Per probe (k3s, module, public_ip, kube, wireguard, daemon), replacing the defaults."""
+
+
+def timeouts(cfg: Config, env: Environment) -> dict[str, float]:
+    out = {
+        "k3s": 10.0,
+        "module": 30.0,
+        "public_ip": cfg.public_ip.timeout_s + 5.0,
+        "kube": cfg.kube.request_timeout_s + 5.0,
+        "wireguard": 20.0,
+        "daemon": 5.0,
+    }
+    out.update(env.timeouts)
+    return out
+
+
+def _in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run blocking ``fn`` in a daemon thread: a read that hangs cannot hold doctor's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+            ok = True
+        except Exception as exc:
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name="doctor-probe", daemon=True).start()
+    return future
+
+
+async def _bounded(what: str, timeout_s: float, work: Awaitable[T]) -> T | Failed:
+    try:
+        return await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        return Failed(f"{what} did not finish within {timeout_s:g} s")
+    except Exception as exc:  # a probe's failure is a finding, never a traceback
+        if os.environ.get("WGAGENT_DEBUG"):  # as the CLI does for a bug: the trace on request
+            raise
+        return Failed(f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+def find_k3s_binary(
+    unit_files: Sequence[tuple[str, str]], which: Callable[[str], str | None], bin_dirs: Sequence[str]
+) -> tuple[str | None, str]:
+    """The k3s executable (the unit's ExecStart, PATH, the install script's directory), and where
+    it was looked for (for the report when there is none)."""
+    candidates: list[str] = []
+    runs = ""
+    found = exec_start(unit_files)
+    if found is not None and found[1]:
+        argv0 = found[1][0]
+        runs = f"; {os.path.basename(found[0])} runs {argv0}"
+        if os.path.basename(argv0).startswith("k3s"):
+            candidates.append(argv0)
+    on_path = which("k3s")
+    if on_path:
+        candidates.append(on_path)
+    candidates += [os.path.join(d, "k3s") for d in bin_dirs]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, ""
+    return None, f"there is no k3s binary (not on PATH, nor in {', '.join(bin_dirs)}){runs}"
+
+
+def read_k3s(cfg: Config, env: Environment) -> K3sFacts:
+    files = read_config_files(cfg.k3s.config_dir)
+    role = detect_role(cfg.k3s, unit_dirs=env.unit_dirs)
+    unit_files = tuple(read_unit(role.unit, env.unit_dirs)) if role is not None else ()
+    # Without a role, the unit a server would have still tells what it runs.
+    unit_files_any = unit_files if role is not None else tuple(read_unit("k3s.service", env.unit_dirs))
+    binary, looked = find_k3s_binary(unit_files_any, env.which, env.k3s_bin_dirs)
+    missing = role_missing_detail(cfg.k3s, env.unit_dirs) if role is None else ""
+    return K3sFacts(role, missing, binary, looked, files, unit_files, node_name(cfg, files))
+
+
+async def read_kube(cfg: Config, role: str | None, node: str, env: Environment) -> KubeFacts:
+    paths = credential_paths(cfg.kube, cfg.k3s, role)
+    timeout = cfg.kube.request_timeout_s
+    own = env.kube_client(paths.own, timeout)
+    lister = own if paths.list == paths.own else env.kube_client(paths.list, timeout)
+
+    async def get() -> tuple[dict[str, str] | None, KubeError | None]:
+        try:
+            return annotations_of(await own.get_node(node)), None
+        except KubeError as exc:
+            return None, exc
+
+    async def listing() -> tuple[ClusterView | None, KubeError | None]:
+        try:
+            items = (await lister.list_nodes_metadata()).get("items") or []
+        except KubeError as exc:
+            return None, exc
+        infos = [node_info(i) for i in items if isinstance(i, dict)]
+        return ClusterView({i.name: i for i in infos if i is not None}), None
+
+    try:
+        (anns, node_error), (cluster, list_error) = await asyncio.gather(get(), listing())
+    finally:
+        for client in {id(own): own, id(lister): lister}.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)
+    return KubeFacts(paths.own, paths.list, anns, node_error, cluster, list_error)
+
+
+def other_wireguard_devices(net: HostNet, uapi_dir: str, exclude: Sequence[str]) -> tuple[str, ...]:
+    """WireGuard devices (kernel links and UAPI sockets) other than ``exclude``."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError):
+        names.update(os.listdir(net.sys_class_net))
+    with contextlib.suppress(OSError):
+        names.update(n.removesuffix(".sock") for n in os.listdir(uapi_dir) if n.endswith(".sock"))
+    return tuple(sorted(n for n in names if n not in exclude and is_wireguard(net.link(n), uapi_dir)))
+
+
+async def read_wireguard(cfg: Config, env: Environment) -> WireGuardFacts:
+    wg = cfg.wireguard
+
+    def local() -> tuple[list[str], str, frozenset[int], tuple[str, ...], dict[str, dict[str, float]]]:
+        names, note = resolve_interfaces(wg.interface, env.net, wg.uapi_dir)
+        bound = bound_udp_ports(env.net.udp_tables())
+        others = other_wireguard_devices(env.net, wg.uapi_dir, names)
+        store = FirstSeenStore(cfg.state_dir)  # read only: doctor saves nothing
+        return names, note, bound, others, {n: dict(store.get(n)) for n in names}
+
+    names, note, bound, others, seen = await _in_thread(local)
+    reads = await asyncio.gather(*(read_device(n, wg.uapi_dir, env.net, env.backend_factory) for n in names))
+    interfaces = tuple(InterfaceRead(n, r, seen[n]) for n, r in zip(names, reads, strict=True))
+    return WireGuardFacts(interfaces, note, bound, others)
+
+
+async def _discover(cfg: Config, env: Environment) -> DiscoveryFacts:
+    from wgagent.publicip.report import discover_once
+
+    observations, decision = await discover_once(cfg.public_ip, sources=env.sources)
+    return DiscoveryFacts(tuple(observations), decision)
+
+
+async def gather(cfg: Config, config_path: str, env: Environment | None = None) -> Facts:
+    """Every probe's facts; k3s's first (they name the node and role), the rest at once."""
+    env = env or Environment()
+    t = timeouts(cfg, env)
+    k3s = await _bounded("reading k3s's config and unit", t["k3s"], _in_thread(lambda: read_k3s(cfg, env)))
+    if isinstance(k3s, K3sFacts):
+        node, source = k3s.node.name, k3s.node.source
+        role = k3s.role.name if k3s.role is not None else None
+        installed: bool | None = k3s.installed
+    else:
+        node, source, role, installed = cfg.node_name or socket.gethostname().lower(), "hostname", None, None
+    without_k3s = "k3s is not installed" if installed is False else ""
+
+    async def skipped(why: str) -> Skipped:
+        return Skipped(why)
+
+    module = _bounded("the wireguard module check", t["module"], check_module(env.module, load=True))
+    if not cfg.public_ip.enabled:
+        public_ip: Awaitable[DiscoveryFacts | Failed | Skipped] = skipped("public_ip.enabled is false")
+    else:
+        public_ip = _bounded("public IP discovery", t["public_ip"], _discover(cfg, env))
+    if not cfg.kube.enabled or without_k3s:
+        kube: Awaitable[KubeFacts | Failed | Skipped] = skipped(without_k3s or "kube.enabled is false")
+    else:
+        kube = _bounded("asking the Kubernetes API", t["kube"], read_kube(cfg, role, node, env))
+    if not cfg.wireguard.enabled or without_k3s:
+        wireguard: Awaitable[WireGuardFacts | Failed | Skipped] = skipped(without_k3s or "wireguard.enabled is false")
+    else:
+        wireguard = _bounded("reading the WireGuard interface", t["wireguard"], read_wireguard(cfg, env))
+    url = cfg.health.listen.url
+    daemon = _bounded("asking the daemon", t["daemon"], _in_thread(lambda: env.health(url, t["daemon"] - 1.0)))
+    m, p, k, w, d = await asyncio.gather(module, public_ip, kube, wireguard, daemon)
+    return Facts(cfg, config_path, env.clock(), node, source, k3s, m, p, k, w, d)
