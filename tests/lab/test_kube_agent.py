@@ -192,7 +192,7 @@ async def test_api_down_then_back_backoff_then_recovery() -> None:
         for _ in range(6):
             await part.reconcile()
             intervals.append(part.interval_s)
-        assert intervals == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+        assert intervals == [5.0, 10.0, 20.0, 20.0, 20.0, 20.0]
         detail = state.checks["annotation"].detail
         assert detail.startswith("cannot reach the API server to check Node n1:") and "cannot connect" in detail
         await api.start()

@@ -215,6 +215,18 @@ async def test_unreachable_reconnects_with_backoff_and_keeps_the_last_view() -> 
     assert view is not None and sorted(view.nodes) == ["n1", "n2", "n3"]
 
 
+async def test_a_long_outage_is_retried_at_least_every_20_s() -> None:
+    """Regression: with 60 s waits a 30 s window of API availability could pass unseen."""
+    api = ScriptedAPI()
+    down = KubeUnreachable("WATCH https://127.0.0.1:6444/api/v1/nodes: cannot connect: refused")
+    api.lists = [listing(10, meta("n1", 5))]
+    api.watches = [[down]] * 9 + [[ev("ADDED", meta("n2", 11))]]
+    sleeps = Sleeps()
+    watch, _, _ = make(api, sleeps)
+    await run_until(watch, api)
+    assert sleeps.delays == [1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0, 20.0, 20.0]  # rand 1.0: the longest waits
+
+
 @pytest.mark.parametrize(
     ("error", "status", "delays"),
     [

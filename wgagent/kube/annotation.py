@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, NotFound, Unauthorized
-from wgagent.kube.backoff import Backoff
+from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
     ANN_PUBLIC_IP,
@@ -182,7 +182,7 @@ class AnnotationPart(Part):
         self._public_ip = public_ip
         self._request_restart = request_restart
         self._cluster = cluster
-        self._retry = Backoff(rand, base_s=5.0)
+        self._retry = Backoff(rand, base_s=5.0, cap_s=OUTAGE_CAP_S)
         self._slow = Backoff(rand, base_s=10.0, cap_s=600.0)
         self._problem: str | None = None
         self._confirmed: dict[str, str] = {}

@@ -20,6 +20,13 @@ from collections.abc import Callable
 
 CAP_S = 60.0
 BASE_S = 1.0
+OUTAGE_CAP_S = 20.0
+"""The longest wait between tries while the API server does not answer or answers 5xx
+(the node watch reconnecting, the annotation part retrying). After an outage of any
+length the next try comes within 20 s of its end, so a 30 s window of availability is
+never missed (60 s waits could miss one: the reliability suite flaps the API 30 s down,
+30 s up). A thousand agents then try about 100 times a second at most while the API is
+down, what their kubelets' lease renewals (every 10 s) cost anyway."""
 
 
 def backoff_delay(

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
-from wgagent.kube.backoff import Backoff, backoff_delay
+from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
 from wgagent.model import FLANNEL, ClusterView, NodeInfo
 from wgagent.part import StreamPart
@@ -90,7 +90,7 @@ class NodeWatch(StreamPart):
         self._sleep = sleep
         self._rand = rand
         self._watch_timeout_s = watch_timeout_s
-        self._backoff = Backoff(rand)
+        self._backoff = Backoff(rand, cap_s=OUTAGE_CAP_S)
         self._slow = Backoff(rand, base_s=10.0, cap_s=AUTH_RETRY_CAP_S)
         self._gone_streak = 0
         self._nodes: dict[str, NodeInfo] = {}
