@@ -16,8 +16,8 @@ still carry real requests. Nothing is patched: code under test just uses the loo
 
 Wall-clock readers (``time.time``) are not affected; give parts ``wall(loop)`` as their
 clock. Executor jobs (``getaddrinfo`` of an IP literal) run inline, so no thread can
-finish "late" in virtual time. Real subprocesses do not mix with this loop: their
-run time would be skipped over; use fake runners.
+finish "late" in virtual time. While a subprocess started through the loop runs (a fake
+``systemctl`` on PATH), time is real: nothing is skipped until it has exited.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class _SkippingSelector(selectors.DefaultSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout <= self._quiet_s:
             return super().select(timeout)
+        if self._loop.children_running():  # its exit arrives through the self-pipe, in real time
+            return super().select(0.05 if timeout is None else min(timeout, 0.05))
         events = super().select(self._quiet_s)
         if events or timeout is None:
             return events or super().select(None)
@@ -65,8 +67,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._t0 = time.monotonic()
         self.skipped_s = 0.0
         """Virtual seconds that passed without real time passing."""
+        self._children: set[asyncio.SubprocessTransport] = set()
         super().__init__(_SkippingSelector(self, quiet_s))
         self.set_default_executor(_InlineExecutor(max_workers=1))
+
+    async def _make_subprocess_transport(self, *args: Any, **kwargs: Any) -> Any:
+        transport = await super()._make_subprocess_transport(*args, **kwargs)  # type: ignore[misc]
+        self._children.add(transport)
+        return transport
+
+    def children_running(self) -> bool:
+        self._children = {t for t in self._children if t.get_returncode() is None}
+        return bool(self._children)
 
     def time(self) -> float:
         return time.monotonic() - self._t0 + self._offset
