@@ -545,17 +545,6 @@ def _report_figures(request: pytest.FixtureRequest) -> None:
         print("\n" + text, end="")
 
 
-def _placeholder(proc: subprocess.CompletedProcess[str], what: str) -> bool:
-    """True while the command is still the foundation's "not built yet" placeholder."""
-    if "this build has no" in proc.stderr:
-        # NOTE: still a placeholder (its part is being built); this asserts today's
-        # contract. When it lands, the other branch of the calling test runs instead.
-        assert proc.returncode == 2, proc
-        assert what in proc.stderr, proc.stderr
-        return True
-    return False
-
-
 # --- the tests, in the order a user meets them ------------------------------------------------
 
 
@@ -596,14 +585,13 @@ def test_enable_now_reaches_active_through_ready_and_serves_health(container: _C
     assert code == (200 if health["status"] == "ok" else 503), (code, health)
     assert health["checks"]["config"]["ok"] is True
     assert health["checks"]["config"]["detail"] == "loaded /etc/wgagent/config.yaml"
-    # No WireGuard and no k3s in here: once those parts exist, their checks must fail (503).
+    # No WireGuard in here: those checks fail (503); the drop-in is the agent's own write,
+    # under the sandbox, for the stand-in k3s.
+    assert code == 503, health
     for name in ("wireguard_module", "wireguard_interface"):
-        if name in health["checks"]:
-            assert health["checks"][name]["ok"] is False, health
-            assert code == 503
-    if "k3s_config" in health["checks"]:  # the agent's own write, under the sandbox
-        assert health["checks"]["k3s_config"]["ok"] is True, health
-        assert c.run("sh", "-c", "ls /etc/rancher/k3s/config.yaml.d/*.yaml").stdout.strip(), "no drop-in written"
+        assert health["checks"][name]["ok"] is False, health
+    assert health["checks"]["k3s_config"]["ok"] is True, health
+    assert c.run("sh", "-c", "ls /etc/rancher/k3s/config.yaml.d/*.yaml").stdout.strip(), "no drop-in written"
     assert c.curl("/livez") == (200, "ok")
     assert c.curl("/metrics")[1].count("wgagent_build_info{") == 1
 
@@ -631,14 +619,13 @@ def test_enable_now_reaches_active_through_ready_and_serves_health(container: _C
     assert text.returncode == 1 and "k3s is not installed" in text.stdout and "fix: " in text.stdout, text
 
     discover = c.run("wgagent", "discover", "--json", check=False)
-    if not _placeholder(discover, "public IP discovery"):
-        assert discover.returncode == 0, discover
-        assert "203.0.113.10" in discover.stdout  # the pinned address, and nothing asked outside
+    assert discover.returncode == 0, discover
+    assert json.loads(discover.stdout)["ipv4"] == "203.0.113.10"  # the pinned address, nothing asked outside
 
     gc = c.run("wgagent", "gc", "--dry-run", check=False)
-    if not _placeholder(gc, "peer garbage collection"):
-        assert gc.returncode in (0, 1), gc  # no WireGuard interface here: says so, no crash
-        assert "traceback" not in (gc.stdout + gc.stderr).lower()
+    assert gc.returncode == 1, gc  # no WireGuard interface here: it says so, no crash
+    assert "no WireGuard interface of flannel" in gc.stdout + gc.stderr, gc
+    assert "traceback" not in (gc.stdout + gc.stderr).lower()
 
 
 def test_sandbox_lets_the_agent_do_its_real_work_and_nothing_more(container: _Container) -> None:
