@@ -39,6 +39,7 @@ from wgagent.state import State
 from wgagent.wireguard.gc import FIRST_SEEN_FILE, GCPart
 from wgagent.wireguard.model import Device, key_from_bytes
 from wgagent.wireguard.module import ModuleHost, ModulePart
+from wgagent.wireguard.netlink import probe_link_support
 from wgagent.wireguard.uapi import parse_get, x25519_public
 
 IF = "wg0"
@@ -378,3 +379,20 @@ def test_module_check_on_this_kernel(lab: Lab, tmp_path: Path) -> None:
         assert codes[0] == "no_modules_dir"
         assert f"/lib/modules/{release} does not exist" in check.detail
     assert "modprobe_failed" in codes and "modprobe wireguard: " in check.detail
+
+
+def test_link_probe_agrees_with_ip_and_starts_quickly(lab: Lab) -> None:
+    """Regression: the probe's child imported wgagent and pyroute2 (~0.4 s, at every start on a
+    kernel without WireGuard); it is now a standard-library netlink request."""
+    require("ip", root=True)
+    supported = _kernel_has_wireguard(lab)
+    started = time.monotonic()
+    result, detail = asyncio.run(probe_link_support())
+    took = time.monotonic() - started
+    assert result == ("supported" if supported else "unsupported"), detail
+    assert asyncio.run(probe_link_support(kind="veth"))[0] == "supported"  # a kind this kernel has: a right request
+    assert asyncio.run(probe_link_support(kind="nosuchkind"))[0] == "unsupported"
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import pyroute2"], check=True)
+    import_pyroute2 = time.monotonic() - started
+    assert took < import_pyroute2 / 2, (took, import_pyroute2)
