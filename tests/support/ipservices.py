@@ -9,7 +9,8 @@ SPEC is ``{"services": [ ... ]}``, each service one of::
 
     {"kind": "echo", "listen": "203.0.113.251:8081", "mode": "reflect"}
         modes: reflect (the caller's address), fixed (``ip``), self (the server's own
-        address), trace (Cloudflare /cdn-cgi/trace with ip=caller), html, big (10 MB, no
+        address), file (the address in the text file ``file``, read per request), trace
+        (Cloudflare /cdn-cgi/trace with ip=caller), html, big (10 MB, no
         Content-Length), slowloris (headers, then a byte every 0.2 s), hang (never
         answers), status (``status`` with a Location header)
     {"kind": "stun", "listen": "203.0.113.251:3490", "mode": "reflect"}
@@ -127,6 +128,9 @@ async def _echo(svc: Service, req: Request, writer: asyncio.StreamWriter) -> Non
         await _respond(writer, 200, peer.encode() + b"\n", {"Content-Type": "text/plain"})
     elif mode == "fixed":
         await _respond(writer, 200, str(svc.spec["ip"]).encode() + b"\n")
+    elif mode == "file":
+        with open(svc.spec["file"], "rb") as f:
+            await _respond(writer, 200, f.read().strip() + b"\n")
     elif mode == "self":
         await _respond(writer, 200, str(writer.get_extra_info("sockname")[0]).encode() + b"\n")
     elif mode == "trace":
