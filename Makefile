@@ -13,5 +13,8 @@ lab-check:       ## the same without the live view: assert the end state, tear d
 deb:             ## build dist/wgagent_<version>_all.deb from the git-tracked files, then lintian
 	scripts/deb
 
+bench:           ## every benchmark, one table of ratios; writes bench/RESULTS.md (root; Debian's python3, as the .deb)
+	/usr/bin/python3 bench/run.py --write bench/RESULTS.md
+
 clean:
 	rm -rf .venv dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache
