@@ -148,6 +148,24 @@ def parse_responses(data: bytes, method: str) -> tuple[list[int], str | None]:
     return codes, None
 
 
+def answered(data: bytes, method: str) -> bool:
+    """Whether ``data`` holds a whole final (non-1xx) response with a Content-Length."""
+    rest = data
+    while (m := _STATUS.match(rest)) is not None:
+        head_end = rest.find(b"\r\n\r\n")
+        if head_end < 0:
+            return False
+        code = int(m.group(1))
+        length = re.search(rb"\r\ncontent-length: *(\d+)", rest[:head_end].lower())
+        body = 0 if method == "HEAD" or code < 200 or length is None else int(length.group(1))
+        if len(rest) < head_end + 4 + body:
+            return False
+        if code >= 200 and length is not None:
+            return True
+        rest = rest[head_end + 4 + body :]
+    return False
+
+
 async def exchange(port: int, raw: bytes, method: str, tally: Tally) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     data = b""
@@ -156,8 +174,8 @@ async def exchange(port: int, raw: bytes, method: str, tally: Tally) -> None:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         with contextlib.suppress(ConnectionError, TimeoutError):
-            async with asyncio.timeout(0.5):  # keep-alive answers do not end with EOF
-                while True:
+            async with asyncio.timeout(0.5):  # a kept-alive connection does not end with EOF
+                while not answered(data, method):
                     chunk = await reader.read(65536)
                     if not chunk:
                         break
