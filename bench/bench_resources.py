@@ -98,7 +98,7 @@ def measure(idle_s: float, soak_cycles: int) -> list[dict[str, Any]]:
         },
         {
             "bench": "resources",
-            "measure": f"CPU per idle minute ({idle_s:g} s window x {60 / idle_s:g}, {passes:.0f} passes in it)",
+            "measure": f"CPU per idle minute ({idle_s:g} s window x {60 / idle_s:g}; {passes:.0f} part pass(es) in it)",
             "value": f"{per_min:.3f} s",
             "baseline": "-",
             "ratio": None,

@@ -212,7 +212,7 @@ def machine() -> list[str]:
         f"- kernel: {platform.release()} ({platform.machine()})",
         f"- Python: {platform.python_version()} ({sys.executable})",
         f"- packages: {packages}",
-        f"- tools: {_first_line(['wrk', '-v'])}; wireguard-go {_first_line(['wireguard-go', '--version'])}",
+        f"- tools: {_first_line(['wrk', '-v'])}; {_first_line(['wireguard-go', '--version'])}",
         f"- wgagent: git {commit}",
     ]
 
