@@ -23,7 +23,9 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from wgagent import __version__, config, k3s, logs
@@ -36,6 +38,7 @@ from wgagent.model import ClusterView, PublicAddresses
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
 from wgagent.publicip.part import PublicIPPart
+from wgagent.publicip.sources import Source
 from wgagent.state import State
 from wgagent.wireguard.gc import GCPart
 from wgagent.wireguard.interface import InterfacePart
@@ -51,45 +54,72 @@ _CLOSE_GRACE_S = 1.0
 _HEALTH_GRACE_S = 1.0
 
 
-def build_parts(cfg: Config, state: State) -> Stages:
+@dataclass(frozen=True)
+class Seams:
+    """What tests replace in the parts; production uses the defaults. The wiring stays real."""
+
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    public_ip_sources: Sequence[Source] | None = None
+    """None: the sources the config enables."""
+    systemctl: k3s.Runner | None = None
+    """None: the real ``systemctl``."""
+    unit_dirs: Sequence[str] = k3s.UNIT_DIRS
+
+
+def build_parts(cfg: Config, state: State, seams: Seams = Seams()) -> Stages:
     """The enabled parts, in start-up stages, wired to each other.
 
-    A stage's first passes run concurrently; the next stage starts when they are done.
-    Stage 1 observes (public IP, node list, WireGuard module and interface), stage 2 acts
-    on what stage 1 found (k3s drop-in, annotation), stage 3 cleans up (peer GC).
+    A stage's first passes run concurrently; the next stage starts when they are done:
+    observe (public IP, node list, WireGuard module and interface), annotate (the overwrite
+    annotation), configure (the k3s drop-in, and the k3s restart either needs), clean (GC).
 
     Data flows through callables (``model.py``): the adopted public IP to the drop-in and
     the annotation, the node watch's view to the annotation, the interface check and GC.
-    One k3s Restarter serves the drop-in and the annotation, so both share one rate limit.
+
+    k3s is restarted once per change, after both of its inputs are written: a new public IP
+    wakes the annotation part, which patches the overwrite and only *defers* a restart it
+    needs; its pass wakes the k3s part, which writes the drop-in and then restarts k3s (for
+    either reason) through the one Restarter, with its one rate limit.
     """
     observe: list[Part] = []
-    act: list[Part] = []
+    annotate: list[Part] = []
+    configure: list[Part] = []
     clean: list[Part] = []
     public_ip: Callable[[], PublicAddresses | None] = _unknown
     cluster: Callable[[], ClusterView | None] = _unknown
-    woken_by_new_ip: list[Part] = []
-    restarter: k3s.Restarter | None = None
+    ip_part: PublicIPPart | None = None
+    k3s_part: k3s.K3sPart | None = None
 
     if cfg.public_ip.enabled:
-        ip_part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
-
-        def new_ip() -> None:
-            for part in woken_by_new_ip:
-                part.wake.set()
-
-        ip_part.on_change = new_ip
+        ip_part = PublicIPPart(
+            state,
+            cfg.public_ip,
+            state_dir=cfg.state_dir,
+            sources=seams.public_ip_sources,
+            clock=seams.clock,
+            monotonic=seams.monotonic,
+        )
         public_ip = ip_part.adopted
         observe.append(ip_part)
 
     if cfg.k3s.enabled:
-        role = k3s.detect_role(cfg.k3s)
+        role = k3s.detect_role(cfg.k3s, unit_dirs=seams.unit_dirs)
         restarter = k3s.Restarter(
-            cfg.k3s, state_dir=cfg.state_dir, unit=role.unit if role else None, metrics=state.metrics
+            cfg.k3s,
+            state_dir=cfg.state_dir,
+            unit=role.unit if role else None,
+            metrics=state.metrics,
+            runner=seams.systemctl,
+            clock=seams.clock,
+            monotonic=seams.monotonic,
         )
-        k3s_part = k3s.K3sPart(state, cfg.k3s, public_ip=public_ip, role=role, restarter=restarter)
-        woken_by_new_ip.append(k3s_part)
-        act.append(k3s_part)
+        k3s_part = k3s.K3sPart(
+            state, cfg.k3s, public_ip=public_ip, role=role, restarter=restarter, unit_dirs=seams.unit_dirs
+        )
+        configure.append(k3s_part)
 
+    annotation: AnnotationPart | None = None
     if cfg.kube.enabled:
         own_api, list_api = kube_clients(cfg, state)
         watch = NodeWatch(state, list_api)
@@ -99,13 +129,19 @@ def build_parts(cfg: Config, state: State) -> Stages:
             state.node,
             own_api,
             public_ip=public_ip,
-            request_restart=restarter.request if restarter is not None else None,
+            request_restart=k3s_part.restarter.defer if k3s_part is not None else None,
             cluster=cluster,
         )
         watch.on_change = lambda names: annotation.wake.set() if state.node in names else None
-        woken_by_new_ip.append(annotation)
+        if k3s_part is not None:
+            annotation.followers.append(k3s_part)
         observe.append(watch)
-        act.append(annotation)
+        annotate.append(annotation)
+
+    if ip_part is not None:
+        first = annotation or k3s_part  # the annotation wakes the k3s part in turn
+        if first is not None:
+            ip_part.on_change = first.wake.set
 
     if cfg.wireguard.enabled:
         # Without the node watch (kube.enabled: false) the cluster is unknown: peer GC then
@@ -113,9 +149,9 @@ def build_parts(cfg: Config, state: State) -> Stages:
         observe.append(ModulePart(state, cfg.wireguard))
         observe.append(InterfacePart(state, cfg.wireguard, cluster))
         if cfg.wireguard.gc.enabled:
-            clean.append(GCPart(state, cfg, cluster))
+            clean.append(GCPart(state, cfg, cluster, clock=seams.clock))
 
-    return [stage for stage in (observe, act, clean) if stage]
+    return [stage for stage in (observe, annotate, configure, clean) if stage]
 
 
 def _unknown() -> Any:
@@ -282,6 +318,8 @@ class Daemon:
         self.state.reconcile_total.inc()
         try:
             await part.reconcile()
+            for follower in part.followers:
+                follower.wake.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

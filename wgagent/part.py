@@ -13,7 +13,7 @@ peer GC) and reports it through the checks it owns in ``State``::
 
 The daemon runs ``reconcile()`` once at start (in stages, so the k3s drop-in is written
 after the public IP is known and before READY=1), then again every ``interval_s`` or as
-soon as ``wake`` is set. A part with a ``run()`` coroutine (the node watch) gets it run as
+soon as ``wake`` is set; after each pass it wakes the part's ``followers``. A part with a ``run()`` coroutine (the node watch) gets it run as
 a long-lived task instead; ``run --once`` only ever calls ``reconcile()``.
 
 ``reconcile()`` handles the errors it expects (and says so in its checks); anything it
@@ -35,6 +35,8 @@ class Part:
     def __init__(self, state: State) -> None:
         self.state = state
         self.wake = asyncio.Event()
+        self.followers: list[Part] = []
+        """Parts the daemon wakes after each pass of this one (set by the daemon's wiring)."""
 
     async def reconcile(self) -> None:
         raise NotImplementedError

@@ -27,11 +27,9 @@ Honest shortcuts, each chosen so that the lab converges in seconds, not minutes:
   a peer's age from when it first saw it (``wireguard-peers-first-seen.json`` in its state dir).
   The lab writes that file before wgagent starts, as if wgagent had seen those peers an hour
   ago (a node that ran wgagent before), so ``stale_after_s`` (180 s, its minimum) has passed.
-- ``k3s.min_restart_interval_s`` is 0. The k3s part (drop-in written: restart) and the
-  annotation part (overwrite patched, flannel still publishes the old address: restart) run in
-  the same stage; when the drop-in's restart comes first, flannel copies no overwrite yet and
-  the annotation part's restart is the one that counts. With the default 600 s it would wait
-  for the rate limit and the next retry. The check bounds restarts at 2 per node.
+- ``k3s.min_restart_interval_s`` keeps its default (600 s): a node needs one restart, for its
+  new drop-in and its overwrite together (the annotation part defers its restart to the k3s
+  part's pass right after it). The check bounds restarts at 1 per node.
 - The fake ``systemctl`` tells the stand-in at once, where a real k3s takes seconds to start.
 - Other nodes' flannel does not re-read nat1's new ``public-ip`` into its peer's endpoint here:
   WireGuard's roaming already points cp's and pub2's peer at nat1's NAT address.

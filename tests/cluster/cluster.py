@@ -65,9 +65,8 @@ DEAD_NO_IPS = 100
 SEEN_AGO_S = 3600
 GC_INTERVAL_S = 5
 LIVE_HANDSHAKE_S = 180
-MAX_RESTARTS = 2
-"""Per node: one for the first drop-in, at most one more when the annotation part's request
-comes after it (both run in the same stage; see tests/cluster/__init__.py)."""
+MAX_RESTARTS = 1
+"""Per node: one, for the first drop-in and the overwrite together (see tests/cluster/__init__.py)."""
 COTURN_FLAGS = (
     *("-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--no-tcp"),
     *(f"--listening-ip={COTURN}", "--listening-port=3478", "--log-file=stdout", "--simple-log"),
@@ -405,7 +404,7 @@ class Cluster:
                 "http_echo_urls": [f"http://{ECHO}"],
                 "timeout_s": 2,
             },
-            k3s={"enabled": True, "role": node.spec.role, "restart": True, "min_restart_interval_s": 0},
+            k3s={"enabled": True, "role": node.spec.role, "restart": True},
             kube={"enabled": True, "kubeconfig": own, "list_kubeconfig": lister},
             wireguard={
                 "enabled": True,

@@ -250,6 +250,21 @@ async def test_once_exit_code_follows_the_checks(tmp_path: Path) -> None:
     assert await bad.once() == 1
 
 
+async def test_a_pass_wakes_the_parts_followers(tmp_path: Path) -> None:
+    leader, follower, other = FakePart(State(node="n", version="1"), "annotation"), None, None
+
+    def parts(s: State) -> Stages:
+        nonlocal leader, follower, other
+        leader, follower, other = FakePart(s, "annotation"), FakePart(s, "k3s_config"), FakePart(s, "public_ip")
+        leader.followers.append(follower)
+        return [[follower, other], [leader]]  # the wake survives: the follower already ran
+
+    daemon = daemon_with(parts, tmp_path)
+    assert await daemon.once() == 0
+    assert follower is not None and other is not None
+    assert follower.wake.is_set() and not other.wake.is_set()
+
+
 async def test_a_part_that_raises_fails_its_checks_and_is_counted(tmp_path: Path) -> None:
     daemon = daemon_with(lambda s: [[BrokenPart(s)]], tmp_path)
     assert await daemon.once() == 1

@@ -177,6 +177,37 @@ async def test_rate_limit_then_the_pending_restart_happens_when_allowed(tmp_path
     assert "wgagent_k3s_restarts_total 2" in registry.render()
 
 
+async def test_a_deferred_restart_runs_no_systemctl_and_the_next_pass_restarts_once_for_both(
+    tmp_path: Path, clock: Clock
+) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd)
+    deferred = await restarter.defer("flannel must re-read public-ip-overwrite")
+    assert deferred.pending and not deferred.restarted
+    assert deferred.detail == "restart of k3s.service queued (flannel must re-read public-ip-overwrite)"
+    assert systemd.calls == []  # nothing asked of systemd yet
+    assert restarter.status()["pending"] == "flannel must re-read public-ip-overwrite"
+    # The k3s part's pass right after: its own drop-in change serves both needs with one restart.
+    clock.advance(1)
+    assert (await restarter.request("50-wgagent.yaml changed")).restarted
+    assert await restarter.retry_pending() is None
+    assert len(systemd.restart_calls) == 1
+
+
+async def test_a_deferred_restart_is_served_by_retry_pending_and_says_when_rate_limited(
+    tmp_path: Path, clock: Clock
+) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd, min_restart_interval_s=600.0)
+    await restarter.defer("annotation")
+    retried = await restarter.retry_pending()
+    assert retried is not None and retried.restarted and retried.detail == "restarted k3s.service: annotation"
+    clock.advance(60)
+    later = await restarter.defer("annotation again")
+    assert later.pending and later.detail.startswith("restart pending: rate limit: restarted 60 s ago")
+    assert systemd.restart_calls == [["systemctl", "--no-block", "try-restart", "k3s.service"]]
+
+
 async def test_history_survives_a_restart_of_wgagent_so_a_crash_loop_cannot_restart_k3s(
     tmp_path: Path, clock: Clock
 ) -> None:

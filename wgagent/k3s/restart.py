@@ -229,6 +229,31 @@ class Restarter:
         async with self._lock:
             return await self._request(reason)
 
+    async def defer(self, reason: str) -> RestartResult:
+        """Record that k3s needs a restart for ``reason``, without restarting now.
+
+        The annotation part defers: the k3s part's pass, which the daemon runs right after it,
+        serves the need together with its own drop-in change (:meth:`retry_pending` or
+        :meth:`request`), so k3s restarts once, after both are written. Restarting for the
+        annotation alone could restart k3s before its new drop-in is in place.
+        """
+        async with self._lock:
+            history = self._load()
+            now = self._clock()
+            if history.pending is None or history.pending.reason != reason:
+                self._set_pending(history, Pending(reason, now))
+            times = [r.at for r in history.restarts]
+            decision = should_restart(times, now, self.cfg.min_restart_interval_s, self.cfg.restart)
+            unit = self.unit or "k3s"
+            if decision.allowed:
+                return RestartResult(False, f"restart of {unit} queued ({reason})", pending=True)
+            if decision.next_allowed_at is None:
+                return RestartResult(
+                    False, f"restart pending: {decision.why}; to apply it: systemctl restart {unit} ({reason})", pending=True
+                )
+            when = _when(decision.next_allowed_at)
+            return RestartResult(False, f"restart pending: {decision.why}; next at {when} ({reason})", pending=True)
+
     async def retry_pending(self) -> RestartResult | None:
         """Serve a pending request if still needed; None when nothing is pending."""
         async with self._lock:
