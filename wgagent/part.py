@@ -13,8 +13,9 @@ peer GC) and reports it through the checks it owns in ``State``::
 
 The daemon runs ``reconcile()`` once at start (in stages, so the k3s drop-in is written
 after the public IP is known and before READY=1), then again every ``interval_s`` or as
-soon as ``wake`` is set; after each pass it wakes the part's ``followers``. A part with a ``run()`` coroutine (the node watch) gets it run as
-a long-lived task instead; ``run --once`` only ever calls ``reconcile()``.
+soon as ``wake`` is set; after each pass it wakes the part's ``followers``. A part with a
+``run()`` coroutine (the node watch) gets it run as a long-lived task instead; ``run --once``
+only ever calls ``reconcile()``.
 
 ``reconcile()`` handles the errors it expects (and says so in its checks); anything it
 raises is a bug: the daemon logs it, counts it, fails the part's checks, and goes on.

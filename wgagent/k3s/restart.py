@@ -248,11 +248,10 @@ class Restarter:
             if decision.allowed:
                 return RestartResult(False, f"restart of {unit} queued ({reason})", pending=True)
             if decision.next_allowed_at is None:
-                return RestartResult(
-                    False, f"restart pending: {decision.why}; to apply it: systemctl restart {unit} ({reason})", pending=True
-                )
-            when = _when(decision.next_allowed_at)
-            return RestartResult(False, f"restart pending: {decision.why}; next at {when} ({reason})", pending=True)
+                todo = f"to apply it: systemctl restart {unit}"
+            else:
+                todo = f"next at {_when(decision.next_allowed_at)}"
+            return RestartResult(False, f"restart pending: {decision.why}; {todo} ({reason})", pending=True)
 
     async def retry_pending(self) -> RestartResult | None:
         """Serve a pending request if still needed; None when nothing is pending."""
