@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
 import shlex
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests import labkit
 from tests.labkit import Lab
 from wgagent import logs
 from wgagent.config import Config, GCConfig, WireGuardConfig
@@ -58,18 +59,7 @@ LOOP_TARGET = 50.0
 RAW_TARGET = 3.0
 
 
-def uapi(uapi_dir: str, request: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(120)
-        s.connect(os.path.join(uapi_dir, f"{IF}.sock"))
-        s.sendall(request)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
+uapi = functools.partial(labkit.uapi, ifname=IF, timeout=120)
 
 
 def peer_count(uapi_dir: str) -> int:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from tests import labkit
 from tests.cluster import systemctl
 from tests.cluster.netns import InNetns
 from tests.kubeapi import ADMIN_TOKEN
@@ -128,24 +129,8 @@ class Node:
 # --- UAPI -----------------------------------------------------------------------------------------
 
 
-def uapi(uapi_dir: str, request: str) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(os.path.join(uapi_dir, f"{WG_IF}.sock"))
-        s.sendall(request.encode())
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
-
-
-def uapi_set(uapi_dir: str, lines: list[str]) -> None:
-    reply = uapi(uapi_dir, "set=1\n" + "".join(line + "\n" for line in lines) + "\n")
-    if reply != b"errno=0\n\n":
-        raise LabError(f"wireguard-go refused a set: {reply!r}")
+uapi = functools.partial(labkit.uapi, ifname=WG_IF)
+uapi_set = functools.partial(labkit.uapi_set, ifname=WG_IF)
 
 
 def device(node: Node) -> Device:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from tests import labkit
 from tests.conftest import ROOT, require
 from tests.kubeapi import ADMIN_TOKEN
 from tests.labkit import Host, Lab, sweep_stale, wait_for
@@ -106,22 +106,11 @@ class Net:
 
 
 def uapi(node: Node, request: str) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(20)
-        s.connect(os.path.join(node.uapi_dir, f"{IF}.sock"))
-        s.sendall(request.encode())
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
+    return labkit.uapi(node.uapi_dir, request, ifname=IF)
 
 
 def uapi_set(node: Node, lines: list[str]) -> None:
-    reply = uapi(node, "set=1\n" + "".join(line + "\n" for line in lines) + "\n")
-    assert reply == b"errno=0\n\n", reply
+    labkit.uapi_set(node.uapi_dir, lines, ifname=IF)
 
 
 def hexkey(b64: str) -> str:

@@ -34,11 +34,11 @@ counts them, to show the kills do hit writes, and checks that later writes remov
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +50,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import labkit
 from tests.conftest import ROOT, require
 from tests.labkit import Host, Lab, Proc
 from tests.support import configs
@@ -153,12 +154,7 @@ class World:
         uapi_set(self.uapi_dir, lines)
 
 
-def uapi_set(uapi_dir: str, lines: list[str]) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(os.path.join(uapi_dir, f"{IF}.sock"))
-        s.sendall(("set=1\n" + "".join(line + "\n" for line in lines) + "\n").encode())
-        assert s.recv(100) == b"errno=0\n\n"
+uapi_set = functools.partial(labkit.uapi_set, ifname=IF)
 
 
 @pytest.fixture

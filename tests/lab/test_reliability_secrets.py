@@ -22,10 +22,10 @@ k3s config and a UAPI ``get`` of the device must find every secret.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import labkit
 from tests.conftest import ROOT, require
 from tests.kubeapi import ADMIN_TOKEN
 from tests.labkit import Host, Lab, wait_for
@@ -118,26 +119,7 @@ class World:
     env: dict[str, str]
 
 
-def uapi_get(uapi_dir: str) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(os.path.join(uapi_dir, f"{IF}.sock"))
-        s.sendall(b"get=1\n\n")
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
-
-
-def uapi_set(uapi_dir: str, lines: list[str]) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(os.path.join(uapi_dir, f"{IF}.sock"))
-        s.sendall(("set=1\n" + "".join(line + "\n" for line in lines) + "\n").encode())
-        assert s.recv(100) == b"errno=0\n\n"
+uapi_set = functools.partial(labkit.uapi_set, ifname=IF)
 
 
 @pytest.fixture
@@ -226,7 +208,7 @@ def world(lab: Lab, tmp_path: Path) -> Iterator[World]:
         "node kubeconfig": node_kc.read_bytes(),
         "list kubeconfig": Path(list_kc).read_bytes(),
         "k3s config.yaml": (k3s_dir / "config.yaml").read_bytes(),
-        "UAPI get": uapi_get(uapi_dir),
+        "UAPI get": labkit.uapi(uapi_dir, "get=1\n\n", ifname=IF),
         "client key file": key_pem,
     }
     env = {"PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}

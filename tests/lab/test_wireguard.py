@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import labkit
 from tests.conftest import ROOT, require
 from tests.kubeapi import CONTROLLER, KubeAPI, shared_pki
 from tests.labkit import Host, Lab, Proc, wait_for
@@ -65,23 +66,8 @@ def keypair(seed: int) -> tuple[bytes, str]:
     return bytes(priv), key_from_bytes(x25519_public(bytes(priv)))
 
 
-def uapi(uapi_dir: str, request: str) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(20)
-        s.connect(os.path.join(uapi_dir, f"{IF}.sock"))
-        s.sendall(request.encode())
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
-
-
-def uapi_set(uapi_dir: str, lines: list[str]) -> None:
-    reply = uapi(uapi_dir, "set=1\n" + "".join(line + "\n" for line in lines) + "\n")
-    assert reply == b"errno=0\n\n", reply
+uapi = functools.partial(labkit.uapi, ifname=IF)
+uapi_set = functools.partial(labkit.uapi_set, ifname=IF)
 
 
 def device(node: Node) -> Device:

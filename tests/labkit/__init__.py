@@ -290,6 +290,32 @@ class Lab:
         return "\n".join(parts)
 
 
+def uapi(uapi_dir: str, request: str | bytes, *, ifname: str, timeout: float = 60) -> bytes:
+    """One raw exchange with wireguard-go's ``<uapi_dir>/<ifname>.sock``: test set-up and inspection.
+
+    The reply, up to the blank line that ends it (or what came before the socket closed).
+    """
+    data = request.encode() if isinstance(request, str) else request
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(uapi_dir, f"{ifname}.sock"))
+        s.sendall(data)
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def uapi_set(uapi_dir: str, lines: Sequence[str], *, ifname: str, timeout: float = 60) -> None:
+    """``set=1`` with ``lines`` in one transaction; LabError unless wireguard-go answers errno=0."""
+    reply = uapi(uapi_dir, "set=1\n" + "".join(line + "\n" for line in lines) + "\n", ifname=ifname, timeout=timeout)
+    if reply != b"errno=0\n\n":
+        raise LabError(f"wireguard-go refused a set on {ifname}: {reply[:200]!r}")
+
+
 def kill_netns(netns: str) -> None:
     """Kill whatever still runs in ``netns``, then delete it."""
     pids = sh("ip", "netns", "pids", netns, check=False).split()
