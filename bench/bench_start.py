@@ -37,19 +37,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import configs
+from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.5
 BARE = "import aiohttp, pyroute2, yaml, sdnotify"
-FAKE_SYSTEMCTL = """#!/bin/sh
-case "$1" in
-  is-active) echo active ;;
-  show) echo 0 ;;
-  --no-block) exit 0 ;;
-  *) exit 2 ;;
-esac
-"""
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -92,8 +85,7 @@ class AgentEnv:
         self.env.pop("NOTIFY_SOCKET", None)
         bin_dir = self.dir / "bin"
         bin_dir.mkdir()
-        (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
-        (bin_dir / "systemctl").chmod(0o755)
+        fake_systemctl.install(bin_dir)
         self.env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
         self.kube: dict[str, Any] = {}
         self.echo_urls: list[str] = []

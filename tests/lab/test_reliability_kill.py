@@ -54,6 +54,7 @@ from tests import labkit
 from tests.conftest import ROOT, require
 from tests.labkit import Host, Lab, Proc
 from tests.support import configs
+from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
 from wgagent.config import K3sConfig
 from wgagent.k3s import render_dropin
@@ -67,15 +68,6 @@ IF = "flannel-wg"
 ADDRESSES = ("198.51.100.10", "203.0.113.10")
 BASE_PEERS = 1000
 CHURN = 20
-FAKE_SYSTEMCTL = """#!/bin/sh
-case "$1" in
-  is-active) echo active ;;
-  show) echo 0 ;;
-  --no-block) exit 0 ;;
-  *) exit 2 ;;
-esac
-"""
-
 ZYGOTE = r"""
 import os, sys
 import aiohttp, yaml, sdnotify, pyroute2  # what the agent imports, once, here
@@ -172,8 +164,7 @@ def world(lab: Lab, tmp_path: Path) -> Iterator[World]:
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
-    (bin_dir / "systemctl").chmod(0o755)
+    fake_systemctl.install(bin_dir)
     state_dir = tmp_path / "state"
     k3s = {"enabled": True, "role": "agent", "restart": True, "min_restart_interval_s": 0}
     cfg = configs.sandbox(

@@ -40,6 +40,7 @@ from tests.conftest import ROOT, require
 from tests.kubeapi import ADMIN_TOKEN
 from tests.labkit import Host, Lab, wait_for
 from tests.support import configs
+from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
 from wgagent.wireguard.model import key_from_bytes
 from wgagent.wireguard.uapi import x25519_public
@@ -47,15 +48,6 @@ from wgagent.wireguard.uapi import x25519_public
 IF = "flannel-wg"
 PORT = 8795
 WINDOW = 16
-
-FAKE_SYSTEMCTL = """#!/bin/sh
-case "$1" in
-  is-active) echo active ;;
-  show) echo 0 ;;
-  --no-block) exit 0 ;;
-  *) exit 2 ;;
-esac
-"""
 
 
 @dataclass
@@ -181,8 +173,7 @@ def world(lab: Lab, tmp_path: Path) -> Iterator[World]:
     (k3s_dir / "config.yaml").write_text(f'token: "{join_token}"\nnode-external-ip: 198.51.100.99\n')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
-    (bin_dir / "systemctl").chmod(0o755)
+    fake_systemctl.install(bin_dir)
 
     state_dir = tmp_path / "state"
     cfg = configs.sandbox(
