@@ -10,7 +10,7 @@ import pytest
 
 from wgagent.config import ListenAddress
 from wgagent.errors import WgAgentError
-from wgagent.health import HealthServer
+from wgagent.health import REQUEST_DEADLINE_S, HealthServer
 from wgagent.state import State
 
 
@@ -135,3 +135,69 @@ async def test_busy_port_is_a_clear_error() -> None:
             WgAgentError, match=rf"cannot serve the health endpoint on 127.0.0.1:{port}: .*health.listen"
         ):
             await server.start()
+
+
+async def connections_seen(server: HealthServer, n: int) -> None:
+    """Until the server has accepted ``n`` connections (accepting takes a few loop turns)."""
+    for _ in range(1000):
+        if len(server._connections()) == n:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"the server has {len(server._connections())} connections, not {n}")
+
+
+async def keepalive_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One request on a kept-alive connection; its status."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(v) for k, _, v in (line.partition(":") for line in lines) if k.lower() == "content-length")
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
+async def test_the_guard_closes_a_client_that_sends_no_request_in_time_and_keeps_an_active_one() -> None:
+    server, port = await serving(State(node="n1", version="0.1.0"))
+    clock = [1000.0]
+    server.guard.clock = lambda: clock[0]
+    try:
+        silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)
+        silent_w.write(b"GET /healthz HTTP/1.1\r\n")  # a trickle that never ends its headers
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        await connections_seen(server, 2)
+        assert server.guard.sweep() == 0  # both first seen now
+        clock[0] = 1015.0
+        assert await keepalive_get(busy_r, busy_w, "/livez") == 200
+        clock[0] = 1000.0 + REQUEST_DEADLINE_S + 1
+        assert server.guard.sweep() == 1
+        assert await asyncio.wait_for(silent_r.read(), 5) == b""  # closed by the server
+        assert await keepalive_get(busy_r, busy_w, "/livez") == 200  # still open
+        await connections_seen(server, 1)
+        busy_w.close()
+        silent_w.close()
+    finally:
+        await server.stop()
+
+
+async def test_beyond_the_cap_the_stalest_connections_are_closed() -> None:
+    server, port = await serving(State(node="n1", version="0.1.0"))
+    clock = [1000.0]
+    server.guard.clock = lambda: clock[0]
+    try:
+        clients = []
+        for i in range(4):
+            clients.append(await asyncio.open_connection("127.0.0.1", port))
+            await connections_seen(server, i + 1)
+            clock[0] += 1
+            assert server.guard.sweep() == 0  # notes when each was first seen
+        server.guard.max_connections = 2
+        assert server.guard.sweep() == 2
+        for reader, _ in clients[:2]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        await connections_seen(server, 2)
+        for reader, writer in clients[2:]:
+            assert await keepalive_get(reader, writer, "/livez") == 200
+        for _, writer in clients:
+            writer.close()
+    finally:
+        await server.stop()
