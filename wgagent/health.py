@@ -70,8 +70,9 @@ GUARD_TICK_S = 1.0
 
 
 class ConnectionGuard:
-    """Closes the connections of slow clients (see the module doc). ``sweep(now)`` is the pure
-    step, called every ``GUARD_TICK_S`` by ``run()``; ``seen`` marks each request."""
+    """Closes the connections of slow clients (see the module doc). ``sweep(now)`` is the
+    step, called every ``GUARD_TICK_S`` by ``run()`` while connections are open (an idle
+    daemon does not wake for it); ``seen`` marks each request, ``opened`` each connection."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.clock = clock
         self._active: dict[RequestHandler, float] = {}
+        self._wake = asyncio.Event()
         self.closed = 0
 
     def seen(self, request: web.Request) -> None:
@@ -112,8 +114,16 @@ class ConnectionGuard:
             log.debug("health endpoint: closed %d slow or surplus connection(s)", len(doomed))
         return len(doomed)
 
+    def opened(self) -> None:
+        """A connection was accepted: wake ``run()`` (the server's hook calls this)."""
+        self._wake.set()
+
     async def run(self) -> None:
+        """Sweep every ``GUARD_TICK_S`` while connections are open; sleep while none are."""
         while True:
+            self._wake.clear()
+            if not self._connections():
+                await self._wake.wait()
             await asyncio.sleep(GUARD_TICK_S)
             try:
                 self.sweep()
@@ -187,6 +197,19 @@ class HealthServer:
         )
         self._guard_task: asyncio.Task[None] | None = None
 
+    def _hook_connections(self) -> None:
+        """Tell the guard of each accepted connection: aiohttp's Server records each one in
+        ``connection_made(handler, transport)`` (3.8 to 3.14), wrapped here on the instance."""
+        server = self._runner.server
+        assert server is not None  # set up
+        record = server.connection_made
+
+        def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
+            record(handler, transport)
+            self.guard.opened()
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+
     def _connections(self) -> list[RequestHandler]:
         server = self._runner.server
         return server.connections if server is not None else []
@@ -199,6 +222,7 @@ class HealthServer:
                 self.listen,
             )
         await self._runner.setup()
+        self._hook_connections()
         site = web.TCPSite(self._runner, self.listen.host, self.listen.port, reuse_address=True, **_SITE_SHUTDOWN)
         try:
             await site.start()

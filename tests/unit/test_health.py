@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 
 import pytest
 
+from wgagent import health
 from wgagent.config import ListenAddress
 from wgagent.errors import WgAgentError
 from wgagent.health import REQUEST_DEADLINE_S, HealthServer
@@ -199,5 +201,26 @@ async def test_beyond_the_cap_the_stalest_connections_are_closed() -> None:
             assert await keepalive_get(reader, writer, "/livez") == 200
         for _, writer in clients:
             writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_the_guard_sleeps_while_no_connection_is_open_and_sweeps_by_itself_when_one_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "GUARD_TICK_S", 0.01)
+    server, port = await serving(State(node="n1", version="0.1.0"))
+    clock = itertools.count(1000.0, REQUEST_DEADLINE_S + 1)  # every reading is past the last
+    server.guard.clock = lambda: next(clock)
+    sweeps = []
+    sweep = server.guard.sweep
+    server.guard.sweep = lambda now=None: sweeps.append(now) or sweep(now)  # type: ignore[method-assign]
+    try:
+        await asyncio.sleep(0.2)  # twenty ticks' worth of idling
+        assert sweeps == []
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the guard on its own
+        assert len(sweeps) >= 2 and server.guard.closed == 1
+        writer.close()
     finally:
         await server.stop()
