@@ -60,9 +60,10 @@ def _dumps(value: object) -> bytes:
 
 
 REQUEST_DEADLINE_S = 20.0
-"""How long a connection may go without completing a request: from its accept, or from its
-last request. Longer than aiohttp's keep-alive (15 s), which closes idle connections first;
-a request here is answered from memory at once, so only a slow or silent client hits it."""
+"""How long a connection may go without a request reaching a handler: from its accept, or
+from its last request. Longer than aiohttp's keep-alive (15 s), which closes connections
+idle after an answer first; a request here is answered from memory at once, so only a
+client that is slow or silent in sending one hits it."""
 MAX_CONNECTIONS = 256
 """Open connections at most; more, and the stalest are closed (a scrape storm of wrk -c100
 stays under it). The unit's file descriptor limit is 1,024 (systemd's default)."""
