@@ -40,13 +40,9 @@ from wgagent.kube.protocol import NodeAPI
 from wgagent.kube.watch import node_info
 from wgagent.model import ClusterView
 from wgagent.publicip.sources import Source
-from wgagent.wireguard.backend import Backend, HostNet, is_wireguard, open_backend, resolve_interfaces
+from wgagent.wireguard.backend import BackendFactory, HostNet, is_wireguard, open_backend, resolve_interfaces
 from wgagent.wireguard.gc import FirstSeenStore
-from wgagent.wireguard.interface import (
-    BackendFactory,
-    bound_udp_ports,
-    read_device,
-)
+from wgagent.wireguard.interface import bound_udp_ports, read_device
 from wgagent.wireguard.module import MODULE, ModuleHost, ProbeResult, check_module
 
 T = TypeVar("T")
@@ -67,10 +63,6 @@ def _default_module_host() -> ModuleHost:
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     modprobe = shutil.which("modprobe", path=search) or "modprobe"
     return ModuleHost(modprobe_argv=(modprobe, "--dry-run", MODULE), modprobe_timeout_s=10.0, prober=prober)
-
-
-def _default_backend(ifname: str, uapi_dir: str) -> Backend:
-    return open_backend(ifname, uapi_dir, timeout_s=10.0)
 
 
 def _kube_client(path: str, timeout_s: float) -> NodeAPI:
@@ -103,7 +95,7 @@ class Environment:
 
     module: ModuleHost = field(default_factory=_default_module_host)
     net: HostNet = field(default_factory=HostNet)
-    backend_factory: BackendFactory = _default_backend
+    backend_factory: BackendFactory = open_backend
     unit_dirs: Sequence[str] = UNIT_DIRS
     which: Callable[[str], str | None] = shutil.which
     k3s_bin_dirs: Sequence[str] = ("/usr/local/bin",)

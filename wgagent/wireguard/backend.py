@@ -13,7 +13,7 @@ device (with the vxlan backend ``flannel.1`` is a vxlan device, and is not ours)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,9 +40,17 @@ def uapi_socket(uapi_dir: str, ifname: str) -> str:
     return os.path.join(uapi_dir, f"{ifname}.sock")
 
 
+def has_uapi_socket(uapi_dir: str, ifname: str) -> bool:
+    return os.path.exists(uapi_socket(uapi_dir, ifname))
+
+
+BackendFactory = Callable[[str, str], Backend]
+"""``(ifname, uapi_dir) -> Backend``: :func:`open_backend` in the daemon, a fake in tests."""
+
+
 def open_backend(ifname: str, uapi_dir: str, *, timeout_s: float = 10.0) -> Backend:
     """The backend serving ``ifname``: UAPI if its socket exists, else kernel netlink."""
-    if os.path.exists(uapi_socket(uapi_dir, ifname)):
+    if has_uapi_socket(uapi_dir, ifname):
         from wgagent.wireguard.uapi import UapiBackend
 
         return UapiBackend(uapi_dir, timeout_s=timeout_s)
@@ -105,7 +113,7 @@ class HostNet:
 
 
 def is_wireguard(link: Link, uapi_dir: str) -> bool:
-    return os.path.exists(uapi_socket(uapi_dir, link.name)) or (link.exists and link.devtype == "wireguard")
+    return has_uapi_socket(uapi_dir, link.name) or (link.exists and link.devtype == "wireguard")
 
 
 def resolve_interfaces(setting: str, net: HostNet, uapi_dir: str) -> tuple[list[str], str]:

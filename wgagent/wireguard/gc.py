@@ -39,7 +39,7 @@ from wgagent.errors import WireGuardError, WriteError
 from wgagent.model import ClusterView
 from wgagent.part import Part
 from wgagent.state import State, iso8601
-from wgagent.wireguard.backend import Backend, HostNet, open_backend, resolve_interfaces
+from wgagent.wireguard.backend import Backend, BackendFactory, HostNet, open_backend, resolve_interfaces
 from wgagent.wireguard.model import REJECT_AFTER_S, Device, Peer
 
 log = logging.getLogger(__name__)
@@ -347,13 +347,6 @@ async def run_gc_pass(
     return GCResult(ifname, backend.kind, dry_run, now, len(device.peers), sel, owners, states, error)
 
 
-BackendFactory = Callable[[str, str], Backend]
-
-
-def _default_backend(ifname: str, uapi_dir: str) -> Backend:
-    return open_backend(ifname, uapi_dir)
-
-
 async def gc_all(
     cfg: Config,
     cluster: ClusterView | None,
@@ -362,7 +355,7 @@ async def gc_all(
     now: float,
     dry_run: bool,
     net: HostNet | None = None,
-    backend_factory: BackendFactory = _default_backend,
+    backend_factory: BackendFactory = open_backend,
 ) -> tuple[list[GCResult], str]:
     """One pass over every interface to watch; the note when ``auto`` found none."""
     wg = cfg.wireguard
@@ -386,7 +379,7 @@ class GCPart(Part):
         cluster: Callable[[], ClusterView | None],
         *,
         net: HostNet | None = None,
-        backend_factory: BackendFactory = _default_backend,
+        backend_factory: BackendFactory = open_backend,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(state)
@@ -445,7 +438,7 @@ async def gc_command(
     cluster_note: str = "",
     now: float | None = None,
     net: HostNet | None = None,
-    backend_factory: BackendFactory = _default_backend,
+    backend_factory: BackendFactory = open_backend,
 ) -> tuple[int, str]:
     """One GC pass over every interface; the exit code and what to print.
 

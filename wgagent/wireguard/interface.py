@@ -20,7 +20,6 @@ other node's health red. A missing or down interface, or an unbound port, fails 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,7 +30,14 @@ from wgagent.errors import WireGuardError
 from wgagent.model import ClusterView
 from wgagent.part import Part
 from wgagent.state import State
-from wgagent.wireguard.backend import Backend, HostNet, Link, open_backend, resolve_interfaces, uapi_socket
+from wgagent.wireguard.backend import (
+    BackendFactory,
+    HostNet,
+    Link,
+    has_uapi_socket,
+    open_backend,
+    resolve_interfaces,
+)
 from wgagent.wireguard.model import REJECT_AFTER_S, Device
 
 log = logging.getLogger(__name__)
@@ -227,17 +233,6 @@ def interface_facts(
     )
 
 
-BackendFactory = Callable[[str, str], Backend]
-
-
-def _has_socket(uapi_dir: str, ifname: str) -> bool:
-    return os.path.exists(uapi_socket(uapi_dir, ifname))
-
-
-def _default_backend(ifname: str, uapi_dir: str) -> Backend:
-    return open_backend(ifname, uapi_dir)
-
-
 @dataclass(frozen=True)
 class DeviceRead:
     """One interface as read now: its link, its device (None if unreadable) and why not."""
@@ -250,11 +245,11 @@ class DeviceRead:
 
 
 async def read_device(
-    name: str, uapi_dir: str, net: HostNet, backend_factory: BackendFactory = _default_backend
+    name: str, uapi_dir: str, net: HostNet, backend_factory: BackendFactory = open_backend
 ) -> DeviceRead:
     """Read ``name`` through the backend that serves it; errors are in the result, not raised."""
     link = net.link(name)
-    if not (link.exists or _has_socket(uapi_dir, name)):
+    if not (link.exists or has_uapi_socket(uapi_dir, name)):
         return DeviceRead(link, None, None, f"{name} does not exist")
     backend = backend_factory(name, uapi_dir)
     try:
@@ -268,7 +263,7 @@ async def gather_interfaces(
     cluster: ClusterView | None,
     *,
     net: HostNet,
-    backend_factory: BackendFactory = _default_backend,
+    backend_factory: BackendFactory = open_backend,
     now: float,
     own_node: str | None = None,
 ) -> tuple[list[InterfaceFacts], str]:
@@ -305,7 +300,7 @@ class InterfacePart(Part):
         cluster: Callable[[], ClusterView | None],
         *,
         net: HostNet | None = None,
-        backend_factory: BackendFactory = _default_backend,
+        backend_factory: BackendFactory = open_backend,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(state)
