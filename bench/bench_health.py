@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,7 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_start import AgentEnv, free_port
+from bench.bench_start import AgentEnv
+from tests.labkit import free_port, terminate
 
 THROUGHPUT_TARGET = 0.8
 P99_TARGET_MS = 5.0
@@ -102,15 +102,6 @@ def bare(port: int, cpu: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return proc
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def measure(duration_s: float, rounds: int, rate: float) -> list[dict[str, Any]]:
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         raise RuntimeError("needs wrk and taskset (apt install wrk util-linux)")
@@ -139,7 +130,7 @@ def measure(duration_s: float, rounds: int, rate: float) -> list[dict[str, Any]]
                 bare_steady.append(wrk(bare_port, duration_s, wrk_cpu, str(script)))
                 agent_steady.append(wrk(agent_port, duration_s, wrk_cpu, str(script)))
     finally:
-        stop(proc)
+        terminate(proc)
         env.close()
     a_rps = statistics.median(r["rps"] for r in agent_runs)
     b_rps = statistics.median(r["rps"] for r in bare_runs)

@@ -33,7 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_start import BARE, AgentEnv, cpu_s, free_port, rss_kb
+from bench.bench_start import BARE, AgentEnv, cpu_s, rss_kb
+from tests.labkit import free_port
 
 RSS_TARGET_MB = 40.0
 CPU_TARGET_S = 0.1

@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import json
 import os
-import signal
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.labkit import free_port, terminate
 from tests.support import configs
 from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
@@ -43,12 +44,6 @@ from tests.support.notify import NotifySocket
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.5
 BARE = "import aiohttp, pyroute2, yaml, sdnotify"
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kb(pid: int) -> int:
@@ -160,25 +155,13 @@ class AgentEnv:
             ready = notify.wait_for("READY=1", timeout=60) - started
             yield proc, ready
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
             notify.close()
             log.close()
 
     def close(self) -> None:
         for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        import shutil
-
+            terminate(proc, timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ import contextlib
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.labkit import free_port
+from tests.labkit import free_port, terminate
 from tests.support import configs
 from tests.support.notify import NotifySocket
 
@@ -278,12 +277,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
         notify.wait_for("READY=1")
         yield proc, port, log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         notify.close()
 
 

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 PREFIX = "wgt"
 _counter = itertools.count()
@@ -369,7 +370,20 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, *, proc: Pro
         delay = min(delay * 2, 0.2)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port free now on ``host`` (TCP, or UDP with ``socket.SOCK_DGRAM``)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Signal a child we started (not a whole lab process group: :meth:`Lab.stop` is that),
+    wait for it, SIGKILL it if it is still there after ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

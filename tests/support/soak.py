@@ -35,7 +35,6 @@ import gc
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -48,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from tests.labkit import free_port, terminate
 from wgagent import __version__
 from wgagent.config import (
     Config,
@@ -83,12 +83,6 @@ def rss_kb(pid: int | str = "self") -> int:
     raise RuntimeError("no VmRSS")
 
 
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class Children:
     """The stand-ins, as child processes; all stopped by ``close()``."""
 
@@ -111,14 +105,7 @@ class Children:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, timeout=5)
 
 
 def _drain(stream: Any) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from tests.labkit import free_port
 from tests.support import configs
 from tests.support.notify import NotifySocket
-from tests.unit.test_health import free_port
 from wgagent import config
 from wgagent.daemon import Daemon, Stages
 from wgagent.notify import Notifier

@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.labkit import free_port
 from wgagent import cli
 from wgagent.config import Config, K3sConfig, KubeConfig, ListenAddress, PublicIPConfig, WireGuardConfig
 from wgagent.doctor import (
@@ -406,12 +406,6 @@ async def test_other_wireguard_devices_are_named_when_auto_finds_none(tmp_path: 
 
 
 # --- the daemon's health, on a real socket ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_fetch_health_from_the_real_endpoint() -> None:

@@ -9,17 +9,12 @@ import socket
 
 import pytest
 
+from tests.labkit import free_port
 from wgagent import health
 from wgagent.config import ListenAddress
 from wgagent.errors import WgAgentError
 from wgagent.health import REQUEST_DEADLINE_S, HealthServer
 from wgagent.state import State
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
