@@ -49,6 +49,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, "report_" + report.when, report)  # lets fixtures see whether the test failed
 
 
+def call_failed(request: pytest.FixtureRequest) -> bool:
+    """In a fixture, after its yield: whether the test itself (its call phase) failed."""
+    report = getattr(request.node, "report_call", None)
+    return report is not None and bool(report.failed)
+
+
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[object]:
     """A Lab (network namespaces) for one test, torn down even when the test fails.
@@ -61,6 +67,5 @@ def lab(request: pytest.FixtureRequest) -> Iterator[object]:
     sweep_stale()
     with Lab() as the_lab:
         yield the_lab
-        report = getattr(request.node, "report_call", None)
-        if report is not None and report.failed:
+        if call_failed(request):
             print(the_lab.logs())

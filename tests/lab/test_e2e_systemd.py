@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT, call_failed, require
 from tests.labkit import LabError, wait_for
 from wgagent import __version__, config
 
@@ -523,8 +523,7 @@ def container(request: pytest.FixtureRequest) -> Iterator[_Container]:
 @pytest.fixture(autouse=True)
 def _journal_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed and "container" in request.fixturenames:
+    if call_failed(request) and "container" in request.fixturenames:
         c = request.getfixturevalue("container")
         print("--- journalctl -u wgagent (tail) ---\n" + c.journal()[-4000:])
         print("--- console ---\n" + c.console())

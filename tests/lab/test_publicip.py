@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT, call_failed, require
 from tests.labkit import Host, Lab, sweep_stale, wait_for
 from tests.support import configs
 from wgagent.config import METADATA_PROVIDERS
@@ -185,8 +185,7 @@ def net() -> Iterator[Net]:
 @pytest.fixture(autouse=True)
 def _logs_on_failure(request: pytest.FixtureRequest, net: Net) -> Iterator[None]:
     yield
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
+    if call_failed(request):
         print(net.lab.logs())
 
 
