@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from wgagent import fsutil, yamlerr
 from wgagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/wgagent/config.yaml"
@@ -393,16 +394,15 @@ def resolve_path(cli_path: str | None, environ: Mapping[str, str] | None = None)
 def load(path: str, *, required: bool = True) -> Config:
     """Read and validate ``path``. A missing file that was not ``required`` means all defaults."""
     try:
-        with open(path, "rb") as f:
-            data = f.read((1 << 20) + 1)
-    except FileNotFoundError as exc:
-        if not required:
-            return Config()
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        data = fsutil.read_capped(path, 1 << 20)
+    except fsutil.FileTooLarge as exc:
+        raise ConfigError(f"{path}: config file is larger than 1 MiB") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    if len(data) > 1 << 20:
-        raise ConfigError(f"{path}: config file is larger than 1 MiB")
+    if data is None:
+        if not required:
+            return Config()
+        raise ConfigError(f"{path}: cannot read config file: No such file or directory")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -422,10 +422,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         lines: dict[str, int] = {}
         raw = {} if node is None else _to_python(loader, node, "", lines, path)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+        raise ConfigError(f"{yamlerr.where(path, exc)}: not valid YAML: {yamlerr.problem(exc)}") from exc
     finally:
         loader.dispose()
     if not isinstance(raw, dict):

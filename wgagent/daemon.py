@@ -37,6 +37,7 @@ from wgagent.kube import clients as kube_clients
 from wgagent.model import ClusterView, PublicAddresses
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
+from wgagent.proc import Runner
 from wgagent.publicip.part import PublicIPPart
 from wgagent.publicip.sources import Source
 from wgagent.state import State
@@ -62,7 +63,7 @@ class Seams:
     monotonic: Callable[[], float] = time.monotonic
     public_ip_sources: Sequence[Source] | None = None
     """None: the sources the config enables."""
-    systemctl: k3s.Runner | None = None
+    systemctl: Runner | None = None
     """None: the real ``systemctl``."""
     unit_dirs: Sequence[str] = k3s.UNIT_DIRS
 

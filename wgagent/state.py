@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from wgagent.metrics import Registry
+from wgagent.timefmt import iso8601
 
 CHECK_NAMES = (
     "config",
@@ -40,10 +40,6 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "detail": self.detail, "since": iso8601(self.since)}
-
-
-def iso8601(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class State:

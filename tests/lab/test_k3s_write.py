@@ -23,8 +23,9 @@ import pytest
 from tests.conftest import ROOT, require
 from wgagent import fsutil
 from wgagent.config import K3sConfig
-from wgagent.k3s import Restarter, SubprocessRunner
+from wgagent.k3s import Restarter
 from wgagent.metrics import Registry
+from wgagent.proc import SubprocessRunner
 
 KILLS = 1000
 
@@ -91,7 +92,8 @@ _FULL_DISK = textwrap.dedent(
     import asyncio, json, os, subprocess, sys
     from ipaddress import IPv4Address
     from wgagent.config import K3sConfig
-    from wgagent.k3s import K3sPart, Restarter, Role, CommandResult
+    from wgagent.k3s import K3sPart, Restarter, Role
+    from wgagent.proc import CommandResult
     from wgagent.model import PublicAddresses
     from wgagent.state import State
 

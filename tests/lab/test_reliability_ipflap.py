@@ -35,8 +35,9 @@ from tests.labkit import free_port
 from tests.support.virtualtime import VirtualTimeLoop, wall
 from wgagent.config import Config, HealthConfig, K3sConfig, KubeConfig, ListenAddress, PublicIPConfig, WireGuardConfig
 from wgagent.daemon import Daemon, Seams, Stages, build_parts
-from wgagent.k3s import CommandResult, render_dropin
+from wgagent.k3s import render_dropin
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
+from wgagent.proc import CommandResult
 from wgagent.publicip.model import Answer
 from wgagent.state import State
 

@@ -58,9 +58,10 @@ from wgagent.config import (
     WireGuardConfig,
 )
 from wgagent.health import HealthServer
-from wgagent.k3s import CommandResult, K3sPart, Restarter, Role
+from wgagent.k3s import K3sPart, Restarter, Role
 from wgagent.kube import AnnotationPart, KubeClient, NodeWatch
 from wgagent.part import Part
+from wgagent.proc import CommandResult
 from wgagent.publicip.part import PublicIPPart
 from wgagent.state import State
 from wgagent.wireguard.backend import HostNet

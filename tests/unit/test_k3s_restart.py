@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from wgagent.config import K3sConfig
-from wgagent.k3s import CommandResult, Restarter, should_restart
+from wgagent.k3s import Restarter, should_restart
 from wgagent.metrics import Registry
+from wgagent.proc import CommandResult
 
 # --- should_restart ---------------------------------------------------------------------------
 

@@ -24,20 +24,20 @@ k3s can take minutes to start and wgagent's pass must not wait for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
 from wgagent.metrics import Registry
 from wgagent.model import RestartResult
+from wgagent.proc import Runner, SubprocessRunner
+from wgagent.timefmt import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -81,56 +81,6 @@ def should_restart(history: Sequence[float], now: float, min_interval_s: float, 
             last + min_interval_s,
         )
     return RestartDecision(True, f"last restart {now - last:.0f} s ago")
-
-
-# --- running systemctl -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def first_line(self) -> str:
-        for text in (self.stderr, self.stdout):
-            for line in text.splitlines():
-                if line.strip():
-                    return line.strip()
-        return f"exit status {self.returncode}"
-
-
-class Runner(Protocol):
-    async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
-        """Run ``argv`` to completion; never raises for a failing or missing program."""
-        ...
-
-
-class SubprocessRunner:
-    """Runs programs for real (``systemctl`` from PATH)."""
-
-    async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            return CommandResult(127, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except BaseException as exc:  # timeout or cancellation: do not leave it running
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 1.0)
-            if isinstance(exc, TimeoutError):
-                return CommandResult(124, "", f"{argv[0]} did not finish within {timeout_s:g} s")
-            raise
-        code = proc.returncode if proc.returncode is not None else -1
-        return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
 # --- the persisted history ------------------------------------------------------------------
@@ -179,10 +129,6 @@ class History:
 
 def _is_time(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value and value >= 0
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --- the adapter ---------------------------------------------------------------------------
@@ -250,7 +196,7 @@ class Restarter:
             if decision.next_allowed_at is None:
                 todo = f"to apply it: systemctl restart {unit}"
             else:
-                todo = f"next at {_when(decision.next_allowed_at)}"
+                todo = f"next at {utc_text(decision.next_allowed_at)}"
             return RestartResult(False, f"restart pending: {decision.why}; {todo} ({reason})", pending=True)
 
     async def retry_pending(self) -> RestartResult | None:
@@ -268,11 +214,11 @@ class Restarter:
                 log.info(
                     "%s started at %s, after its restart was needed (%s): nothing left to do",
                     unit,
-                    _when(started),
+                    utc_text(started),
                     history.pending.reason,
                 )
                 self._set_pending(history, None)
-                return RestartResult(False, f"{unit} restarted at {_when(started)}; no restart needed")
+                return RestartResult(False, f"{unit} restarted at {utc_text(started)}; no restart needed")
             return await self._request(history.pending.reason)
 
     def status(self) -> dict[str, Any]:
@@ -282,7 +228,7 @@ class Restarter:
         return {
             "enabled": self.cfg.restart,
             "min_interval_s": self.cfg.min_restart_interval_s,
-            "last": None if last is None else {"at": _when(last.at), "unit": last.unit, "reason": last.reason},
+            "last": None if last is None else {"at": utc_text(last.at), "unit": last.unit, "reason": last.reason},
             "pending": None if history.pending is None else history.pending.reason,
         }
 
@@ -316,7 +262,7 @@ class Restarter:
             if decision.next_allowed_at is None:
                 text = f"restart pending: {decision.why}; to apply it: systemctl restart {unit} ({reason})"
             else:
-                text = f"restart pending: {decision.why}; next at {_when(decision.next_allowed_at)} ({reason})"
+                text = f"restart pending: {decision.why}; next at {utc_text(decision.next_allowed_at)} ({reason})"
             self._log_pending("off" if decision.next_allowed_at is None else "rate", text)
             return RestartResult(False, text, pending=True)
         history.restarts = [*history.restarts, Restart(now, unit, reason)][-HISTORY_KEEP:]

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from wgagent import fsutil
 from wgagent.config import Config, K3sConfig
 from wgagent.k3s.scan import FileContent, scan_config
 
@@ -147,8 +148,4 @@ def _go_bool(text: str) -> bool:
 
 
 def _read_node_id() -> str | None:
-    try:
-        with open(NODE_ID_FILE, encoding="utf-8", errors="replace") as f:
-            return f.read(256).strip() or None
-    except OSError:
-        return None
+    return (fsutil.peek_text(NODE_ID_FILE, 256) or "").strip() or None

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from wgagent import fsutil, yamlerr
+
 MAIN = "config.yaml"
 DROPIN_DIR = "config.yaml.d"
 DROPIN_NAME = "50-wgagent.yaml"
@@ -217,11 +219,8 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
             )
         return entries, None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        message = f"not valid YAML ({problem}); k3s will not start until it is fixed"
-        return [], Finding(path, line, message, code="invalid")
+        message = f"not valid YAML ({yamlerr.problem(exc)}); k3s will not start until it is fixed"
+        return [], Finding(path, yamlerr.line_of(exc), message, code="invalid")
     except (TypeError, ValueError) as exc:  # e.g. an unhashable key: still "does not parse"
         return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed", code="invalid")
     finally:
@@ -400,12 +399,8 @@ def read_config_files(config_dir: str, *, max_bytes: int = MAX_FILE_BYTES) -> di
 
 def _read(path: str, max_bytes: int) -> FileContent | None:
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        return None
+        return fsutil.read_capped(path, max_bytes)
+    except fsutil.FileTooLarge as exc:
+        return Unreadable(exc.strerror or "too large", fatal=False)
     except OSError as exc:
         return Unreadable(exc.strerror or str(exc))
-    if len(data) > max_bytes:
-        return Unreadable(f"larger than {max_bytes} bytes", fatal=False)
-    return data

@@ -18,6 +18,7 @@ import os
 import shlex
 from collections.abc import Sequence
 
+from wgagent import fsutil
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
@@ -59,11 +60,7 @@ def read_unit(unit: str, unit_dirs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(MAX_UNIT_BYTES)
-    except OSError:
-        return None
+    return fsutil.peek_text(path, MAX_UNIT_BYTES)
 
 
 def exec_start(files: Sequence[tuple[str, str]]) -> tuple[str, list[str]] | None:

@@ -34,10 +34,11 @@ from wgagent.publicip.echo import HttpEchoSource
 from wgagent.publicip.httpclient import AiohttpClient
 from wgagent.publicip.interface import InterfaceSource
 from wgagent.publicip.metadata import DmiData, MetadataSource, identify, read_dmi
-from wgagent.publicip.model import Adoption, Decision, Observation, iso8601
+from wgagent.publicip.model import Adoption, Decision, Observation
 from wgagent.publicip.sources import HttpClient, Source, StaticSource, observe_all
 from wgagent.publicip.stun import StunClient, StunSource
 from wgagent.state import State
+from wgagent.timefmt import iso8601_or_none
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class PublicIPPart(Part):
         a = self._adoption
         section: dict[str, Any] = {
             "adopted": None if a.adopted is None else {"ipv4": _s(a.adopted.ipv4), "ipv6": _s(a.adopted.ipv6)},
-            "since": iso8601(a.since),
+            "since": iso8601_or_none(a.since),
             "pending": None
             if a.candidate is None
             else {
@@ -219,7 +220,7 @@ class PublicIPPart(Part):
             },
             "decision": None if decision is None else decision.to_json(),
             "observations": [o.to_json() for o in observations],
-            "last_round": iso8601(now),
+            "last_round": iso8601_or_none(now),
         }
         self.state.set_part(self.name, section)
         if decision is not None:
@@ -240,7 +241,7 @@ class PublicIPPart(Part):
                 why = decision.reason
             if a.adopted is not None:
                 return False, f"no public address decided this round: {why}; keeping {a.adopted} (adopted " + (
-                    f"{iso8601(a.since)}); {HINT}"
+                    f"{iso8601_or_none(a.since)}); {HINT}"
                 )
             return False, f"no public address known: {why}; {HINT}"
         if self._save_error is not None:

@@ -38,7 +38,8 @@ from wgagent.config import Config, GCConfig
 from wgagent.errors import WireGuardError, WriteError
 from wgagent.model import ClusterView
 from wgagent.part import Part
-from wgagent.state import State, iso8601
+from wgagent.state import State
+from wgagent.timefmt import iso8601
 from wgagent.wireguard.backend import Backend, BackendFactory, HostNet, open_backend, resolve_interfaces
 from wgagent.wireguard.model import REJECT_AFTER_S, Device, Peer
 
