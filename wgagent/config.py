@@ -571,3 +571,15 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, list | dict) and value:
         return "\n".join("  " + line for line in text.splitlines())
     return text
+
+
+def load_resolved(cli_path: str | None) -> tuple[Config, str, bool]:
+    """The config to start with (``--config``, ``$WGAGENT_CONFIG`` or the default), its path,
+    and whether that file must exist."""
+    path, required = resolve_path(cli_path)
+    return load(path, required=required), path, required
+
+
+def load_from(cli_path: str | None) -> Config:
+    """:func:`load_resolved`'s config alone, for the commands."""
+    return load_resolved(cli_path)[0]

@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
 
 FLANNEL = "flannel.alpha.coreos.com/"
 ANN_BACKEND_DATA = FLANNEL + "backend-data"
@@ -133,3 +134,11 @@ class RestartResult:
     a failed ``systemctl``): the restarter keeps the request and retries it when allowed.
     False with ``restarted`` False means no restart was needed (k3s is not running, and
     reads its config when it starts)."""
+
+
+class RestartRequests(Protocol):
+    """What a part that needs k3s restarted holds: the k3s restarter, seen from outside."""
+
+    async def defer(self, reason: str) -> RestartResult:
+        """Record that k3s needs a restart for ``reason``; the k3s part's next pass serves it."""
+        ...

@@ -48,12 +48,14 @@ class State:
         *,
         node: str,
         version: str,
+        role: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
         self.version = version
-        self.role: str | None = None
+        self.role = role
+        """The k3s role the daemon was built for (``wiring.decide_identity``), for ``/status``."""
         self.generation = 0
         self._clock = clock
         self._monotonic = monotonic

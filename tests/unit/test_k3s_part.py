@@ -14,6 +14,7 @@ from tests.unit.test_k3s_restart import Clock, FakeSystemd
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.k3s import K3sPart, Restarter, Role, render_dropin
+from wgagent.k3s.role import Identity
 from wgagent.model import PublicAddresses
 from wgagent.state import State
 
@@ -35,7 +36,6 @@ class Node:
         self.address: PublicAddresses | None = PublicAddresses(V4)
         self.state_dir = str(tmp / "state")
         self.role = role
-        self.detected: Role | None = None
         self.unit_dir = tmp / "systemd"
         self.unit_dir.mkdir()
         self.part = self.new_part()
@@ -44,20 +44,19 @@ class Node:
         restarter = Restarter(
             self.cfg,
             state_dir=self.state_dir,
-            unit=None,
+            unit=self.role.unit if self.role is not None else None,
             metrics=self.state.metrics,
             runner=self.systemd,
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
         )
+        identity = Identity("node1", "test", self.role)
         return K3sPart(
             self.state,
             self.cfg,
+            identity,
             public_ip=lambda: self.address,
-            role=self.role,
             restarter=restarter,
-            detect=lambda: self.detected,
-            missing_detail=lambda: "no k3s found: test",
             unit_dirs=[str(self.unit_dir)],
         )
 
@@ -101,7 +100,6 @@ async def test_first_write_at_boot_needs_no_restart(tmp_path: Path) -> None:
     assert "k3s.service is inactive" in detail
     status = node.status()
     assert status["dropin_state"] == "written" and status["role"] == "server" and status["unit"] == "k3s.service"
-    assert node.state.role == "server"
     await node.part.reconcile()
     assert node.status()["dropin_state"] == "unchanged"
 
@@ -236,13 +234,19 @@ async def test_failed_write_keeps_the_old_file_and_fails_the_check(
 
 async def test_role_found_later_and_none_until_then(tmp_path: Path) -> None:
     node = Node(tmp_path, role=None)
+    found: list[Role] = []
+    node.part.role_found.connect(found.append)
     await node.part.reconcile()
-    assert node.check() == (False, "no k3s found: test")
-    assert not node.path.exists()
-    assert node.state.role is None
-    node.detected = AGENT
+    ok, detail = node.check()
+    assert not ok and detail.startswith("no k3s found: neither k3s.service nor k3s-agent.service")
+    assert not node.path.exists() and found == []
+    (node.unit_dir / "k3s-agent.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s agent\n")
+    await node.part.reconcile()  # found: the daemon is told to decide the identity again
+    assert [r.name for r in found] == ["agent"] and not node.path.exists()
+    node.role = found[0]  # what the rebuild hands the new part
+    node.part = node.new_part()
     await node.part.reconcile()
-    assert node.check()[0] and node.state.role == "agent"
+    assert node.check()[0]
     assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
     assert node.part.restarter.unit == "k3s-agent.service"
 

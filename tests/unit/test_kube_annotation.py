@@ -162,7 +162,7 @@ class Restarts:
         self.api = api
         self.detail = detail
 
-    async def __call__(self, reason: str) -> RestartResult:
+    async def defer(self, reason: str) -> RestartResult:
         self.reasons.append(reason)
         if self.api is not None and self.api.annotations is not None:  # flannel re-reads the overwrite
             self.api.annotations[PUB] = self.api.annotations.get(OW, "")
@@ -179,27 +179,27 @@ def part_for(api: FakeAPI, *, addrs: PublicAddresses | None = None, **kw: Any) -
 async def test_sets_overwrite_then_asks_for_a_restart_and_reports_it() -> None:
     api = FakeAPI(annotations={PUB: "10.0.0.3", ANN_SUBNET_MANAGER: "true"})
     restarts = Restarts(detail="restart pending: rate limit, next allowed 12:40:00 UTC")
-    part, state = part_for(api, request_restart=restarts)
-    await part.reconcile()
+    part, state = part_for(api, restarter=restarts)
+    next_s = await part.reconcile()
     assert api.calls == ["get", "patch"] and api.annotations is not None and api.annotations[OW] == V4
     check = state.checks["annotation"]
     assert not check.ok
     assert "public-ip-overwrite is 203.0.113.7 but flannel's public-ip is still 10.0.0.3" in check.detail
     assert check.detail.endswith("restart pending: rate limit, next allowed 12:40:00 UTC")
     assert len(restarts.reasons) == 1 and "public-ip-overwrite" in restarts.reasons[0]
-    assert part.interval_s == PENDING_INTERVAL_S
+    assert next_s == PENDING_INTERVAL_S
     assert state.metrics.counter("wgagent_annotation_patches_total", "", ("reason",)).get(reason="set") == 1
 
 
 async def test_restart_makes_it_right() -> None:
     api = FakeAPI(annotations={PUB: "10.0.0.3", ANN_SUBNET_MANAGER: "true"})
-    part, state = part_for(api, request_restart=Restarts(api))
+    part, state = part_for(api, restarter=Restarts(api))
     await part.reconcile()
     assert not state.checks["annotation"].ok  # the patch response still shows the old public-ip
-    await part.reconcile()
+    next_s = await part.reconcile()
     assert state.checks["annotation"].ok
     assert state.checks["annotation"].detail == "Node n1: public-ip-overwrite and public-ip are 203.0.113.7"
-    assert part.interval_s == STEADY_INTERVAL_S
+    assert next_s == STEADY_INTERVAL_S
 
 
 async def test_without_a_restarter_the_detail_says_so() -> None:
@@ -262,8 +262,7 @@ async def test_missing_node_is_waited_for_quietly(caplog: pytest.LogCaptureFixtu
     caplog.set_level(logging.DEBUG, logger="wgagent.kube")
     intervals = []
     for _ in range(4):
-        await part.reconcile()
-        intervals.append(part.interval_s)
+        intervals.append(await part.reconcile())
     check = state.checks["annotation"]
     assert not check.ok
     assert "Node n1 does not exist yet (k3s not started or the node not registered); waiting" in check.detail
@@ -271,30 +270,30 @@ async def test_missing_node_is_waited_for_quietly(caplog: pytest.LogCaptureFixtu
     assert all(r.levelno == logging.INFO for r in caplog.records)
     assert intervals == [5.0, 10.0, 20.0, 20.0]
     api.annotations = {PUB: V4}
-    await part.reconcile()
+    next_s = await part.reconcile()
     assert api.annotations[OW] == V4 and state.checks["annotation"].ok
-    assert part.interval_s == STEADY_INTERVAL_S
+    assert next_s == STEADY_INTERVAL_S
 
 
 async def test_forbidden_says_which_credential_and_node() -> None:
     api = FakeAPI()
     api.fail = [Forbidden('GET n1: 403 Forbidden: nodes "n1" is forbidden: User "system:node:n2" cannot get')]
     part, state = part_for(api)
-    await part.reconcile()
+    next_s = await part.reconcile()
     detail = state.checks["annotation"].detail
     assert "the credential in /fake/kubelet.kubeconfig may not read or patch Node n1" in detail
     assert 'User "system:node:n2" cannot get' in detail
     assert "node_name is wrong" in detail
-    assert part.interval_s == 10.0  # the slow backoff: a credential does not fix itself quickly
+    assert next_s == 10.0  # the slow backoff: a credential does not fix itself quickly
 
 
 async def test_missing_kubeconfig_fails_the_check_not_the_daemon() -> None:
     api = FakeAPI()
     api.fail = [KubeConfigError("/var/lib/rancher/k3s/agent/kubelet.kubeconfig: kubeconfig not found")]
     part, state = part_for(api)
-    await part.reconcile()
+    next_s = await part.reconcile()
     assert "kubelet.kubeconfig: kubeconfig not found" in state.checks["annotation"].detail
-    assert part.interval_s == 15.0  # reading the file again costs the API server nothing
+    assert next_s == 15.0  # reading the file again costs the API server nothing
 
 
 async def test_api_down_backs_off_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
@@ -304,13 +303,12 @@ async def test_api_down_backs_off_then_recovers(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="wgagent.kube.annotation")
     intervals = []
     for _ in range(6):
-        await part.reconcile()
-        intervals.append(part.interval_s)
+        intervals.append(await part.reconcile())
         assert state.checks["annotation"].detail.startswith("cannot reach the API server to check Node n1: GET https")
     assert intervals == [5.0, 10.0, 20.0, 20.0, 20.0, 20.0]  # capped: backoff.OUTAGE_CAP_S
     assert caplog.text.count("cannot reach the API") == 1  # logged once, not on every retry
-    await part.reconcile()
-    assert state.checks["annotation"].ok and part.interval_s == STEADY_INTERVAL_S
+    next_s = await part.reconcile()
+    assert state.checks["annotation"].ok and next_s == STEADY_INTERVAL_S
     assert "public-ip-overwrite and public-ip are 203.0.113.7" in caplog.text  # recovery is logged
 
 

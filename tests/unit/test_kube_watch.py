@@ -113,7 +113,7 @@ def make(api: ScriptedAPI, sleeps: Sleeps | None = None) -> tuple[NodeWatch, Sta
     state = State(node="n1", version="test")
     watch = NodeWatch(state, api, sleep=sleeps or Sleeps(), rand=lambda: 1.0, watch_timeout_s=(2700, 3600))
     changes: list[frozenset[str]] = []
-    watch.on_change = changes.append
+    watch.changed.connect(changes.append)
     return watch, state, changes
 
 
@@ -303,7 +303,7 @@ async def test_a_failing_on_change_does_not_stop_the_watch() -> None:
     def boom(_: frozenset[str]) -> None:
         raise RuntimeError("consumer bug")
 
-    watch.on_change = boom
+    watch.changed.connect(boom)
     await run_until(watch, api)
     view = watch.view()
     assert view is not None and view.nodes["n2"].annotations == {ANN_BACKEND_DATA: "x"}

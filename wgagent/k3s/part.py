@@ -2,7 +2,8 @@
 
 One pass::
 
-    role      the one the daemon detected, or detect again (k3s installed after wgagent)
+    role      the one decided at start (``Identity``); while k3s is not installed, look for
+              it every pass and, once found, emit ``role_found`` (the daemon rebuilds)
     address   the adopted public IP; while there is none, the one already in the drop-in
     write     render_dropin() -> fsutil.atomic_write (only on change, mode 0600)
     scan      scan_config() over config.yaml and config.yaml.d/ with the new drop-in,
@@ -26,7 +27,7 @@ from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
 from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
 from wgagent.k3s.restart import Restarter
-from wgagent.k3s.role import UNIT_DIRS, Role, detect_role, role_missing_detail
+from wgagent.k3s.role import UNIT_DIRS, Identity, Role, detect_role, role_missing_detail
 from wgagent.k3s.scan import (
     DROPIN_DIR,
     DROPIN_NAME,
@@ -41,7 +42,7 @@ from wgagent.k3s.scan import (
 )
 from wgagent.k3s.unit import read_unit, scan_unit
 from wgagent.model import PublicAddresses, RestartResult
-from wgagent.part import Part
+from wgagent.part import Part, Signal
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
@@ -59,36 +60,34 @@ class K3sPart(Part):
         self,
         state: State,
         cfg: K3sConfig,
+        identity: Identity,
         *,
         public_ip: Callable[[], PublicAddresses | None],
-        role: Role | None,
         restarter: Restarter,
-        detect: Callable[[], Role | None] | None = None,
-        missing_detail: Callable[[], str] | None = None,
         unit_dirs: Sequence[str] = UNIT_DIRS,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
-        self.role = role
+        self.role = identity.role
         self.restarter = restarter
+        self.role_found: Signal[Role] = Signal("k3s.role_found")
+        """k3s turned up after the daemon was built without it: the identity must be decided again."""
         self._public_ip = public_ip
         self._unit_dirs = tuple(unit_dirs)
-        self._detect = detect or (lambda: detect_role(cfg, unit_dirs=self._unit_dirs))
-        self._missing_detail = missing_detail or (lambda: role_missing_detail(cfg, self._unit_dirs))
         self._reported: tuple[str, ...] = ()
-        if role is not None and restarter.unit is None:
-            restarter.unit = role.unit
 
     async def reconcile(self) -> None:
-        role = self._current_role()
+        role = self.role
         path = dropin_path(self.cfg)
         if role is None:
-            detail = self._missing_detail()
-            self.state.role = None
+            found = detect_role(self.cfg, unit_dirs=self._unit_dirs)
+            if found is not None:
+                log.info("k3s found: %s (%s), unit %s; rebuilding", found.name, found.how, found.unit)
+                self.role_found.emit(found)
+            detail = role_missing_detail(self.cfg, self._unit_dirs)
             self.state.set_check(CHECK, False, detail)
             self.state.set_part(self.name, {"role": None, "dropin": path, "error": detail})
             return
-        self.state.role = role.name
 
         files = read_config_files(self.cfg.config_dir)
         old = files.get(_OWN_REL)
@@ -145,14 +144,6 @@ class K3sPart(Part):
                 },
             },
         )
-
-    def _current_role(self) -> Role | None:
-        if self.role is None:
-            self.role = self._detect()
-            if self.role is not None:
-                log.info("k3s role: %s (%s), unit %s", self.role.name, self.role.how, self.role.unit)
-                self.restarter.unit = self.role.unit
-        return self.role
 
     def _verdict(
         self,

@@ -142,6 +142,38 @@ def node_name(
     return NodeName(name, source)
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who this node is, decided once at start (and again on reload) and handed to every
+    consumer: the Kubernetes Node name and the k3s role (None while no k3s is installed)."""
+
+    node: str
+    node_source: str
+    """Where the name came from (:class:`NodeName`'s ``source``)."""
+    role: Role | None
+
+    @property
+    def role_name(self) -> str | None:
+        return self.role.name if self.role is not None else None
+
+
+def decide_identity_from(
+    cfg: Config,
+    *,
+    unit_dirs: Sequence[str] = UNIT_DIRS,
+    hostname: Callable[[], str] = socket.gethostname,
+    files: Mapping[str, FileContent] | None = None,
+) -> Identity:
+    """The node's name (:func:`node_name`) and role (:func:`detect_role`), together.
+
+    >>> ident = decide_identity_from(Config(node_name="web-1", k3s=K3sConfig(role="agent")))
+    >>> ident.node, ident.role_name
+    ('web-1', 'agent')
+    """
+    name = node_name(cfg, files, hostname=hostname)
+    return Identity(name.name, name.source, detect_role(cfg.k3s, unit_dirs=unit_dirs))
+
+
 def _go_bool(text: str) -> bool:
     # strconv.ParseBool, which k3s's boolean flags use
     return text.strip() in ("1", "t", "T", "true", "TRUE", "True")

@@ -10,7 +10,7 @@ only when both equal the decided address (per family: ``public-ipv6-overwrite`` 
     GET own Node      (404 -> wait for k3s to register it; 403 -> say which credential)
     merge-patch       only the overwrites that differ; a removed or changed overwrite is
                       put back, and the log says so
-    public-ip stale   -> request_restart(reason); its RestartResult.detail goes into the
+    public-ip stale   -> restarter.defer(reason); its RestartResult.detail goes into the
                       check detail, which says which of the two annotations is wrong
 
 A family that was not decided (``PublicAddresses.ipv6`` None) is left alone: its overwrite
@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +39,9 @@ from wgagent.model import (
     FLANNEL,
     ClusterView,
     PublicAddresses,
-    RestartResult,
+    RestartRequests,
 )
-from wgagent.part import Part
+from wgagent.part import Part, Signal
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ PENDING_INTERVAL_S = 60.0
 CREDENTIAL_FILE_RETRY_S = 15.0
 """A missing or unreadable kubeconfig (k3s writes the kubelet's at first start) is read again
 this often; it costs the API server nothing."""
-
-RequestRestart = Callable[[str], Awaitable[RestartResult]]
 
 
 def short(key: str) -> str:
@@ -172,15 +170,17 @@ class AnnotationPart(Part):
         api: NodeAPI,
         *,
         public_ip: Callable[[], PublicAddresses | None],
-        request_restart: RequestRestart | None = None,
+        restarter: RestartRequests | None = None,
         cluster: Callable[[], ClusterView | None] = lambda: None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         super().__init__(state)
         self.node = node
         self.api = api
+        self.done: Signal[None] = Signal("annotation.done")
+        """Emitted after every pass: the k3s part follows, so k3s restarts once for both."""
         self._public_ip = public_ip
-        self._request_restart = request_restart
+        self._restarter = restarter
         self._cluster = cluster
         self._retry = Backoff(rand, base_s=5.0, cap_s=OUTAGE_CAP_S)
         self._slow = Backoff(rand, base_s=10.0, cap_s=600.0)
@@ -196,21 +196,25 @@ class AnnotationPart(Part):
             "wgagent_annotation_restart_requests_total", "k3s restarts requested so that flannel re-reads them."
         )
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> float | None:
+        try:
+            return await self._pass()
+        finally:
+            self.done.emit(None)
+
+    async def _pass(self) -> float:
         addrs = self._public_ip()
         want = wanted(addrs) if addrs else {}
         if not want:
-            self._fail(
+            return self._fail(
                 "waiting",
                 f"no public IP decided yet; nothing to annotate on Node {self.node}",
                 PENDING_INTERVAL_S,
                 quiet=True,
             )
-            return
         current = self._from_watch()
         if current is not None and assess(current, want).ok:
-            self._succeed(assess(current, want), want, current, "watch")
-            return
+            return self._succeed(assess(current, want), want, current, "watch")
         try:
             current = annotations_of(await self.api.get_node(self.node))
             patch = overwrite_patch(current, want)
@@ -218,33 +222,30 @@ class AnnotationPart(Part):
                 self._explain(current, want)
                 current = annotations_of(await self.api.patch_node(self.node, patch))
         except NotFound:
-            self._fail(
+            return self._fail(
                 "missing",
                 f"Node {self.node} does not exist yet (k3s not started or the node not registered); waiting for it",
                 self._retry.next(),
                 quiet=True,
             )
-            return
         except KubeConfigError as exc:  # no request was made: look at the file again soon
-            self._fail("credential", self._credential_problem(exc), CREDENTIAL_FILE_RETRY_S)
-            return
+            return self._fail("credential", self._credential_problem(exc), CREDENTIAL_FILE_RETRY_S)
         except (Forbidden, Unauthorized) as exc:
-            self._fail("credential", self._credential_problem(exc), self._slow.next())
-            return
+            return self._fail("credential", self._credential_problem(exc), self._slow.next())
         except KubeError as exc:
-            self._fail("api", f"cannot reach the API server to check Node {self.node}: {exc}", self._retry.next())
-            return
+            return self._fail(
+                "api", f"cannot reach the API server to check Node {self.node}: {exc}", self._retry.next()
+            )
         self._retry.reset()
         self._slow.reset()
         verdict = assess(current, want)
         if verdict.ok:
-            self._succeed(verdict, want, current, "api")
-            return
+            return self._succeed(verdict, want, current, "api")
         detail = f"Node {self.node}: {verdict.detail}"
         if verdict.needs_restart:
             detail += "; " + await self._restart(verdict)
         self._record(want, current, "api")
-        self._fail("flannel" if not verdict.wrong_overwrites else "overwrite", detail, PENDING_INTERVAL_S)
+        return self._fail("flannel" if not verdict.wrong_overwrites else "overwrite", detail, PENDING_INTERVAL_S)
 
     async def close(self) -> None:
         await self.api.close()
@@ -280,10 +281,10 @@ class AnnotationPart(Part):
 
     async def _restart(self, verdict: Assessment) -> str:
         reason = "flannel has not read the public-ip-overwrite annotation: " + verdict.detail
-        if self._request_restart is None:
+        if self._restarter is None:
             return "no k3s restarter is wired to make flannel re-read it"
         self._m_restarts.inc()
-        result = await self._request_restart(reason)
+        result = await self._restarter.defer(reason)
         return result.detail
 
     def _credential_problem(self, exc: KubeError) -> str:
@@ -299,25 +300,25 @@ class AnnotationPart(Part):
 
     # --- reporting ---------------------------------------------------------------------
 
-    def _succeed(self, verdict: Assessment, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
+    def _succeed(self, verdict: Assessment, want: Mapping[str, str], current: Mapping[str, str], source: str) -> float:
         self._confirmed.update(want)
         self._retry.reset()
         self._slow.reset()
         if self._problem is not None:
             log.info("Node %s: %s", self.node, verdict.detail)
         self._problem = None
-        self.interval_s = STEADY_INTERVAL_S
         self._record(want, current, source)
         self.state.set_check("annotation", True, f"Node {self.node}: {verdict.detail}")
+        return STEADY_INTERVAL_S
 
-    def _fail(self, kind: str, detail: str, retry_s: float, *, quiet: bool = False) -> None:
+    def _fail(self, kind: str, detail: str, retry_s: float, *, quiet: bool = False) -> float:
         if kind != self._problem:  # once per kind of problem, not every retry
             (log.info if quiet else log.warning)("%s", detail)
         self._problem = kind
-        self.interval_s = retry_s
         self._status["retry_in_s"] = round(retry_s, 1)
         self.state.set_part(self.name, self._status)
         self.state.set_check("annotation", False, detail)
+        return retry_s
 
     def _record(self, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
         self._status = {

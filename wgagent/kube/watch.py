@@ -17,8 +17,10 @@ annotations are kept. ``view()`` is None until the first LIST succeeded, and aga
 the list credential is missing or refused (then nothing can be known about other nodes).
 
 The part has no check of its own: it reports in ``/status`` (``node_watch``) and metrics,
-and calls ``on_change(names)`` with the Nodes whose flannel annotations changed (or that
-appeared or went away), e.g. to wake the annotation part or peer GC.
+and emits ``changed`` with the names of the Nodes whose flannel annotations changed (or
+that appeared or went away); the wiring wakes the annotation part with it.
+
+:func:`list_once` is the same LIST, once, for a command (``wgagent gc``, ``doctor``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthor
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
 from wgagent.model import FLANNEL, ClusterView, NodeInfo
-from wgagent.part import StreamPart
+from wgagent.part import Signal, StreamPart
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,26 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     return NodeInfo(meta["name"], flannel, tuple(c for c in cidrs if isinstance(c, str)))
 
 
+def parse_node_list(lst: Mapping[str, Any], source: str) -> tuple[str, dict[str, NodeInfo]]:
+    """The resourceVersion and the NodeInfos of a (metadata) Node LIST answer."""
+    rv = (lst.get("metadata") or {}).get("resourceVersion")
+    items = lst.get("items")
+    if not isinstance(rv, str) or not rv or not isinstance(items, list):
+        raise KubeError(f"LIST of Nodes from {source}: the answer has no resourceVersion or items")
+    nodes = {}
+    for item in items:
+        info = node_info(item) if isinstance(item, dict) else None
+        if info is not None:
+            nodes[info.name] = info
+    return rv, nodes
+
+
+async def list_once(api: NodeAPI) -> ClusterView:
+    """Every Node's flannel annotations from one metadata LIST; KubeError when it fails."""
+    _, nodes = parse_node_list(await api.list_nodes_metadata(), api.source)
+    return ClusterView(types.MappingProxyType(nodes))
+
+
 class NodeWatch(StreamPart):
     name = "node_watch"
     checks = ()
@@ -86,7 +108,7 @@ class NodeWatch(StreamPart):
     ) -> None:
         super().__init__(state)
         self.api = api
-        self.on_change: Callable[[frozenset[str]], None] | None = None
+        self.changed: Signal[frozenset[str]] = Signal("node_watch.changed")
         self._sleep = sleep
         self._rand = rand
         self._watch_timeout_s = watch_timeout_s
@@ -183,15 +205,7 @@ class NodeWatch(StreamPart):
         # The first LIST may come from the API server's cache (resourceVersion=0, cheap for
         # it); after a 410 a consistent one, as client-go's reflector does.
         lst = await self.api.list_nodes_metadata(resource_version=None if self._listed else "0")
-        rv = (lst.get("metadata") or {}).get("resourceVersion")
-        items = lst.get("items")
-        if not isinstance(rv, str) or not rv or not isinstance(items, list):
-            raise KubeError(f"LIST of Nodes from {self.api.source}: the answer has no resourceVersion or items")
-        nodes = {}
-        for item in items:
-            info = node_info(item) if isinstance(item, dict) else None
-            if info is not None:
-                nodes[info.name] = info
+        rv, nodes = parse_node_list(lst, self.api.source)
         changed = {n for n in nodes.keys() | self._nodes.keys() if nodes.get(n) != self._nodes.get(n)}
         first = not self._listed
         self._nodes = nodes
@@ -248,11 +262,7 @@ class NodeWatch(StreamPart):
         self._view = None
         self._m_nodes.set(len(self._nodes))
         self._publish()
-        if self.on_change is not None:
-            try:
-                self.on_change(frozenset(names))
-            except Exception:
-                log.exception("node watch: on_change failed")
+        self.changed.emit(frozenset(names))
 
     def _recovered(self) -> None:
         if self._backoff.failures or self._slow.failures or not self._usable or self._error:

@@ -1,0 +1,252 @@
+"""The composition root: the one place that builds wgagent's adapters and parts and connects them.
+
+    seams = Seams()                                       # the real host; tests replace pieces
+    identity = decide_identity(cfg, seams)                # node name and k3s role, decided once
+    stages = build_parts(cfg, identity, state, seams)     # the daemon's parts, wired
+    view, note = await list_nodes_once(cfg, identity, seams)            # wgagent gc
+    observations, decision = await discover_once(cfg.public_ip, seams)  # wgagent discover, doctor
+
+Parts never import each other and never build their own adapters: they receive them here
+(a WireGuard backend factory, the host's network facts, a Kubernetes client, public IP
+sources, a systemctl runner, clocks). The daemon (``daemon.py``) and the commands
+(``commands/``) both come here for what they need, so a command and the daemon can never
+disagree on which credential, backend or source to use.
+
+Who hears whom (the :class:`~wgagent.part.Signal` connections made by :func:`build_parts`)::
+
+    public IP adopted      -> annotation part, k3s part   (drop-in and overwrite follow the address)
+    Nodes changed          -> annotation part             (only when the own Node changed)
+    k3s restart needed     -> k3s part                    (it restarts k3s once, for every need)
+    k3s found after start  -> the daemon rebuilds         (identity is decided once per build)
+
+Heavy imports (aiohttp, pyroute2) happen inside the functions that need them, so a command
+pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from wgagent.config import Config, PublicIPConfig
+from wgagent.k3s.role import UNIT_DIRS, Identity, decide_identity_from
+from wgagent.proc import Runner, SubprocessRunner
+from wgagent.wireguard.backend import BackendFactory, HostNet, open_backend
+from wgagent.wireguard.module import ModuleHost
+
+if TYPE_CHECKING:
+    from wgagent.k3s.part import K3sPart
+    from wgagent.kube.protocol import NodeAPI
+    from wgagent.metrics import Registry
+    from wgagent.model import ClusterView
+    from wgagent.part import Part
+    from wgagent.publicip.model import Decision, Observation
+    from wgagent.publicip.sources import Source, SourceSet
+    from wgagent.state import State
+
+Stages = list[list["Part"]]
+KubeClientFactory = Callable[[str, float, "Registry | None"], "NodeAPI"]
+"""``(kubeconfig path, request timeout, metrics) -> NodeAPI``."""
+
+
+def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> NodeAPI:
+    from wgagent.kube.client import KubeClient
+
+    return KubeClient(path, timeout_s=timeout_s, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """Everything wgagent reaches outside its own memory. Production uses the defaults;
+    tests replace pieces, and the wiring itself stays real."""
+
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    rand: Callable[[], float] = random.random
+    hostname: Callable[[], str] = socket.gethostname
+    runner: Runner = field(default_factory=SubprocessRunner)
+    """Runs ``systemctl`` (the k3s restarter)."""
+    unit_dirs: Sequence[str] = UNIT_DIRS
+    backends: BackendFactory = open_backend
+    """``(ifname, uapi_dir) -> Backend``: UAPI when a socket exists, else kernel netlink."""
+    host_net: HostNet = field(default_factory=HostNet)
+    module_host: ModuleHost = field(default_factory=ModuleHost)
+    kube_client: KubeClientFactory = _kube_client
+    public_ip_sources: Sequence[Source] | None = None
+    """None: the sources the config enables."""
+
+
+def decide_identity(cfg: Config, seams: Seams = Seams()) -> Identity:
+    """This node's Kubernetes name and k3s role, decided once, for every consumer."""
+    return decide_identity_from(cfg, unit_dirs=seams.unit_dirs, hostname=seams.hostname)
+
+
+# --- adapters, for the daemon's parts and the commands -------------------------------------------
+
+
+def kube_clients(
+    cfg: Config, identity: Identity, seams: Seams, metrics: Registry | None = None
+) -> tuple[NodeAPI, NodeAPI]:
+    """(own Node client, list/watch client): the credentials k3s gives this node's role."""
+    from wgagent.kube.kubeconfig import credential_paths
+
+    paths = credential_paths(cfg.kube, cfg.k3s, identity.role_name)
+    timeout = cfg.kube.request_timeout_s
+    return seams.kube_client(paths.own, timeout, metrics), seams.kube_client(paths.list, timeout, metrics)
+
+
+async def list_nodes_once(cfg: Config, identity: Identity, seams: Seams) -> tuple[ClusterView | None, str]:
+    """Every Node's flannel annotations from one LIST with the list credential, or None and
+    why not (``wgagent gc`` without the node list removes only peers without allowed IPs)."""
+    if not cfg.kube.enabled:
+        return None, "kube.enabled is false"
+    from wgagent.errors import KubeError
+    from wgagent.kube.watch import list_once
+
+    _, lister = kube_clients(cfg, identity, seams)
+    try:
+        return await list_once(lister), ""
+    except KubeError as exc:
+        return None, f"node list unavailable: {exc}"
+    finally:
+        await lister.close()
+
+
+def public_ip_sources(cfg: PublicIPConfig, seams: Seams) -> SourceSet:
+    """The sources ``cfg`` enables (or the seams' own), with the clients they share."""
+    from wgagent.publicip.sources import SourceSet
+
+    if seams.public_ip_sources is not None:
+        return SourceSet(list(seams.public_ip_sources))
+    from wgagent.publicip.build import build_source_set
+
+    return build_source_set(cfg)
+
+
+async def discover_once(cfg: PublicIPConfig, seams: Seams) -> tuple[list[Observation], Decision]:
+    """One discovery round over the configured sources, and its decision; nothing adopted."""
+    from wgagent.publicip.decide import decide
+    from wgagent.publicip.sources import observe_all
+
+    sources = public_ip_sources(cfg, seams)
+    try:
+        observations = await observe_all(sources.sources, monotonic=seams.monotonic)
+    finally:
+        await sources.close()
+    return observations, decide(observations, quorum=cfg.quorum)
+
+
+# --- the daemon's parts ------------------------------------------------------------------------
+
+
+def build_parts(
+    cfg: Config,
+    identity: Identity,
+    state: State,
+    seams: Seams = Seams(),
+    *,
+    rebuild: Callable[[], None] | None = None,
+) -> Stages:
+    """The enabled parts, in start-up stages, wired to each other.
+
+    A stage's first passes run concurrently; the next stage starts when they are done:
+    observe (public IP, node list, WireGuard module and interface), annotate (the overwrite
+    annotation), configure (the k3s drop-in, and the k3s restart any part needs), clean (GC).
+    ``rebuild`` is called when k3s appears after wgagent started (a new identity).
+    """
+    from wgagent.kube.annotation import AnnotationPart
+    from wgagent.kube.watch import NodeWatch
+    from wgagent.publicip.part import PublicIPPart
+    from wgagent.wireguard.gc.part import GCPart
+    from wgagent.wireguard.interface import InterfacePart
+    from wgagent.wireguard.module import ModulePart
+
+    observe: list[Part] = []
+    annotate: list[Part] = []
+    configure: list[Part] = []
+    clean: list[Part] = []
+    cluster: Callable[[], ClusterView | None] = _unknown
+
+    ip_part = None
+    if cfg.public_ip.enabled:
+        sources = public_ip_sources(cfg.public_ip, seams)
+        ip_part = PublicIPPart(
+            state, cfg.public_ip, cfg.state_dir, sources, clock=seams.clock, monotonic=seams.monotonic
+        )
+        observe.append(ip_part)
+
+    k3s_part = _k3s_part(cfg, identity, state, seams, ip_part, rebuild) if cfg.k3s.enabled else None
+    if k3s_part is not None and ip_part is not None and not cfg.kube.enabled:
+        ip_part.changed.connect(lambda _: k3s_part.wake.set())
+    if k3s_part is not None:
+        configure.append(k3s_part)
+
+    if cfg.kube.enabled:
+        own_api, list_api = kube_clients(cfg, identity, seams, state.metrics)
+        watch = NodeWatch(state, list_api, rand=seams.rand)
+        cluster = watch.view
+        annotation = AnnotationPart(
+            state,
+            identity.node,
+            own_api,
+            public_ip=ip_part.adopted if ip_part is not None else _unknown,
+            restarter=k3s_part.restarter if k3s_part is not None else None,
+            cluster=cluster,
+            rand=seams.rand,
+        )
+        watch.changed.connect(lambda names: annotation.wake.set() if identity.node in names else None)
+        if ip_part is not None:
+            ip_part.changed.connect(lambda _: annotation.wake.set())
+        if k3s_part is not None:
+            # k3s restarts once per change, after both writes: the annotation's pass first
+            # (it may need the restart too), then the k3s part's, which writes the drop-in and
+            # restarts for every need at once.
+            annotation.done.connect(lambda _: k3s_part.wake.set())
+        observe.append(watch)
+        annotate.append(annotation)
+
+    if cfg.wireguard.enabled:
+        # Without the node watch (kube.enabled: false) the cluster is unknown: peer GC then
+        # removes only peers without allowed IPs, and no live node is reported unreachable.
+        observe.append(ModulePart(state, cfg.wireguard, seams.module_host))
+        observe.append(InterfacePart(state, cfg.wireguard, cluster, seams.host_net, seams.backends, clock=seams.clock))
+        if cfg.wireguard.gc.enabled:
+            clean.append(GCPart(state, cfg, cluster, seams.host_net, seams.backends, clock=seams.clock))
+
+    return [stage for stage in (observe, annotate, configure, clean) if stage]
+
+
+def _k3s_part(
+    cfg: Config,
+    identity: Identity,
+    state: State,
+    seams: Seams,
+    ip_part: object | None,
+    rebuild: Callable[[], None] | None,
+) -> K3sPart:
+    from wgagent.k3s.part import K3sPart
+    from wgagent.k3s.restart import Restarter
+    from wgagent.publicip.part import PublicIPPart
+
+    restarter = Restarter(
+        cfg.k3s,
+        state_dir=cfg.state_dir,
+        unit=identity.role.unit if identity.role else None,
+        metrics=state.metrics,
+        runner=seams.runner,
+        clock=seams.clock,
+        monotonic=seams.monotonic,
+    )
+    adopted = ip_part.adopted if isinstance(ip_part, PublicIPPart) else _unknown
+    part = K3sPart(state, cfg.k3s, identity, public_ip=adopted, restarter=restarter, unit_dirs=seams.unit_dirs)
+    if rebuild is not None:
+        part.role_found.connect(lambda _: rebuild())
+    return part
+
+
+def _unknown() -> None:
+    return None
