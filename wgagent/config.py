@@ -103,6 +103,14 @@ def _abspath(value: Any) -> str:
 
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@\\")
+
+
+def _service_unit(value: Any) -> str:
+    # systemd unit names: [A-Za-z0-9:_.\\-@], at most 255 bytes (systemd.unit(5))
+    if isinstance(value, str) and value.endswith(".service") and len(value) <= 255 and set(value) <= _UNIT_CHARS:
+        return value
+    raise _Invalid("expected a systemd service unit name, e.g. k3s.service or k3s-agent.service")
 
 
 def _node_name(value: Any) -> str:
@@ -314,7 +322,14 @@ class PublicIPConfig:
 @dataclass(frozen=True)
 class K3sConfig:
     enabled: bool = key(_bool, True, "write the k3s config drop-in and restart k3s when it must re-read it")
-    role: str = key(_choice("auto", "server", "agent"), "auto", "auto = k3s.service or k3s-agent.service")
+    role: str = key(
+        _choice("auto", "server", "agent"), "auto", "auto = from the k3s unit's ExecStart (k3s server|agent)"
+    )
+    unit: str | None = key(
+        _optional(_service_unit),
+        None,
+        "the k3s unit (default: the one found: k3s.service, k3s-agent.service, k3s-*.service)",
+    )
     config_dir: str = key(_abspath, "/etc/rancher/k3s", "k3s config directory (config.yaml, config.yaml.d/)")
     data_dir: str = key(_abspath, "/var/lib/rancher/k3s", "k3s data directory")
     flannel_backend: str = key(
@@ -322,6 +337,9 @@ class K3sConfig:
     )
     flannel_external_ip: bool = key(_bool, True, "flannel-external-ip, servers only")
     restart: bool = key(_bool, True, "restart k3s when the drop-in or annotation needs it")
+    persistent_wireguard_key: bool = key(
+        _bool, True, "keep flannel's WireGuard key across reboots (k3s unit drop-in setting WIREGUARD_KEY_FILE)"
+    )
     min_restart_interval_s: float = key(_seconds(0, 604800), 600.0, "at most one k3s restart per this many seconds")
 
 

@@ -39,12 +39,15 @@ from wgagent.wireguard.backend import BackendFactory, HostNet, open_backend
 from wgagent.wireguard.module import ModuleHost
 
 if TYPE_CHECKING:
+    from wgagent.families import Families
     from wgagent.k3s.part import K3sPart
+    from wgagent.kube.annotation import AnnotationPart, OwnNode
     from wgagent.kube.protocol import NodeAPI
     from wgagent.metrics import Registry
-    from wgagent.model import ClusterView
+    from wgagent.model import ClusterView, PublicAddresses
     from wgagent.part import Part
     from wgagent.publicip.model import Decision, Observation
+    from wgagent.publicip.part import PublicIPPart
     from wgagent.publicip.sources import Source, SourceSet
     from wgagent.state import State
 
@@ -158,94 +161,147 @@ def build_parts(
     annotation), configure (the k3s drop-in, and the k3s restart any part needs), clean (GC).
     ``rebuild`` is called when k3s appears after wgagent started (a new identity).
     """
-    from wgagent.kube.annotation import AnnotationPart
-    from wgagent.kube.watch import NodeWatch
-    from wgagent.publicip.part import PublicIPPart
-    from wgagent.wireguard.gc.part import GCPart
-    from wgagent.wireguard.interface import InterfacePart
-    from wgagent.wireguard.module import ModulePart
+    return _Builder(cfg, identity, state, seams, rebuild).build()
 
-    observe: list[Part] = []
-    annotate: list[Part] = []
-    configure: list[Part] = []
-    clean: list[Part] = []
-    cluster: Callable[[], ClusterView | None] = _unknown
 
-    ip_part = None
-    if cfg.public_ip.enabled:
-        sources = public_ip_sources(cfg.public_ip, seams)
-        ip_part = PublicIPPart(
-            state, cfg.public_ip, cfg.state_dir, sources, clock=seams.clock, monotonic=seams.monotonic
+class _Builder:
+    """Builds the parts one concern at a time; every connection between them is made here."""
+
+    def __init__(
+        self, cfg: Config, identity: Identity, state: State, seams: Seams, rebuild: Callable[[], None] | None
+    ) -> None:
+        self.cfg, self.identity, self.state, self.seams, self.rebuild = cfg, identity, state, seams, rebuild
+        self.stages: dict[str, list[Part]] = {"observe": [], "annotate": [], "configure": [], "clean": []}
+        self.adopted: Callable[[], PublicAddresses | None] = _unknown
+        self.cluster: Callable[[], ClusterView | None] = _unknown
+        self.own_node: Callable[[], OwnNode | None] = _unknown
+
+    def build(self) -> Stages:
+        ip_part = self._public_ip() if self.cfg.public_ip.enabled else None
+        k3s_part = self._k3s() if self.cfg.k3s.enabled else None
+        annotation = self._kube(k3s_part) if self.cfg.kube.enabled else None
+        wake_on_new_ip = annotation or k3s_part  # the annotation wakes the k3s part in turn
+        if ip_part is not None and wake_on_new_ip is not None:
+            part = wake_on_new_ip
+            ip_part.changed.connect(lambda _: part.wake.set())
+        if self.cfg.wireguard.enabled:
+            self._wireguard()
+        return [stage for stage in self.stages.values() if stage]
+
+    # --- what flows between the parts ------------------------------------------------------
+
+    def published_here(self) -> PublicAddresses | None:
+        """The adopted address in the families the cluster uses, less any address another
+        Node already publishes (two nodes behind one IP: see kube/annotation.py)."""
+        from wgagent.kube.annotation import shared_with
+
+        addrs = self.families().keep(self.adopted())
+        if addrs is None:
+            return None
+        view = self.cluster()
+        v4 = addrs.ipv4 if addrs.ipv4 and not shared_with(self.identity.node, str(addrs.ipv4), 4, view) else None
+        v6 = addrs.ipv6 if addrs.ipv6 and not shared_with(self.identity.node, str(addrs.ipv6), 6, view) else None
+        kept = PublicAddresses(v4, v6)
+        return kept if kept else None
+
+    def families(self) -> Families:
+        """The families the cluster uses: the own Node's pod CIDRs, flannel's subnet file, a
+        server's cluster-cidr (families.py)."""
+        from wgagent.families import decide_families, read_subnet_env
+        from wgagent.k3s.scan import read_config_files, scan_config
+
+        own = self.own_node()
+        cidrs: tuple[str, ...] = ()
+        if self.identity.role_name == "server":
+            setting = scan_config(self.identity.config, read_config_files(self.identity.config), role=None).settings
+            cluster_cidr = setting.get("cluster-cidr")
+            cidrs = cluster_cidr.items() if cluster_cidr is not None else ()
+        return decide_families(
+            pod_cidrs=own.pod_cidrs if own is not None else (), subnet_env=read_subnet_env(), cluster_cidrs=cidrs
         )
-        observe.append(ip_part)
 
-    k3s_part = _k3s_part(cfg, identity, state, seams, ip_part, rebuild) if cfg.k3s.enabled else None
-    if k3s_part is not None and ip_part is not None and not cfg.kube.enabled:
-        ip_part.changed.connect(lambda _: k3s_part.wake.set())
-    if k3s_part is not None:
-        configure.append(k3s_part)
+    # --- one concern each -----------------------------------------------------------------
 
-    if cfg.kube.enabled:
-        own_api, list_api = kube_clients(cfg, identity, seams, state.metrics)
-        watch = NodeWatch(state, list_api, rand=seams.rand)
-        cluster = watch.view
+    def _public_ip(self) -> PublicIPPart:
+        from wgagent.publicip.part import PublicIPPart
+
+        cfg, seams = self.cfg, self.seams
+        sources = public_ip_sources(cfg.public_ip, seams)
+        part = PublicIPPart(self.state, cfg.public_ip, cfg.state_dir, sources, clock=seams.clock,
+                            monotonic=seams.monotonic)  # fmt: skip
+        self.adopted = part.adopted
+        self.stages["observe"].append(part)
+        return part
+
+    def _k3s(self) -> K3sPart:
+        from wgagent.k3s.part import K3sPart
+        from wgagent.k3s.restart import Restarter
+
+        cfg, seams, identity = self.cfg, self.seams, self.identity
+        restarter = Restarter(
+            cfg.k3s,
+            state_dir=cfg.state_dir,
+            unit=identity.role.unit if identity.role else None,
+            metrics=self.state.metrics,
+            runner=seams.runner,
+            clock=seams.clock,
+            monotonic=seams.monotonic,
+        )
+        part = K3sPart(self.state, cfg.k3s, identity, public_ip=self.published_here, restarter=restarter,
+                       families=self.families, unit_dirs=seams.unit_dirs)  # fmt: skip
+        rebuild = self.rebuild
+        if rebuild is not None:
+            part.role_found.connect(lambda _: rebuild())
+        restarter.needed.connect(lambda _: part.wake.set())
+        self.stages["configure"].append(part)
+        return part
+
+    def _kube(self, k3s_part: K3sPart | None) -> AnnotationPart:
+        from wgagent.k3s.view import read_view
+        from wgagent.kube.annotation import AnnotationPart
+        from wgagent.kube.watch import NodeWatch
+
+        cfg, identity, state = self.cfg, self.identity, self.state
+        own_api, list_api = kube_clients(cfg, identity, self.seams, state.metrics)
+        watch = NodeWatch(state, list_api, rand=self.seams.rand)
+        self.cluster = watch.view
         annotation = AnnotationPart(
             state,
             identity.node,
             own_api,
-            public_ip=ip_part.adopted if ip_part is not None else _unknown,
+            public_ip=lambda: self.families().keep(self.adopted()),
+            k3s_view=lambda addrs: read_view(identity, cfg.k3s, self.published_here()),
             restarter=k3s_part.restarter if k3s_part is not None else None,
-            cluster=cluster,
-            rand=seams.rand,
+            cluster=watch.view,
+            families=self.families,
+            rand=self.seams.rand,
         )
+        self.own_node = annotation.own_node
         watch.changed.connect(lambda names: annotation.wake.set() if identity.node in names else None)
-        if ip_part is not None:
-            ip_part.changed.connect(lambda _: annotation.wake.set())
         if k3s_part is not None:
             # k3s restarts once per change, after both writes: the annotation's pass first
             # (it may need the restart too), then the k3s part's, which writes the drop-in and
             # restarts for every need at once.
             annotation.done.connect(lambda _: k3s_part.wake.set())
-        observe.append(watch)
-        annotate.append(annotation)
+        self.stages["observe"].append(watch)
+        self.stages["annotate"].append(annotation)
+        return annotation
 
-    if cfg.wireguard.enabled:
+    def _wireguard(self) -> None:
+        from wgagent.wireguard.gc.part import GCPart
+        from wgagent.wireguard.interface import InterfacePart
+        from wgagent.wireguard.module import ModulePart
+
         # Without the node watch (kube.enabled: false) the cluster is unknown: peer GC then
         # removes only peers without allowed IPs, and no live node is reported unreachable.
-        observe.append(ModulePart(state, cfg.wireguard, seams.module_host))
-        observe.append(InterfacePart(state, cfg.wireguard, cluster, seams.host_net, seams.backends, clock=seams.clock))
+        cfg, seams, state = self.cfg, self.seams, self.state
+        self.stages["observe"].append(ModulePart(state, cfg.wireguard, seams.module_host))
+        self.stages["observe"].append(
+            InterfacePart(state, cfg.wireguard, self.cluster, seams.host_net, seams.backends, clock=seams.clock)
+        )
         if cfg.wireguard.gc.enabled:
-            clean.append(GCPart(state, cfg, cluster, seams.host_net, seams.backends, clock=seams.clock))
-
-    return [stage for stage in (observe, annotate, configure, clean) if stage]
-
-
-def _k3s_part(
-    cfg: Config,
-    identity: Identity,
-    state: State,
-    seams: Seams,
-    ip_part: object | None,
-    rebuild: Callable[[], None] | None,
-) -> K3sPart:
-    from wgagent.k3s.part import K3sPart
-    from wgagent.k3s.restart import Restarter
-    from wgagent.publicip.part import PublicIPPart
-
-    restarter = Restarter(
-        cfg.k3s,
-        state_dir=cfg.state_dir,
-        unit=identity.role.unit if identity.role else None,
-        metrics=state.metrics,
-        runner=seams.runner,
-        clock=seams.clock,
-        monotonic=seams.monotonic,
-    )
-    adopted = ip_part.adopted if isinstance(ip_part, PublicIPPart) else _unknown
-    part = K3sPart(state, cfg.k3s, identity, public_ip=adopted, restarter=restarter, unit_dirs=seams.unit_dirs)
-    if rebuild is not None:
-        part.role_found.connect(lambda _: rebuild())
-    return part
+            gc = GCPart(state, cfg, self.cluster, seams.host_net, seams.backends, clock=seams.clock)
+            self.stages["clean"].append(gc)
 
 
 def _unknown() -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
-from wgagent.model import FLANNEL, ClusterView, NodeInfo
+from wgagent.model import KEPT_ANNOTATIONS, ClusterView, NodeInfo
 from wgagent.part import Signal, StreamPart
 from wgagent.state import State
 
@@ -53,8 +53,9 @@ it changes only when someone fixes RBAC or the kubeconfig."""
 def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     """The NodeInfo of a Node or PartialObjectMetadata object, or None without a name.
 
-    Only flannel's annotations are kept. ``pod_cidrs`` come from ``spec`` and are therefore
-    empty for the metadata-only objects the watch receives.
+    Only flannel's, ``k3s.io/external-ip`` and wgagent's own annotations are kept
+    (``model.KEPT_ANNOTATIONS``). ``pod_cidrs`` come from ``spec`` and are therefore empty for
+    the metadata-only objects the watch receives.
 
     >>> node_info({"metadata": {"name": "n1", "annotations": {"flannel.alpha.coreos.com/public-ip": "203.0.113.1",
     ...                                                        "other": "x"}}}).annotations
@@ -64,7 +65,9 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return None
     anns = meta.get("annotations") or {}
-    flannel = {k: v for k, v in anns.items() if isinstance(k, str) and k.startswith(FLANNEL) and isinstance(v, str)}
+    flannel = {
+        k: v for k, v in anns.items() if isinstance(k, str) and k.startswith(KEPT_ANNOTATIONS) and isinstance(v, str)
+    }
     spec = obj.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     return NodeInfo(meta["name"], flannel, tuple(c for c in cidrs if isinstance(c, str)))
