@@ -97,7 +97,9 @@ def kube_clients(
     """(own Node client, list/watch client): the credentials k3s gives this node's role."""
     from wgagent.kube.kubeconfig import credential_paths
 
-    paths = credential_paths(cfg.kube, cfg.k3s, identity.role_name)
+    paths = credential_paths(
+        cfg.kube, cfg.k3s, identity.role_name, data_dir=identity.data_dir, admin_kubeconfig=identity.kubeconfig
+    )
     timeout = cfg.kube.request_timeout_s
     return seams.kube_client(paths.own, timeout, metrics), seams.kube_client(paths.list, timeout, metrics)
 

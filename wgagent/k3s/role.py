@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 NODE_ID_FILE = "/etc/rancher/node/id"
-DEFAULT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
-"""Where a root k3s server writes its admin kubeconfig (k3s ``pkg/cli/cmds/server.go``)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,10 @@ class Identity:
     notes: tuple[str, ...] = ()
     config: ConfigLocation = field(default_factory=lambda: ConfigLocation.in_dir("/etc/rancher/k3s"))
     data_dir: str = "/var/lib/rancher/k3s"
-    kubeconfig: str = DEFAULT_KUBECONFIG
-    """The server's admin kubeconfig (only a server has one)."""
+    kubeconfig: str | None = None
+    """Where the server writes its admin kubeconfig when told (``--write-kubeconfig``,
+    ``K3S_KUBECONFIG_OUTPUT``); None: ``<k3s.config_dir>/k3s.yaml`` (k3s's default is
+    ``/etc/rancher/k3s/k3s.yaml``)."""
 
     @property
     def role_name(self) -> str | None:
@@ -117,7 +117,7 @@ def decide_identity_from(
         decision.notes,
         location,
         _first(flags, settings, _env(unit), ("data-dir", "d"), "K3S_DATA_DIR") or k3s.data_dir,
-        _first(flags, settings, _env(unit), ("write-kubeconfig", "o"), "K3S_KUBECONFIG_OUTPUT") or DEFAULT_KUBECONFIG,
+        _first(flags, settings, _env(unit), ("write-kubeconfig", "o"), "K3S_KUBECONFIG_OUTPUT"),
     )
 
 

@@ -290,8 +290,8 @@ def server_kubeconfig(k3s: K3sConfig) -> str:
     return os.path.join(k3s.config_dir, "k3s.yaml")
 
 
-def agent_kubeconfigs(k3s: K3sConfig) -> tuple[str, str]:
-    agent = os.path.join(k3s.data_dir, "agent")
+def agent_kubeconfigs(k3s: K3sConfig, data_dir: str | None = None) -> tuple[str, str]:
+    agent = os.path.join(data_dir or k3s.data_dir, "agent")
     return os.path.join(agent, "kubelet.kubeconfig"), os.path.join(agent, "k3scontroller.kubeconfig")
 
 
@@ -300,6 +300,9 @@ def credential_paths(
     k3s: K3sConfig,
     role: str | None,
     exists: Callable[[str], bool] = os.path.exists,
+    *,
+    data_dir: str | None = None,
+    admin_kubeconfig: str | None = None,
 ) -> CredentialPaths:
     """The kubeconfig for the own Node and the one for listing, by role.
 
@@ -311,12 +314,13 @@ def credential_paths(
     >>> paths.own, paths.list
     ('/var/lib/rancher/k3s/agent/kubelet.kubeconfig', '/var/lib/rancher/k3s/agent/k3scontroller.kubeconfig')
     """
+    admin = admin_kubeconfig or server_kubeconfig(k3s)
     if role not in ("server", "agent"):
-        role = "server" if exists(server_kubeconfig(k3s)) else "agent"
+        role = "server" if exists(admin) else "agent"
     if role == "server":
-        own = lister = server_kubeconfig(k3s)
+        own = lister = admin
     else:
-        own, lister = agent_kubeconfigs(k3s)
+        own, lister = agent_kubeconfigs(k3s, data_dir)
     own = kube.kubeconfig or own
     lister = kube.list_kubeconfig or (kube.kubeconfig if role == "server" and kube.kubeconfig else lister)
     return CredentialPaths(own=own, list=lister)
