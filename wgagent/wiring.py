@@ -112,12 +112,18 @@ async def list_nodes_once(cfg: Config, identity: Identity, seams: Seams) -> tupl
     from wgagent.errors import KubeError
     from wgagent.kube.watch import list_once
 
-    _, lister = kube_clients(cfg, identity, seams)
+    own, lister = kube_clients(cfg, identity, seams)
+    candidates = [lister] if own.source == lister.source else [lister, own]  # as the node watch falls back
+    errors = []
     try:
-        return await list_once(lister), ""
-    except KubeError as exc:
-        return None, f"node list unavailable: {exc}"
+        for api in candidates:
+            try:
+                return await list_once(api), ""
+            except KubeError as exc:
+                errors.append(str(exc))
+        return None, "node list unavailable: " + "; ".join(errors)
     finally:
+        await own.close()
         await lister.close()
 
 
@@ -265,7 +271,7 @@ class _Builder:
 
         cfg, identity, state = self.cfg, self.identity, self.state
         own_api, list_api = kube_clients(cfg, identity, self.seams, state.metrics)
-        watch = NodeWatch(state, list_api, rand=self.seams.rand)
+        watch = NodeWatch(state, list_api, fallback=self._list_fallback(own_api, list_api), rand=self.seams.rand)
         self.cluster = watch.view
         annotation = AnnotationPart(
             state,
@@ -288,6 +294,13 @@ class _Builder:
         self.stages["observe"].append(watch)
         self.stages["annotate"].append(annotation)
         return annotation
+
+    def _list_fallback(self, own_api: NodeAPI, list_api: NodeAPI) -> NodeAPI | None:
+        """The kubelet's credential, for servers older than v1.32 where k3s's controller may
+        not list Nodes (a separate client: each part closes its own)."""
+        if own_api.source == list_api.source:
+            return None
+        return self.seams.kube_client(own_api.source, self.cfg.kube.request_timeout_s, self.state.metrics)
 
     def _wireguard(self) -> None:
         from wgagent.wireguard.gc.part import GCPart

@@ -45,9 +45,10 @@ WATCH_TIMEOUT_S = (2700, 3600)
 """The range ``timeoutSeconds`` is drawn from (the API server honours what it is asked)."""
 CREDENTIAL_FILE_RETRY_S = 15.0
 """A missing or unreadable kubeconfig is read again this often."""
-AUTH_RETRY_CAP_S = 600.0
-"""A refused credential is retried from 10 s up to this rarely: each try is a request, and
-it changes only when someone fixes RBAC or the kubeconfig."""
+AUTH_RETRY_CAP_S = 60.0
+"""A refused credential is retried from 10 s up to this rarely: a fresh server may still be
+creating its RBAC (k3s applies ``rolebindings.yaml`` after the API server is up), so a refusal
+right after start must not cost minutes."""
 
 
 def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
@@ -105,12 +106,19 @@ class NodeWatch(StreamPart):
         state: State,
         api: NodeAPI,
         *,
+        fallback: NodeAPI | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         watch_timeout_s: tuple[int, int] = WATCH_TIMEOUT_S,
     ) -> None:
         super().__init__(state)
         self.api = api
+        self._candidates = [api, *([fallback] if fallback is not None else [])]
+        """Credentials to list with, best first: k3s's controller credential, then the kubelet's.
+        Like k3s (``pkg/util/api.go`` ``CheckRBAC`` before using the controller credential,
+        PR #11569): the controller may list Nodes only on servers since v1.32.0 (and the
+        January 2025 back-ports); before, the node authorizer let the kubelet's list them."""
+        self._refused: set[int] = set()
         self.changed: Signal[frozenset[str]] = Signal("node_watch.changed")
         self._sleep = sleep
         self._rand = rand
@@ -158,10 +166,14 @@ class NodeWatch(StreamPart):
         if self._streaming:
             self._publish()
             return
-        try:
-            await self._list()
-        except KubeError as exc:
-            self._failed(exc)
+        for _ in self._candidates:
+            try:
+                await self._list()
+                break
+            except KubeError as exc:
+                self._failed(exc)
+                if not self._fall_back(exc):
+                    break
         self._publish()
 
     async def run(self) -> None:
@@ -185,6 +197,8 @@ class NodeWatch(StreamPart):
                         await self._wait(backoff_delay(self._gone_streak - 2, rand=self._rand))
                 except KubeError as exc:
                     self._failed(exc)
+                    if self._fall_back(exc):
+                        continue
                     if isinstance(exc, KubeConfigError):
                         # Reading a file costs the API nothing: look again soon (k3s writes
                         # its controller kubeconfig when it first starts, after us).
@@ -197,7 +211,28 @@ class NodeWatch(StreamPart):
             self._m_up.set(0)
 
     async def close(self) -> None:
-        await self.api.close()
+        for api in self._candidates:
+            await api.close()
+
+    def _fall_back(self, exc: KubeError) -> bool:
+        """After a refused or missing credential, switch to the next one not yet refused (at
+        once, listing again); when all were refused, start over from the best after the wait."""
+        if not isinstance(exc, Forbidden | Unauthorized | KubeConfigError):
+            return False
+        self._refused.add(self._candidates.index(self.api))
+        left = [i for i in range(len(self._candidates)) if i not in self._refused]
+        if not left:
+            self._refused.clear()
+            self._use(0)
+            return False
+        self._use(left[0])
+        log.info("node watch: trying %s instead", self.api.source)
+        return True
+
+    def _use(self, index: int) -> None:
+        if self._candidates[index] is not self.api:
+            self.api = self._candidates[index]
+            self._rv = None  # another credential: list again
 
     # --- LIST and WATCH ----------------------------------------------------------------
 
@@ -268,6 +303,7 @@ class NodeWatch(StreamPart):
         self.changed.emit(frozenset(names))
 
     def _recovered(self) -> None:
+        self._refused.clear()
         if self._backoff.failures or self._slow.failures or not self._usable or self._error:
             if self._error:
                 log.info("node watch: working again (%d Nodes)", len(self._nodes))
