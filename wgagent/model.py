@@ -29,6 +29,7 @@ ANN_K3S_EXTERNAL_IP = "k3s.io/external-ip"
 """k3s's ``node-external-ip`` list, comma-joined, as the running k3s took it (k3s ``pkg/agent/run.go``
 ``updateAddressAnnotations``, with the cloud controller on): what k3s actually uses."""
 WGAGENT = "wgagent.io/"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 KEPT_ANNOTATIONS = (FLANNEL, ANN_K3S_EXTERNAL_IP, WGAGENT)
 """The annotation prefixes the node watch keeps of every Node (the rest is dropped to save memory)."""
 
@@ -54,6 +55,9 @@ class NodeInfo:
     name: str
     annotations: Mapping[str, str] = field(default_factory=dict)
     pod_cidrs: tuple[str, ...] = ()
+    server: bool = False
+    """A k3s server: labelled ``node-role.kubernetes.io/control-plane`` (k3s sets it on servers,
+    ``pkg/agent/run.go`` ``configureNode``)."""
 
     @property
     def wireguard_keys(self) -> frozenset[str]:

@@ -55,8 +55,9 @@ from wgagent.k3s.scan import (
     read_config_files,
     scan_config,
 )
+from wgagent.k3s.servers import agent_backend_mismatch, server_backend_problem
 from wgagent.k3s.unit import scan_unit
-from wgagent.model import PublicAddresses, RestartResult
+from wgagent.model import ClusterView, PublicAddresses, RestartResult
 from wgagent.part import Part, Signal
 from wgagent.state import State
 
@@ -96,6 +97,7 @@ class K3sPart(Part):
         public_ip: Callable[[], PublicAddresses | None],
         restarter: Restarter,
         families: Callable[[], Families] = _ipv4_only,
+        cluster: Callable[[], ClusterView | None] = lambda: None,
         unit_dirs: Sequence[str] = UNIT_DIRS,
     ) -> None:
         super().__init__(state)
@@ -107,6 +109,7 @@ class K3sPart(Part):
         """k3s turned up after the daemon was built without it: the identity must be decided again."""
         self._public_ip = public_ip
         self._families = families
+        self._cluster = cluster
         self._unit_dirs = tuple(unit_dirs)
         self._reported: tuple[str, ...] = ()
 
@@ -125,10 +128,15 @@ class K3sPart(Part):
             files[_OWN_REL] = written.content
         scan = scan_config(self.identity.config, files, role=self.role.name if self.role else None)
         errors = [*scan.errors, *self._unit_findings()]
-        if written.diff and self.role is not None:
+        blocked = self._server_backend_block(role_name, written)
+        if written.diff and self.role is not None and blocked is None:
             self.restarter.need("config", _fingerprint(dropin_values(role_name, written.addresses, self.cfg)),
                                 f"{DROPIN_NAME} changed: {written.diff}")  # fmt: skip
+        stuck_backend = self._agent_backend() if role_name == "agent" else None
         restart = await self.restarter.serve() if self.role is not None else None
+        for problem in (blocked, stuck_backend):
+            if problem is not None:
+                errors.insert(0, Finding(self.dropin, None, problem, code="backend_switch"))
         if restart is not None and restart.restarted:
             log.info("%s", restart.detail)
         self._log_findings(errors)
@@ -168,6 +176,24 @@ class K3sPart(Part):
         if changed:
             log.info("wrote %s: %s", self.dropin, diff or "comments only")
         return Written(content, changed, diff, None, addresses, address_from)
+
+    def _server_backend_block(self, role_name: str, written: Written) -> str | None:
+        """On a server: why not to restart for a new flannel-backend the other servers do not run."""
+        if role_name != "server" or FLANNEL_BACKEND not in written.diff:
+            return None
+        return server_backend_problem(self.identity.node, self.cfg.flannel_backend, self._cluster())
+
+    def _agent_backend(self) -> str | None:
+        """On an agent whose flannel runs another backend than the servers: one restart
+        (kind ``backend``); a problem line when that restart did not help."""
+        mismatch = agent_backend_mismatch(self.identity.node, self._cluster()) if self.role is not None else None
+        if mismatch is None:
+            self.restarter.drop("backend")
+            return None
+        mine, theirs = mismatch
+        why = f"flannel here runs backend {mine}, the servers {theirs}"
+        result = self.restarter.need("backend", theirs, why)
+        return None if result.pending else f"{why}: {result.detail}"
 
     def _unit_findings(self) -> list[Finding]:
         """ExecStart as it is now (someone may edit the unit while wgagent runs)."""

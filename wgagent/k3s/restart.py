@@ -37,7 +37,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -196,6 +196,10 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value and value >= 0
 
 
+Gate = Callable[[Sequence["Need"], float], Awaitable["str | None"]]
+"""``(open needs, now) -> reason to wait | None``."""
+
+
 # --- the adapter ---------------------------------------------------------------------------
 
 
@@ -214,8 +218,12 @@ class Restarter:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         timeout_s: float = 30.0,
+        gate: Gate | None = None,
     ) -> None:
         self.cfg = cfg
+        self._gate = gate
+        """Asked last before a restart (HA servers: one at a time, ``k3s/servers.py``): a reason
+        to wait, or None to go ahead."""
         self.unit = unit
         self.path = os.path.join(state_dir, HISTORY_FILE)
         self.needed: Signal[str] = Signal("k3s.restart_needed")
@@ -372,6 +380,10 @@ class Restarter:
             return self._pending(
                 "off" if decision.next_allowed_at is None else "rate", _wait_text(decision, unit), reason
             )
+        if self._gate is not None:
+            why = await self._gate(list(self._book.needs.values()), now)
+            if why is not None:
+                return self._pending("gate", why, reason)
         return await self._restart(unit, now, reason)
 
     async def _restart(self, unit: str, now: float, reason: str) -> RestartResult:

@@ -35,7 +35,7 @@ from typing import Any
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
-from wgagent.model import KEPT_ANNOTATIONS, ClusterView, NodeInfo
+from wgagent.model import CONTROL_PLANE_LABEL, KEPT_ANNOTATIONS, ClusterView, NodeInfo
 from wgagent.part import Signal, StreamPart
 from wgagent.state import State
 
@@ -71,7 +71,9 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     }
     spec = obj.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-    return NodeInfo(meta["name"], flannel, tuple(c for c in cidrs if isinstance(c, str)))
+    labels = meta.get("labels") or {}
+    server = isinstance(labels, dict) and labels.get(CONTROL_PLANE_LABEL) == "true"
+    return NodeInfo(meta["name"], flannel, tuple(c for c in cidrs if isinstance(c, str)), server)
 
 
 def parse_node_list(lst: Mapping[str, Any], source: str) -> tuple[str, dict[str, NodeInfo]]:
