@@ -93,7 +93,10 @@ class Receiver:
             last = self.query()
             return cond(last)
 
-        wait_for(check, timeout, f"{what} (last answer: {last})")
+        try:
+            wait_for(check, timeout, what)
+        except labkit.LabError as exc:
+            raise labkit.LabError(f"{exc} (last answer: {last})") from None
         return last
 
     def close(self) -> None:
@@ -221,11 +224,12 @@ def uapi_get(uapi_dir: str) -> Device:
     return parse_get(labkit.uapi(uapi_dir, "get=1\n\n", ifname=IF), IF)
 
 
-def test_a_thousand_probes_leave_wireguard_unchanged(net: Net) -> None:
+def wireguard(net: Net, *, keepalive: int = 0) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:
+    """wireguard-go ``wg0`` on n1 and n2, peers of each other: (keys, UAPI directories)."""
     require("wireguard-go", "ss")
     lab = net.lab
-    keys = {}
-    dirs = {}
+    keys: dict[str, tuple[bytes, str]] = {}
+    dirs: dict[str, str] = {}
     for i, name in ((1, "n1"), (2, "n2")):
         priv = bytes([i + 10]) * 32
         keys[name] = (priv, key_from_bytes(x25519_public(priv)))
@@ -234,10 +238,31 @@ def test_a_thousand_probes_leave_wireguard_unchanged(net: Net) -> None:
         lab.run(net.hosts[name], "ip", "addr", "add", f"10.42.{i}.1/16", "dev", IF)
         lab.run(net.hosts[name], "ip", "link", "set", IF, "up")
     for me, other, ip in (("n1", "n2", "10.42.2.0/24"), ("n2", "n1", "10.42.1.0/24")):
-        pub_hex = bytes.fromhex(_hex(keys[other][1])).hex()
-        labkit.uapi_set(
-            dirs[me], [f"public_key={pub_hex}", f"endpoint={net.addr[other]}:{PORT}", f"allowed_ip={ip}"], ifname=IF
-        )
+        peer = [f"public_key={_hex(keys[other][1])}", f"endpoint={net.addr[other]}:{PORT}", f"allowed_ip={ip}"]
+        labkit.uapi_set(dirs[me], [*peer, f"persistent_keepalive_interval={keepalive}"], ifname=IF)
+    return keys, dirs
+
+
+def test_a_host_firewall_dropping_wireguard_itself_shows_within_seconds(net: Net) -> None:
+    firewall = (
+        "table inet filter {\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f"    udp dport {PORT} drop\n"
+        "  }\n"
+        "}\n"
+    )
+    net.lab.run(net.hosts["n2"], "nft", "-f", "-", input=firewall)
+    rx = Receiver(net, "n2", ["n1"])
+    wireguard(net, keepalive=1)  # n1 and n2 start handshaking; nothing of n1 gets through
+    answer = rx.wait(lambda a: net.addr["n1"] in a["wg_dropped"], "n1's handshake messages seen dropped", timeout=20)
+    assert answer["rule"].startswith(f"inet filter input: udp dport {PORT} drop (handle ")
+    assert answer["last"] == {}  # no probe was needed
+
+
+def test_a_thousand_probes_leave_wireguard_unchanged(net: Net) -> None:
+    lab = net.lab
+    keys, dirs = wireguard(net)
     # A handshake without data: a persistent keepalive on n1 starts it, and is turned off again
     # once its keepalive has arrived (keepalives do not make the other side answer).
     n1_peer = [f"public_key={_hex(keys['n2'][1])}"]

@@ -25,7 +25,9 @@ from wgagent.mesh import firewall, nft, probe, sender, tap
 async def receive(port: int, nodes: list[str]) -> int:
     counter = nft.NftCounter()
     await counter.install(port)
-    memory = probe.start(0.0, await counter.counts())
+    first = await counter.counts() or {}
+    memory = probe.start(0.0, first.get("pass"))
+    memory = probe.account_initiations(memory, first.get("hs_pre", {}), first.get("hs_post", {}), 0.0, seed=True)
     t = tap.ProbeTap(port)
     t.open()
     print("ready", flush=True)
@@ -35,8 +37,9 @@ async def receive(port: int, nodes: list[str]) -> int:
         while await loop.run_in_executor(None, sys.stdin.readline):
             arrivals = t.drain()
             arrived += len(arrivals)
-            counts = await counter.counts()
-            memory = probe.account(memory, arrivals, counts, nodes, loop.time())
+            counts = await counter.counts() or {}
+            memory = probe.account(memory, arrivals, counts.get("pass", {}), nodes, loop.time())
+            memory = probe.account_initiations(memory, counts.get("hs_pre", {}), counts.get("hs_post", {}), loop.time())
             print(json.dumps(await _report(memory, counter, port, arrived, t.rejected)), flush=True)
     finally:
         t.close()
@@ -49,13 +52,14 @@ async def _report(
 ) -> dict[str, Any]:
     last = {n: {"src": a.src, "verdict": a.verdict} for n, a in memory.last.items()}
     rule = None
-    dropped = [a for a in memory.last.values() if a.verdict == probe.HOST]
+    dropped = [a.src for a in memory.last.values() if a.verdict == probe.HOST] + sorted(memory.wg_dropped)
     if dropped:
         doc, text = await counter.ruleset()
-        family = "ip6" if ":" in dropped[0].src else "ip"
-        found = firewall.find_drop(doc, firewall.Packet(family, dropped[0].src, port, "eth0"), before=nft.PRIORITY)
+        family = "ip6" if ":" in dropped[0] else "ip"
+        found = firewall.find_drop(doc, firewall.Packet(family, dropped[0], port, "eth0"), before=nft.PRIORITY)
         rule = found.describe(firewall.rule_texts(text)) if found else None
-    return {"arrived": arrived, "rejected": rejected, "last": last, "rule": rule}
+    wg_dropped = sorted(memory.wg_dropped)
+    return {"arrived": arrived, "rejected": rejected, "last": last, "rule": rule, "wg_dropped": wg_dropped}
 
 
 def send(node: str, to: str, count: int) -> int:

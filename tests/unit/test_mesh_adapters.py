@@ -98,13 +98,25 @@ def test_parse_packet() -> None:
     assert tap.parse_packet(truncated, 51820) == ("198.51.100.6", truncated[28:])  # decode() refuses it later
 
 
-def test_nft_script_counts_only_probes_and_decides_nothing() -> None:
+def test_nft_script_counts_and_decides_nothing() -> None:
     script = nft.ruleset(51830)
     assert script.startswith("add table inet wgagent_probe\ndelete table inet wgagent_probe\n")
     assert "type filter hook input priority 2000000000; policy accept;" in script
+    assert "type filter hook prerouting priority -2000000000; policy accept;" in script
     assert script.count("udp dport 51830 @th,64,32 0x77676167 update @pass") == 2
-    for verdict in ("drop", "reject", "accept\n", "jump", "queue"):
-        assert verdict not in script.split("policy accept;")[1]
+    for kind in ("hs_pre", "hs_post"):
+        assert script.count(f"udp dport 51830 udp length 156 @th,64,32 0x1000000 update @{kind}") == 2
+        assert script.count(f"udp dport 51830 udp length 100 @th,64,32 0x2000000 update @{kind}") == 2
+    rules = "".join(part.split("}")[0] for part in script.split("policy accept;")[1:])
+    for verdict in ("drop", "reject", "accept", "jump", "goto", "queue"):
+        assert verdict not in rules
+
+
+def test_the_handshake_matches_are_wireguard_initiations_and_responses() -> None:
+    # linux drivers/net/wireguard/messages.h: the type as __le32; an initiation is 148 bytes in
+    # all, a response 92 (wireguard-go device/noise-protocol.go: MessageInitiationSize, ...ResponseSize)
+    initiation, response = struct.pack("<I", 1) + bytes(144), struct.pack("<I", 2) + bytes(88)
+    assert [(int.from_bytes(m[:4], "big"), 8 + len(m)) for m in (initiation, response)] == list(nft.HANDSHAKE)
 
 
 def test_parse_counts() -> None:
@@ -119,8 +131,14 @@ def test_parse_counts() -> None:
         {"set": {"family": "inet", "name": "other", "table": "filter", "elem": [
             {"elem": {"val": "203.0.113.1", "counter": {"packets": 9, "bytes": 9}}}]}},
     ]}  # fmt: skip
-    assert nft.parse_counts(doc) == {"198.51.100.6": 3, "2001:db8::6": 1}
-    assert nft.parse_counts({"nftables": [1, "x", {"set": []}]}) == {}
+    doc["nftables"].append({"set": {"family": "inet", "name": "hs_pre4", "table": "wgagent_probe", "elem": [
+        {"elem": {"val": "198.51.100.9", "counter": {"packets": 7, "bytes": 1092}}}]}})  # fmt: skip
+    assert nft.parse_counts(doc) == {
+        "pass": {"198.51.100.6": 3, "2001:db8::6": 1},
+        "hs_pre": {"198.51.100.9": 7},
+        "hs_post": {},
+    }
+    assert nft.parse_counts({"nftables": [1, "x", {"set": []}]}) == {"pass": {}, "hs_pre": {}, "hs_post": {}}
 
 
 def test_sender_sends_one_probe_per_target_over_loopback() -> None:

@@ -242,3 +242,58 @@ def test_a_probe_from_an_address_the_sender_does_not_advertise() -> None:
 def test_a_tap_that_does_not_run_says_why() -> None:
     v = pb.inbound_view(pb.InboundMemory(NOW), EXP, ADV, NOW, state="no CAP_NET_RAW")
     assert (v.state, v.findings) == ("no CAP_NET_RAW", ())
+
+
+# --- WireGuard's own initiations against the host firewall ------------------------------------
+
+
+def seeded(pre: dict[str, int], post: dict[str, int]) -> pb.InboundMemory:
+    return pb.account_initiations(pb.start(NOW, None), pre, post, NOW, seed=True)
+
+
+def test_initiations_arriving_but_never_passing_are_dropped_by_the_host() -> None:
+    mem = seeded({"s": 10}, {"s": 10})
+    mem = pb.account_initiations(mem, {"s": 11}, {"s": 10}, NOW + 5)  # one: maybe in flight
+    assert mem.wg_dropped == {}
+    mem = pb.account_initiations(mem, {"s": 12}, {"s": 10}, NOW + 10)  # two since the last that passed
+    assert mem.wg_dropped == {"s": (NOW + 10, NOW + 10)}
+    mem = pb.account_initiations(mem, {"s": 18}, {"s": 10}, NOW + 40)
+    assert mem.wg_dropped == {"s": (NOW + 10, NOW + 40)}
+    mem = pb.account_initiations(mem, {"s": 19}, {"s": 11}, NOW + 45)  # the rule is gone
+    assert mem.wg_dropped == {}
+    mem = pb.account_initiations(mem, {"s": 20}, {"s": 11}, NOW + 50)  # one again: not yet
+    assert mem.wg_dropped == {}
+
+
+@pytest.mark.parametrize(
+    ("case", "pre", "post", "dropped"),
+    [
+        ("one in flight between the two counters", {"s": 11}, {"s": 10}, False),
+        ("two arrived, none passed", {"s": 12}, {"s": 10}, True),
+        ("they pass", {"s": 14}, {"s": 14}, False),
+        ("the table was made again: counted from zero", {"s": 3}, {"s": 0}, True),
+        ("a source new since the start: counted from zero", {"s": 10, "t": 2}, {"s": 10}, True),
+        ("nothing arrived", {"s": 10}, {"s": 10}, False),
+    ],
+)
+def test_initiation_cases(case: str, pre: dict[str, int], post: dict[str, int], dropped: bool) -> None:
+    mem = pb.account_initiations(seeded({"s": 10}, {"s": 10}), pre, post, NOW + 30)
+    assert bool(mem.wg_dropped) is dropped, case
+
+
+def test_counters_from_before_the_start_are_no_drop() -> None:
+    assert seeded({"s": 90}, {"s": 10}).wg_dropped == {}
+
+
+def test_a_source_that_stopped_initiating_is_forgotten() -> None:
+    mem = pb.account_initiations(seeded({}, {}), {"s": 5}, {}, NOW + 30)
+    assert mem.wg_dropped
+    mem = pb.account_initiations(mem, {"s": 5}, {}, NOW + 30 + pb.INIT_FORGET_S + 1)
+    assert mem.wg_dropped == {}
+
+
+def test_wireguard_drops_are_host_findings_of_the_node_with_that_address() -> None:
+    mem = pb.InboundMemory(NOW - 3600, wg_dropped={"203.0.113.2": (NOW - 40, NOW - 5), "198.51.100.99": (NOW, NOW)})
+    v = pb.inbound_view(mem, {}, ADV, NOW, rule="inet filter input: udp dport 51820 drop (handle 3)")
+    assert v.findings == (pb.InboundFinding("a", pb.HOST, NOW - 40, "203.0.113.2"),)
+    assert v.rule == "inet filter input: udp dport 51820 drop (handle 3)"

@@ -27,7 +27,10 @@ On the receiving side (adapters: :mod:`wgagent.mesh.tap`, :mod:`wgagent.mesh.nft
   the probes that got through (a set with a counter per element).
 
 :func:`account` compares the two per source: a probe seen at the device that the late
-counter did not count was dropped by the host. Which rule did it is named by
+counter did not count was dropped by the host. The same table also counts WireGuard's own
+handshake initiations before and after the filter chains (:func:`account_initiations`): a
+stateless host firewall that drops WireGuard itself shows within seconds, as the peer
+retries every 5 s, without waiting up to a probe interval. Which rule drops is named by
 :mod:`wgagent.mesh.firewall` from the ruleset.
 
 Identity is advisory: the name in the datagram is attributed to that Node, and the source
@@ -205,6 +208,12 @@ class InboundMemory:
     last: Mapping[str, LastArrival] = field(default_factory=dict)
     unattributed: int = 0
     """Probes naming no known Node (counted, never kept)."""
+    init_reading: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Per source: WireGuard handshake initiations counted before the host firewall and after
+    it when the last one got through, and the count before it as last read
+    (:func:`account_initiations`)."""
+    wg_dropped: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """Per source whose initiations the host drops: (since, last seen dropped)."""
 
 
 def start(now: float, baseline: Mapping[str, int] | None) -> InboundMemory:
@@ -263,6 +272,43 @@ def account(
     return replace(
         memory, tapped=tapped, passed=passed, reading=reading, shortfall=shortfall, last=last, unattributed=unattributed
     )
+
+
+INIT_DROPPED_MIN = 2
+"""Initiations that must have arrived since the last one got through, none of them getting
+through, to call it a drop (one may be between the two counters while they are read)."""
+INIT_FORGET_S = 600.0
+"""A source that stopped initiating is forgotten after this long (its node may be gone)."""
+
+
+def account_initiations(
+    memory: InboundMemory, pre: Mapping[str, int], post: Mapping[str, int], now: float, *, seed: bool = False
+) -> InboundMemory:
+    """Fold the WireGuard initiation counters in: a source whose initiations keep arriving at the
+    device (``pre``, before every filter) while none gets through (``post``, after every filter)
+    is dropped by the host firewall. A peer that cannot complete a handshake initiates every 5 s
+    (REKEY_TIMEOUT), so this shows within seconds, with no probe needed.
+
+    Per source an anchor, (pre, post) when one last got through (or when counting began), is
+    compared with the counters now. ``seed``: the first reading, at start: only anchors (a
+    source appearing later starts from zero: its set element is new).
+    """
+    anchors = dict(memory.init_reading)
+    dropped = dict(memory.wg_dropped)
+    for src, pre_now in pre.items():
+        post_now = post.get(src, 0)
+        anchor_pre, anchor_post, last_pre = (pre_now, post_now, pre_now) if seed else anchors.get(src, (0, 0, 0))
+        if pre_now < last_pre or post_now < anchor_post:
+            anchor_pre, anchor_post, last_pre = 0, 0, 0  # the table was made again: counters restarted
+        if post_now > anchor_post:
+            dropped.pop(src, None)
+            anchor_pre, anchor_post = pre_now, post_now
+        elif pre_now > last_pre and pre_now - anchor_pre >= INIT_DROPPED_MIN:
+            since = dropped[src][0] if src in dropped else now
+            dropped[src] = (since, now)
+        anchors[src] = (anchor_pre, anchor_post, pre_now)
+    dropped = {src: v for src, v in dropped.items() if now - v[1] <= INIT_FORGET_S}
+    return replace(memory, init_reading=anchors, wg_dropped=dropped)
 
 
 # --- what the report says about inbound -------------------------------------------------------
@@ -326,23 +372,37 @@ def inbound_view(
     if state != "ok":
         return InboundView(state, counter)
     ok = 0
-    findings = []
+    findings = {f.node: f for f in _wireguard_drops(memory, advertised_ips)}
     for node in sorted(expected):
         exp = expected[node]
         window = window_s(exp.interval_s)
         a = memory.last.get(node)
+        if node in findings:
+            continue
         if a is None or now - a.at > window:
             watching_since = max(exp.since, memory.started_at)
             if now - watching_since > window:
-                findings.append(InboundFinding(node, MISS, a.at if a is not None else watching_since))
+                findings[node] = InboundFinding(node, MISS, a.at if a is not None else watching_since)
             continue
         if a.verdict == HOST:
-            findings.append(InboundFinding(node, HOST, a.host_since or a.at, a.src))
+            findings[node] = InboundFinding(node, HOST, a.host_since or a.at, a.src)
         elif node in advertised_ips and _ip(a.src) != _ip(advertised_ips[node]):
-            findings.append(InboundFinding(node, SRC, a.at, a.src))
+            findings[node] = InboundFinding(node, SRC, a.at, a.src)
         else:
             ok += 1
-    return InboundView("ok", counter, ok, tuple(findings), rule if any(f.status == HOST for f in findings) else None)
+    listed = tuple(findings[n] for n in sorted(findings))
+    return InboundView("ok", counter, ok, listed, rule if any(f.status == HOST for f in listed) else None)
+
+
+def _wireguard_drops(memory: InboundMemory, advertised_ips: Mapping[str, str]) -> list[InboundFinding]:
+    """HOST findings for the nodes whose WireGuard initiations the host firewall drops."""
+    by_ip = {_ip(ip): node for node, ip in advertised_ips.items()}
+    out = []
+    for src, (since, _) in sorted(memory.wg_dropped.items()):
+        node = by_ip.get(_ip(src))
+        if node is not None:
+            out.append(InboundFinding(node, HOST, since, src))
+    return out
 
 
 def _ip(text: str) -> str:
