@@ -245,9 +245,21 @@ def test_a_report_that_is_not_ours_is_unknown() -> None:
     assert d.cell("b", "a").state == "unknown"
 
 
+def test_one_side_deaf_while_the_other_hears_it_fine_is_the_deaf_sides_inbound() -> None:
+    # Right after a stateless drop on the path to a: a hears nothing from b any more, while b,
+    # whose packets still get out to a... b still finds the session fine (it hears a's keepalives).
+    reps = healthy("a", "b")
+    reps["a"] = report(note("b", wg="down", wg_since=NOW - 70))
+    d = dg.diagnose(view("a", "b"), reps, NOW)
+    up = ("down", m.INBOUND_BLOCKED_UPSTREAM, "a")
+    assert cells(d) == {("a", "b"): up, ("b", "a"): up}
+    assert "likely" in d.cell("a", "b").fix and d.cell("a", "b").since == NOW - 70
+
+
 def test_a_dead_pair_without_any_evidence_is_unknown_with_no_node() -> None:
     reps = healthy("a", "b")
     reps["a"] = report(note("b", wg="down", wg_since=NOW - 300))
+    reps["b"] = report(note("a", wg="down", wg_since=NOW - 300))
     d = dg.diagnose(view("a", "b"), reps, NOW)
     assert cells(d) == {("a", "b"): ("down", m.UNKNOWN, None), ("b", "a"): ("down", m.UNKNOWN, None)}
 

@@ -23,9 +23,13 @@ while B initiates, and the pair looks fine in ``wg show``. A's probes (new flows
 ephemeral port) never reach B's device: B's tap sees none from A (``i: miss`` at B), nor from
 anyone else when the whole port is closed (B's summary: ``in.ok`` 0). Cell A->B is degraded
 (down once the session dies), node to fix B, in its provider's control. With a stateless drop
-(the lab's router) the session dies as well: both sides time out; A hears B's initiations,
-B hears nothing. A probe from only *some* senders missing means B's firewall admits some
-sources only (or those senders' outbound is filtered): named per pair, still at B.
+(the lab's router) the session dies as well. First B stops hearing A (nothing received for
+two keepalive intervals: B lists A ``down`` without ``hr``) while A still hears B and finds
+the session fine; then the session expires and A lists B ``down``, still hearing B's
+initiations (``hr``). Both pictures say the same: B's inbound is shut; the first names it
+about a minute after the fault, long before a probe is missed. A probe from only *some*
+senders missing means B's firewall admits some sources only (or those senders' outbound is
+filtered): named per pair, still at B.
 
 *A host firewall on B* (Oracle's image ``REJECT``, ufw, firewalld; ``inbound-blocked-host``).
 The same from A's side, but B's tap *does* see A's probes at the device and its late input
@@ -356,10 +360,24 @@ def _forward_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Foun
 
 def _heard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
     """A dead session with no other evidence: who still hears whom says which inbound is shut."""
-    if na is not None and na.hears and not (nb is not None and nb.hears):
-        return (m.INBOUND_BLOCKED_UPSTREAM, b.name, fix_upstream(b, _public_ip(a), likely=True), na.wg_since)
-    if nb is not None and nb.hears and not (na is not None and na.hears):
-        return (m.INBOUND_BLOCKED_UPSTREAM, a.name, fix_upstream(a, _public_ip(b), likely=True), nb.wg_since)
+    deaf = _deaf(a, b, na, nb) or _deaf(b, a, nb, na)
+    if deaf is None:
+        return None
+    node, other, since = deaf
+    return (m.INBOUND_BLOCKED_UPSTREAM, node.name, fix_upstream(node, _public_ip(other), likely=True), since)
+
+
+def _deaf(x: _Node, y: _Node, nx: Note | None, ny: Note | None) -> tuple[_Node, _Node, float | None] | None:
+    """(the node that does not hear the other, the other, since) as x's and y's notes show it.
+
+    y hears x while x hears nothing back (x's note on y: not ``hr``, y's on x: ``hr``); or x
+    lists y down without hearing it while y finds x fine (y hears x's keepalives: x's packets
+    get out, y's do not get in). Either way x's inbound from y is shut."""
+    x_hears = nx is not None and nx.hears
+    if ny is not None and ny.hears and not x_hears:
+        return x, y, ny.wg_since
+    if nx is not None and nx.wg == ob.DOWN and not x_hears and ny is None and y.report is not None:
+        return x, y, nx.wg_since
     return None
 
 
