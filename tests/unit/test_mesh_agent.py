@@ -178,3 +178,41 @@ def test_a_host_firewall_dropping_wireguard_on_c_is_named_within_210_s_with_the_
     sim.blocked_host.clear()
     sim.run(900)
     assert all(sim.cells(n) == {} for n in sim.names)
+
+
+# --- single passes -----------------------------------------------------------------------------
+
+
+def one_pass(policy: m.MeshPolicy, **kw: object) -> agent.Outputs:
+    sim = Sim(["a", "b"])
+    inputs = agent.Inputs(sim.t, sim.device("a"), sim.view, {}, **kw)  # type: ignore[arg-type]
+    out, _ = agent.step("a", inputs, agent.start(sim.t - 10), policy, rand=lambda: 0.0)
+    return out
+
+
+def test_probing_off_publishes_no_interval_and_sends_nothing() -> None:
+    out = one_pass(m.MeshPolicy(probe=False))
+    assert out.probes == [] and out.report.probe_interval_s is None and out.report.inbound.state == "off"
+    assert out.publish.reason == "first"
+
+
+def test_the_first_pass_probes_whoever_is_due() -> None:
+    out = one_pass(m.MeshPolicy(), tap_state="ok")
+    assert [t.node for t in out.probes] == ["b"]  # rand() = 0: due at once
+    assert out.report.probe_interval_s == 300
+
+
+def test_a_tap_that_cannot_run_says_why_in_the_report() -> None:
+    out = one_pass(m.MeshPolicy(), tap_state="no CAP_NET_RAW: the AF_PACKET socket that sees probes needs it")
+    assert out.report.inbound.state.startswith("no CAP_NET_RAW")
+
+
+def test_the_final_report_is_marked_stopped() -> None:
+    out = one_pass(m.MeshPolicy())
+    assert agent.final_report(out).state == rp.STOPPED
+
+
+def test_metrics_helpers() -> None:
+    out = one_pass(m.MeshPolicy())
+    assert agent.peer_metrics(out.observation) == {"b": (10.0, "ok")}
+    assert agent.pairs_by_state(out.diagnosis) == {"ok": 1, "degraded": 0, "down": 0, "unknown": 1}
