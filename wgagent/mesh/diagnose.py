@@ -302,19 +302,16 @@ def _node_level(f: _Node) -> tuple[bool, bool]:
 
 def _cell(a: _Node, b: _Node) -> Pair:
     """Can ``a`` reach ``b``? (the module doc says how each fault looks)."""
-    if a.report is None:
-        return Pair(a.name, b.name, "unknown", m.NO_REPORT, a.name, fix_no_report(a.name, a.state), a.state.at)
-    for n in (a, b):
-        if n.report is not None and not n.report.interface_ok:
-            return Pair(a.name, b.name, "down", m.NO_INTERFACE, n.name, fix_no_interface(n.name), None)
+    whole = _node_cause(a, b)
+    if whole is not None:
+        return whole
+    assert a.report is not None
     na = a.report.note(b.name)
     nb = b.report.note(a.name) if b.report else None
-    down = bool((na and na.wg in SESSION_DOWN) or (nb and nb.wg in SESSION_DOWN))
+    down = _down(na) or _down(nb)
     found = _wireguard_cause(a, b, na, nb) or _forward_cause(a, b, na, nb)
-    if down:
-        if b.report is None and found is None:
-            found = (m.NO_REPORT, b.name, fix_no_report(b.name, b.state), b.state.at)
-        found = found or _forward_cause(b, a, nb, na) or _heard_cause(a, b, na, nb)
+    if down and found is None:
+        found = _dead_cause(a, b, na, nb)
     if found is None:
         if not down:
             return Pair(a.name, b.name, "ok", m.OK, None, "")
@@ -324,7 +321,30 @@ def _cell(a: _Node, b: _Node) -> Pair:
     return Pair(a.name, b.name, "down" if down else "degraded", cause, node, fix, since)
 
 
+def _down(note: Note | None) -> bool:
+    return note is not None and note.wg in SESSION_DOWN
+
+
+def _node_cause(a: _Node, b: _Node) -> Pair | None:
+    """The cell's state when a node-level fault decides it: ``a`` does not report, or either
+    side has no interface."""
+    if a.report is None:
+        return Pair(a.name, b.name, "unknown", m.NO_REPORT, a.name, fix_no_report(a.name, a.state), a.state.at)
+    for n in (a, b):
+        if n.report is not None and not n.report.interface_ok:
+            return Pair(a.name, b.name, "down", m.NO_INTERFACE, n.name, fix_no_interface(n.name), None)
+    return None
+
+
 Found = tuple[str, str, str, float | None]
+
+
+def _dead_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
+    """A dead session that no device fault and no forward cause explains: ``b`` silent, the
+    other direction's cause (the pair's root), or who still hears whom."""
+    if b.report is None:
+        return (m.NO_REPORT, b.name, fix_no_report(b.name, b.state), b.state.at)
+    return _forward_cause(b, a, nb, na) or _heard_cause(a, b, na, nb)
 
 
 def _wireguard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
@@ -341,21 +361,38 @@ def _wireguard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Fo
 
 def _forward_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
     """Why a new flow from ``a`` to ``b``'s advertised address would fail."""
-    if b.wrong_endpoint is not None or (na is not None and na.wg == ob.ROAMED):
-        real = b.wrong_endpoint or m.endpoint_ip(na.endpoint if na else None)
-        since: float | None = na.wg_since if na is not None else None
-        return (m.WRONG_ENDPOINT, b.name, fix_wrong_endpoint(b, real), since)
-    if (nb is not None and nb.inbound == pb.HOST) or b.host_blocked:
-        rule = b.report.inbound.rule if b.report else None
-        since = nb.in_since if nb is not None and nb.inbound == pb.HOST else b.host_since
-        return (m.INBOUND_BLOCKED_HOST, b.name, fix_host(b, rule), since)
-    if (nb is not None and nb.inbound == pb.MISS) or b.no_inbound:
-        since = nb.in_since if nb is not None and nb.inbound == pb.MISS else b.miss_since
-        if b.no_inbound and a.no_inbound and a.nat_only and b.nat_only:
-            first, second = sorted((a.name, b.name))
-            return (m.NAT_BOTH_SIDES, first, fix_nat_both(first, second, a.port, b.port), since)
-        return (m.INBOUND_BLOCKED_UPSTREAM, b.name, fix_upstream(b, _public_ip(a)), since)
-    return None
+    return _endpoint_cause(b, na) or _host_cause(b, nb) or _miss_cause(a, b, nb)
+
+
+def _endpoint_cause(b: _Node, na: Note | None) -> Found | None:
+    """``b`` advertises an address its packets do not come from."""
+    roamed = na is not None and na.wg == ob.ROAMED
+    if b.wrong_endpoint is None and not roamed:
+        return None
+    real = b.wrong_endpoint or m.endpoint_ip(na.endpoint if na is not None else None)
+    return (m.WRONG_ENDPOINT, b.name, fix_wrong_endpoint(b, real), na.wg_since if na is not None else None)
+
+
+def _host_cause(b: _Node, nb: Note | None) -> Found | None:
+    """``b``'s host firewall drops what ``a`` sends (``b``'s note on ``a``, or any sender)."""
+    from_a = nb is not None and nb.inbound == pb.HOST
+    if not from_a and not b.host_blocked:
+        return None
+    rule = b.report.inbound.rule if b.report else None
+    since = nb.in_since if from_a and nb is not None else b.host_since
+    return (m.INBOUND_BLOCKED_HOST, b.name, fix_host(b, rule), since)
+
+
+def _miss_cause(a: _Node, b: _Node, nb: Note | None) -> Found | None:
+    """``a``'s probes (or everyone's) do not reach ``b``: upstream, or NAT on both sides."""
+    from_a = nb is not None and nb.inbound == pb.MISS
+    if not from_a and not b.no_inbound:
+        return None
+    since = nb.in_since if from_a and nb is not None else b.miss_since
+    if b.no_inbound and a.no_inbound and a.nat_only and b.nat_only:
+        first, second = sorted((a.name, b.name))
+        return (m.NAT_BOTH_SIDES, first, fix_nat_both(first, second, a.port, b.port), since)
+    return (m.INBOUND_BLOCKED_UPSTREAM, b.name, fix_upstream(b, _public_ip(a)), since)
 
 
 def _heard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:

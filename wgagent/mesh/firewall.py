@@ -166,25 +166,28 @@ class _Walker:
             return "accept", None
         if "drop" in expr or "reject" in expr:
             return "drop", found
-        if "xt" in expr:
-            xt = expr["xt"] or {}
-            if xt.get("type") == "target" and xt.get("name") in DROP_XT:
-                return "drop", found
-            return True if xt.get("name") in NEUTRAL_XT or xt.get("type") == "target" else None
-        for jump in ("jump", "goto"):
-            if jump in expr and isinstance(expr[jump], dict) and depth < MAX_DEPTH:
-                target = self.chains.get((rule["family"], rule["table"], expr[jump].get("target")))
-                if target is None:
-                    return None
-                verdict, inner = self.chain(target, depth + 1)
-                if verdict == "return":
-                    return ("return", None) if jump == "goto" else True
-                return verdict, inner
         if "return" in expr:
             return "return", None
+        if "xt" in expr:
+            return _xt(expr["xt"] or {}, found)
+        for jump in ("jump", "goto"):
+            if jump in expr and isinstance(expr[jump], dict):
+                return self.jump(rule, expr[jump].get("target"), depth, goto=jump == "goto")
         if "limit" in expr or "quota" in expr:
             return None
         return True  # counter, log, meta set, ...: no effect on the verdict
+
+    def jump(
+        self, rule: Mapping[str, Any], target: Any, depth: int, *, goto: bool
+    ) -> bool | tuple[str, Found | None] | None:
+        """Walk the chain jumped to: its verdict, or on its end, go on (jump) or return (goto)."""
+        chain = self.chains.get((rule["family"], rule["table"], target))
+        if chain is None or depth >= MAX_DEPTH:
+            return None
+        verdict, inner = self.chain(chain, depth + 1)
+        if verdict == "return":
+            return ("return", None) if goto else True
+        return verdict, inner
 
     def match(self, m: Mapping[str, Any], where: tuple[str, str]) -> bool | None:
         value = self.value(m.get("left"))
@@ -244,9 +247,8 @@ class _Walker:
                 return _any3(self.equal(value, r, where) for r in right["set"])
             if "prefix" in right:
                 return _in_prefix(value, right["prefix"])
-            if "range" in right:
-                lo, hi = right["range"]
-                return _in_range(value, lo, hi)
+            if "range" in right and isinstance(right["range"], list) and len(right["range"]) == 2:
+                return _in_range(value, *right["range"])
             return None
         if isinstance(right, str) and right.startswith("@"):
             named = self.sets.get((*where, right[1:]))
@@ -266,6 +268,14 @@ class _Walker:
 
 _UNKNOWN = object()
 _NEVER = object()
+
+
+def _xt(xt: Mapping[str, Any], found: Found) -> bool | tuple[str, Found | None] | None:
+    """iptables-nft's compat expressions: REJECT/DROP targets drop; a comment never filters;
+    other targets (LOG...) go on; other matches are unknown."""
+    if xt.get("type") == "target" and xt.get("name") in DROP_XT:
+        return "drop", found
+    return True if xt.get("name") in NEUTRAL_XT or xt.get("type") == "target" else None
 
 
 def _any3(results: Iterator[bool | None]) -> bool | None:

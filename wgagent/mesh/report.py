@@ -143,21 +143,7 @@ def build(
     state: str = UP,
 ) -> Report:
     """The report of one look (``probe_interval_s`` None: this agent does not probe)."""
-    notes: dict[str, Note] = {}
-    counts: dict[str, int] = {"peers": len(obs.peers), "other": obs.others}
-    for v in obs.peers:
-        shown = ob.listed(v, obs.at)
-        bucket = v.status if shown else ob.OK
-        counts[bucket] = counts.get(bucket, 0) + 1
-        if shown:
-            notes[v.node] = Note(
-                v.node,
-                wg=v.status,
-                wg_since=int(v.since),
-                endpoint=v.endpoint if v.status in (ob.DRIFT, ob.ROAMED) else None,
-                hears=bool(v.rx_delta),
-                old_key=v.old_key is not None,
-            )
+    notes, counts = _wireguard_notes(obs)
     summary = Inbound()
     if inbound is not None:
         for f in inbound.findings:
@@ -187,6 +173,27 @@ def build(
         inbound=summary,
         notes=tuple(sorted(notes.values(), key=lambda n: n.node)),
     )
+
+
+def _wireguard_notes(obs: ob.Observation) -> tuple[dict[str, Note], dict[str, int]]:
+    """A note per listed peer, and the counts over all of them (a peer not yet listed, as a
+    missing key within its grace, counts as ok)."""
+    notes: dict[str, Note] = {}
+    counts: dict[str, int] = {"peers": len(obs.peers), "other": obs.others}
+    for v in obs.peers:
+        shown = ob.listed(v, obs.at)
+        bucket = v.status if shown else ob.OK
+        counts[bucket] = counts.get(bucket, 0) + 1
+        if shown:
+            notes[v.node] = Note(
+                v.node,
+                wg=v.status,
+                wg_since=int(v.since),
+                endpoint=v.endpoint if v.status in (ob.DRIFT, ob.ROAMED) else None,
+                hears=bool(v.rx_delta),
+                old_key=v.old_key is not None,
+            )
+    return notes, counts
 
 
 def _text(value: str | None) -> str | None:
