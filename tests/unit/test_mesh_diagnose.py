@@ -145,6 +145,15 @@ def test_two_nated_nodes_without_inbound_are_nat_both_sides() -> None:
     assert "one side is enough" in d.cell("a", "b").fix
 
 
+def test_two_nated_nodes_that_do_not_hear_each_other_before_any_probe_is_missed() -> None:
+    reps = healthy("a", "b")
+    reps["a"] = report(note("b", wg="down", wg_since=NOW - 120), nat=True)
+    reps["b"] = report(note("a", wg="down", wg_since=NOW - 100), nat=True)
+    d = dg.diagnose(view("a", "b"), reps, NOW)
+    both = ("down", m.NAT_BOTH_SIDES, "a")
+    assert cells(d) == {("a", "b"): both, ("b", "a"): both} and d.cell("a", "b").since == NOW - 120
+
+
 def test_two_cloud_nodes_with_closed_security_groups_are_upstream_each() -> None:
     reps = healthy("a", "b")
     reps["a"] = report(

@@ -36,10 +36,11 @@ The same from A's side, but B's tap *does* see A's probes at the device and its 
 counter does not: B's report says ``i: host`` and names the rule. Node to fix: B.
 
 *Both behind NAT without an inbound path* (``nat-both-sides``). Neither can open a flow to
-the other: the session is down, neither hears the other, and both have no inbound at all
-(``in.ok`` 0, every expected sender missing) while both report ``nat`` and no cloud provider
-(a cloud's 1:1 NAT forwards whatever its security group admits: that is upstream, with a
-control to open). One side is enough to fix: the first by name is named, the fix says either.
+the other: the session is down, neither hears the other, and both report ``nat`` and no cloud
+provider (a cloud's 1:1 NAT forwards whatever its security group admits: that is upstream,
+with a control to open). Soon after, both also show no inbound at all (``in.ok`` 0, every
+expected sender missing), which confirms it. One side is enough to fix: the first by name is
+named, the fix says either.
 
 *A wrong public-ip on B* (``wrong-endpoint``). flannel on A sets B's endpoint to the
 advertised address W, where nothing answers. B's initiations reach A from its real address R:
@@ -344,7 +345,18 @@ def _dead_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found |
     other direction's cause (the pair's root), or who still hears whom."""
     if b.report is None:
         return (m.NO_REPORT, b.name, fix_no_report(b.name, b.state), b.state.at)
-    return _forward_cause(b, a, nb, na) or _heard_cause(a, b, na, nb)
+    return _forward_cause(b, a, nb, na) or _heard_cause(a, b, na, nb) or _nat_cause(a, b, na, nb)
+
+
+def _nat_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
+    """Both behind a NAT no cloud control opens, and neither hears the other: NAT on both sides,
+    before the probes have been missed long enough to show it for certain."""
+    hears = (na is not None and na.hears) or (nb is not None and nb.hears)
+    if not (a.nat_only and b.nat_only) or hears:
+        return None
+    first, second = sorted((a.name, b.name))
+    since = min((n.wg_since for n in (na, nb) if n is not None and n.wg_since is not None), default=None)
+    return (m.NAT_BOTH_SIDES, first, fix_nat_both(first, second, a.port, b.port), since)
 
 
 def _wireguard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
