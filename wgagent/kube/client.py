@@ -269,6 +269,18 @@ class KubeClient:
         finally:
             resp.close()  # a watch cut short must not leave its connection for reuse
 
+    # --- Events (implements wgagent.events.EventSink) --------------------------------------
+
+    async def create_event(self, namespace: str, event: Mapping[str, Any]) -> JSONObject:
+        """POST a core/v1 Event; Conflict (409) if one of that name exists."""
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
+        return await self._call("create", "POST", path, body=json.dumps(event).encode(), content_type=JSON)
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> JSONObject:
+        """JSON merge patch of an Event (count, lastTimestamp, message); NotFound once it expired."""
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events/{quote(name, safe='')}"
+        return await self._call("patch", "PATCH", path, body=json.dumps(patch).encode(), content_type=MERGE_PATCH)
+
     async def close(self) -> None:
         self._closed = True
         await self._drop_session()
