@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wgagent.mesh.diagnose import Diagnosis, Pair, Problem
-from wgagent.state import iso8601
+from wgagent.timefmt import iso8601
 
 LIST_ALL_MAX = 100
 GRID_MAX = 40
