@@ -181,7 +181,7 @@ async def test_node_credential_sees_only_its_own_node(tmp_path: Path) -> None:
         assert rc == 0 and out.splitlines()[1].startswith("n1 "), err
         rc, _, err = await kubectl(api, tmp_path, "get", "node", "n2", kubeconfig=own)
         assert rc == 1 and "Error from server (Forbidden)" in err
-        assert "node 'n1' cannot get 'n2', only its own Node object" in err
+        assert "node 'n1' cannot read 'n2', only its own Node object" in err
         rc, _, err = await kubectl(api, tmp_path, "get", "nodes", kubeconfig=own)
         assert rc == 1 and 'cannot list resource "nodes"' in err
         rc, out, err = await kubectl(
