@@ -51,6 +51,7 @@ class Attributes:
     group: str = ""
     path: str = ""
     """A non-resource request's path (``/version``, ``/api``...); then ``resource`` is empty."""
+    field_selector: str = ""
 
 
 def authorize(user: User, attrs: Attributes, server: K3sVersion) -> tuple[bool, str]:
@@ -72,7 +73,11 @@ def authorize(user: User, attrs: Attributes, server: K3sVersion) -> tuple[bool, 
 def _controller(attrs: Attributes, server: K3sVersion) -> bool:
     # k3s manifests/rolebindings.yaml, system:k3s-controller (nodes: get; since PR #11478 and
     # its January 2025 back-ports also list, watch, and patch nodes/status)
-    if attrs.group or attrs.resource != "nodes":
+    if attrs.group:
+        return False
+    if attrs.resource == "pods":
+        return attrs.verb in ("get", "list", "watch")
+    if attrs.resource != "nodes":
         return False
     if attrs.subresource == "status":
         return attrs.verb == "patch" and controller_can_list_nodes(server)
@@ -99,7 +104,21 @@ def _node(own: str, attrs: Attributes, server: K3sVersion) -> tuple[bool, str]:
     if attrs.resource == "events" and not attrs.subresource:
         # NodeRules: create, update, patch events (core group only), in any namespace
         return attrs.verb in ("create", "update", "patch"), ""
+    if attrs.resource == "pods" and not attrs.subresource and attrs.verb in ("get", "list", "watch"):
+        return _node_pods(own, attrs, server)
     return False, ""
+
+
+def _node_pods(own: str, attrs: Attributes, server: K3sVersion) -> tuple[bool, str]:
+    # authorizePod: with AuthorizeNodeWithSelectors a node lists/watches only its own pods
+    if not node_reads_only_its_own_node(server):
+        return True, ""
+    if attrs.verb == "get":
+        return False, f"no relationship found between node '{own}' and this object"
+    terms = {t.strip().replace("==", "=") for t in attrs.field_selector.split(",")}
+    if f"spec.nodeName={own}" in terms:
+        return True, ""
+    return False, "can only list/watch pods with spec.nodeName field selector"
 
 
 def forbidden_message(user: User, attrs: Attributes, reason: str) -> str:

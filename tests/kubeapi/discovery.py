@@ -3,7 +3,7 @@
 Discovery follows the API server's two forms: legacy (``/api``, ``/api/v1``, ``/apis``,
 ``/apis/<group>/<version>``) and aggregated (``Accept: ...;g=apidiscovery.k8s.io;v=v2;
 as=APIGroupDiscoveryList``, which kubectl >= 1.26 asks for first). Served: core/v1 ``nodes``
-(+``status``) and ``events``, ``authorization.k8s.io/v1`` ``selfsubjectaccessreviews`` (what
+(+``status``), ``events`` and (always none) ``pods``, ``authorization.k8s.io/v1`` ``selfsubjectaccessreviews`` (what
 ``kubectl auth can-i`` and k3s's ``util.CheckRBAC`` post).
 
     >>> info = classify("GET", "/api/v1/nodes", {"fieldSelector": "metadata.name=n1"})
@@ -31,6 +31,7 @@ _RESOURCES: list[tuple[str, str, str, str, bool, list[str], list[str]]] = [
     # (group, resource, singular, kind, namespaced, verbs, shortNames)
     ("", "nodes", "node", "Node", False, _ALL_VERBS, ["no"]),
     ("", "events", "event", "Event", True, _ALL_VERBS, ["ev"]),
+    ("", "pods", "pod", "Pod", True, _ALL_VERBS, ["po"]),
     (AUTHZ, "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", False, ["create"], []),
 ]
 _SUBRESOURCES = {("", "nodes"): [("status", ["get", "patch", "update"])]}
@@ -62,6 +63,8 @@ _PATHS = [
     (re.compile(r"^/api/v1/nodes(?:/(?P<name>[^/]+)(?:/(?P<sub>status))?)?$"), "", "nodes", False),
     (re.compile(r"^/api/v1/events$"), "", "events", False),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?$"), "", "events", True),
+    (re.compile(r"^/api/v1/pods$"), "", "pods", False),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<name>[^/]+))?$"), "", "pods", True),
     (re.compile(r"^/apis/authorization\.k8s\.io/v1/selfsubjectaccessreviews$"), AUTHZ, "selfsubjectaccessreviews",
      False),
 ]  # fmt: skip

@@ -56,7 +56,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kubeapi import discovery
+from tests.kubeapi import discovery, protobuf
 from tests.kubeapi import events as ev
 from tests.kubeapi.authz import CONTROLLER, Attributes, User, authorize, forbidden_message, node_restriction
 from tests.kubeapi.discovery import RequestInfo, classify
@@ -399,7 +399,8 @@ class KubeAPI:
             return _json(found[0], content_type=found[1] or JSON_CT)
         if info.verb == "unknown":
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        attrs = Attributes(info.verb, info.resource, info.subresource, info.namespace, info.name, info.group)
+        attrs = Attributes(info.verb, info.resource, info.subresource, info.namespace, info.name, info.group,
+                           field_selector=request.query.get("fieldSelector", ""))  # fmt: skip
         allowed, reason = authorize(user, attrs, self.server_version)
         if not allowed:
             details = {"name": info.name, "kind": info.resource} if info.name else {"kind": info.resource}
@@ -414,7 +415,25 @@ class KubeAPI:
                 return await self._events(request, info)
             except ev.EventError as exc:
                 raise ApiError(exc.code, exc.reason, exc.message, exc.details) from exc
+        if info.resource == "pods":
+            return self._pods(request, info)
         return await self._access_review(request, user)
+
+    def _pods(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
+        """Pods: the stand-in runs none (``kubectl describe node`` lists them)."""
+        if info.verb == "get":
+            raise ApiError(404, "NotFound", f'pods "{info.name}" not found', {"name": info.name, "kind": "pods"})
+        if info.verb != "list":
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        fmt, rv = _negotiate(request.headers.get("Accept", ""), "list"), str(self.store.rv)
+        if fmt == "table":
+            columns = [{"name": n, "type": "string", "format": "name" if n == "Name" else "", "description": "",
+                        "priority": 0} for n in ("Name", "Ready", "Status", "Restarts", "Age")]  # fmt: skip
+            return _json({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+                          "columnDefinitions": columns, "rows": []})  # fmt: skip
+        kind = "PartialObjectMetadataList" if fmt == "metadata" else "PodList"
+        api_version = "meta.k8s.io/v1" if fmt == "metadata" else "v1"
+        return _json({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": []})
 
     async def _nodes(
         self, request: web.Request, user: User, info: RequestInfo, record: Record, fault: Fault | None
@@ -500,7 +519,13 @@ class KubeAPI:
         ``kubectl auth can-i`` and k3s's ``util.CheckRBAC`` ask; admission is not consulted)."""
         if request.method != "POST":
             raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
-        body = await _body_json(request)
+        if request.content_type == protobuf.PROTOBUF:  # kubectl's typed client
+            try:
+                body = protobuf.self_subject_access_review(await request.read())
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", f"the request body is not valid protobuf: {exc}") from exc
+        else:
+            body = await _body_json(request)
         spec = body.get("spec") or {}
         res, nonres = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
         if isinstance(res, dict):
