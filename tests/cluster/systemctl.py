@@ -96,7 +96,7 @@ def read_unit(unit_file: str) -> tuple[list[str], dict[str, str], list[str]]:
 
 def _directives(text: str) -> list[tuple[str, str]]:
     out, pending = [], ""
-    for raw in text.splitlines():
+    for raw in [*text.splitlines(), ""]:  # a continuation at the end of the file ends there
         line = pending + raw.strip()
         pending = ""
         if line.endswith("\\"):
