@@ -1,27 +1,44 @@
-"""An HTTPS Kubernetes API stand-in for Nodes, good enough for the real kubectl and for wgagent.
+"""An HTTPS Kubernetes API stand-in for a k3s cluster's Nodes and Events, good enough for the
+real kubectl and for wgagent, following upstream release by release (docs/UPSTREAM.md).
 
     async with KubeAPI(nodes=["n1", "n2"]) as api:       # 127.0.0.1, a free port, a test PKI
         kc = api.node_kubeconfig("n1")                    # CN=system:node:n1, O=system:nodes
         ...
         api.store.set_annotations("n1", {"k": None})      # someone removes an annotation
-        api.k3s_restart("n1")                             # flannel re-reads the overwrite
+        api.k3s_start("n1", files=((path, text),), version="v1.32.11+k3s3")  # k3s starts
+        api.k3s_restart("n1")                             # k3s starts again, same inputs
+        api.set_cluster(server_version="v1.31.4+k3s1")    # the servers' version and settings
         api.counts                                        # Counter[(user, verb)]
 
 What it serves, as the API server does:
-- ``/version``, ``/api``, ``/apis`` (legacy and aggregated discovery v2/v2beta1), ``/api/v1``;
-- ``/api/v1/nodes``: LIST (``fieldSelector=metadata.name=``, ``labelSelector``), WATCH
-  (``resourceVersion``, ``allowWatchBookmarks``, ``timeoutSeconds``; 410 as an ERROR event
-  for a resourceVersion older than the history window), POST;
-- ``/api/v1/nodes/{name}``: GET, PATCH (merge, strategic merge, JSON patch), PUT
-  (resourceVersion conflicts are 409), DELETE;
+- ``/version`` (the servers' k3s version), ``/api``, ``/apis`` (legacy and aggregated
+  discovery v2/v2beta1), ``/api/v1``, ``/apis/authorization.k8s.io/v1``;
+- ``/api/v1/nodes``: LIST (``fieldSelector`` ``metadata.name``/``spec.unschedulable``,
+  ``labelSelector``), WATCH (``resourceVersion``, ``allowWatchBookmarks``,
+  ``timeoutSeconds``; 410 as an ERROR event for a resourceVersion older than the history
+  window), POST; ``/api/v1/nodes/{name}``: GET, PATCH (merge, strategic merge, JSON patch),
+  PUT (resourceVersion conflicts are 409; status kept), DELETE; ``.../status``: PATCH, PUT
+  (spec kept), as flannel's AcquireLease writes;
+- core/v1 Events (tests/kubeapi/events.py): ``/api/v1/namespaces/{ns}/events[/{name}]``
+  POST, GET, PUT, PATCH (all three types), DELETE; LIST there and at ``/api/v1/events`` with
+  the events' field selectors; no watch;
+- ``/api/v1[/namespaces/{ns}]/pods``: an empty list (``kubectl describe node`` asks);
+- ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` in JSON or kubectl's
+  protobuf: the authorizers' answer (``kubectl auth can-i``, k3s's ``util.CheckRBAC``);
 - content negotiation: ``as=Table`` (kubectl's columns), ``as=PartialObjectMetadata(List)``,
-  plain JSON; 406 otherwise. Errors are ``Status`` objects (401, 403, 404, 409, 410, 422).
+  plain JSON; 406 otherwise. Errors are ``Status`` objects (401, 403, 404, 409, 410, 415, 422).
 
 Authentication: client certificates signed by the test CA (CN = user, O = groups) and
-bearer tokens. Authorization: ``system:masters`` may do anything; ``system:k3s-controller``
-may get, list and watch Nodes; a node (``system:node:<name>`` in ``system:nodes``) may get,
-patch, update and create only its own Node, and list/watch only with
-``fieldSelector=metadata.name=<name>`` (the node authorizer with AuthorizeNodeWithSelectors).
+bearer tokens. Authorization (tests/kubeapi/authz.py), by the servers' k3s version
+(``store.cluster.server_version``): ``system:masters`` may do anything; a node
+(``system:node:<name>``) has the Node authorizer's rights (its own Node only from Kubernetes
+1.32, every Node before; create/update/patch Events) and NodeRestriction's limits;
+``system:k3s-controller`` gets Nodes, and lists/watches them only from k3s v1.29.13, v1.30.9,
+v1.31.5, v1.32.0 on.
+
+k3s starts (:meth:`k3s_start`, tests/kubeapi/k3s.py): what k3s and flannel write to the Node
+when k3s starts with a given config, version and environment; a server's start sets the
+cluster's settings (flannel-external-ip, backend, cluster CIDRs) that agents then receive.
 
 Time: ``time_scale`` real seconds per simulated second. Watch timeouts (``timeoutSeconds``,
 or 1800-3600 s when not given, like ``--min-request-timeout``), bookmarks (every 60 s, and
@@ -31,7 +48,19 @@ the benchmark can run an honest hour in seconds.
 Faults: :meth:`fail_next` (5xx), :meth:`drop_next` (connection closed before an answer),
 ``latency_s``, :meth:`expire_watches` (410), :meth:`drop_watches`, :meth:`stop`/:meth:`start`
 (the API down and back on the same port), and ``store.set_annotations(...)`` behind the
-agent's back. Every request is counted by user and verb.
+agent's back. Every request is counted by user and verb (Node requests by their verb,
+others as ``verb:resource``, e.g. ``create:events``).
+
+Control endpoint (admin credential), for a stand-in run as a process:
+``GET /_standin/counts`` (requests, restarts, each node's last k3s start) and
+``POST /_standin/control`` with ``{"action": ...}``: ``k3s_start`` (``node``; optional
+``role``, ``files`` [[path, text], ...], ``args``, ``env`` {}, ``version``, ``reboot``,
+``iface_ipv4``, ``iface_ipv6``, ``listen_port``, ``flannel_version``), ``k3s_restart``
+(``node``), ``set_cluster`` (``flannel_backend``, ``flannel_external_ip``,
+``cluster_cidrs``, ``disable_ccm``, ``server_version``), ``set_annotations``, ``add_node``,
+``delete_node``, ``fail``, ``drop``, ``latency``, ``expire_watches``, ``drop_watches``,
+``reset_counts``. ``k3s_start``/``k3s_restart`` answer ``{"started", "error", "steps",
+"args", "public_key", "node"}``.
 """
 
 from __future__ import annotations
@@ -669,7 +698,8 @@ class KubeAPI:
         elif action == "set_annotations":
             result = self.store.set_annotations(node, body.get("annotations") or {})
         elif action == "add_node":
-            result = self.store.add(node, role=str(body.get("role", "agent")), annotations=body.get("annotations"))
+            result = self.store.add(node, role=str(body.get("role", "agent")), annotations=body.get("annotations"),
+                                    internal_ip=body.get("internal_ip"), version=body.get("version"))  # fmt: skip
         elif action == "delete_node":
             result = self.store.delete(node)
         elif action == "fail":
