@@ -16,8 +16,9 @@ Network namespaces joined by veth pairs only, nothing routed to the host's inter
   flannel publishes on a NATed node), yet handshakes work: nat1 initiates through the NAT.
 - pub2 also holds 300 dead peers: 200 keys of no Node, 100 without allowed IPs.
 - k3s cannot run here: each node's ``systemctl`` is :mod:`tests.cluster.systemctl`, which says
-  k3s is active and, on a restart, has the API stand-in do what flannel does at start (copy
-  ``public-ip-overwrite`` into ``public-ip``).
+  k3s is active and, on a restart, has the API stand-in do what k3s and flannel do at start
+  with the node's k3s config (tests/kubeapi/k3s.py: the overwrite annotations by k3s version,
+  then flannel copying ``public-ip-overwrite`` into ``public-ip``).
 - wgagent runs as ``wgagent run`` in each node's namespace with its own config
   (:meth:`Cluster.config`), health endpoint 127.0.0.1:8795 there.
 

@@ -262,7 +262,7 @@ class Cluster:
             node = Node(spec, host, uapi_dir, pub, InNetns(host.netns), wg)
             self.nodes[spec.name] = node
             # flannel's backend-data for this node's key (wireguard-native, flannel >= v0.26.6)
-            backend = json.dumps({"PublicKey": pub, "Port": WG_PORT})
+            backend = json.dumps({"PublicKey": pub, "Port": WG_PORT}, separators=(",", ":"))  # as Go writes it
             body = {"action": "set_annotations", "node": spec.name, "annotations": {FLANNEL + "backend-data": backend}}
             self.api("POST", "/_standin/control", body)
         objects = self.node_objects()
@@ -351,7 +351,8 @@ class Cluster:
         unit = "k3s.service" if node.spec.role == "server" else "k3s-agent.service"
         standin = {"url": self.standin["url"], "ca": self.standin["ca"], "token": ADMIN_TOKEN}
         with open(os.path.join(node.systemctl_dir, systemctl.STANDIN), "w") as f:
-            json.dump({**standin, "node": node.name, "unit": unit}, f)
+            k3s_reads = {"config_dir": node.path("etc-rancher-k3s"), "role": node.spec.role}
+            json.dump({**standin, "node": node.name, "unit": unit, **k3s_reads}, f)
         systemctl.mark_started(node.systemctl_dir)  # k3s runs since the lab started
         wrapper = node.path("bin", "systemctl")
         with open(wrapper, "w") as f:

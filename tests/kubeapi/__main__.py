@@ -2,6 +2,7 @@
 
     python -m tests.kubeapi --port 6443 --nodes n1,n2 --servers s1 --dir /tmp/kubeapi
     python -m tests.kubeapi ... --nodes n1=10.1.0.2,n2=198.51.100.20   # with their InternalIP
+    python -m tests.kubeapi ... --k3s-version v1.32.11+k3s3 --flannel-external-ip
 
 Writes the test PKI and kubeconfigs into ``--dir`` (``kubeconfigs/node-<name>.yaml``,
 ``k3scontroller.yaml``, ``admin-inline.yaml``), prints one JSON line saying where, and
@@ -17,8 +18,10 @@ import json
 import signal
 import sys
 
+from tests.kubeapi.k3s import Cluster
 from tests.kubeapi.pki import PKI
 from tests.kubeapi.server import KubeAPI
+from tests.kubeapi.store import KUBELET_VERSION
 
 
 def _names(text: str) -> list[str]:
@@ -32,10 +35,18 @@ def _nodes(text: str) -> list[tuple[str, str | None]]:
 
 async def _serve(args: argparse.Namespace) -> None:
     pki = PKI.create(args.dir + "/pki", server_ips=tuple(_names(args.san)))
-    api = KubeAPI(pki=pki, workdir=args.dir, host=args.host, port=args.port, time_scale=args.time_scale)
+    cluster = Cluster(
+        flannel_backend=args.flannel_backend,
+        flannel_external_ip=args.flannel_external_ip,
+        cluster_cidrs=tuple(_names(args.cluster_cidr)),
+        server_version=args.k3s_version,
+    )
+    api = KubeAPI(
+        pki=pki, workdir=args.dir, host=args.host, port=args.port, time_scale=args.time_scale, cluster=cluster
+    )
     for role, given in (("server", args.servers), ("agent", args.nodes)):  # servers first, as KubeAPI does
         for name, internal_ip in _nodes(given):
-            api.store.add(name, role=role, internal_ip=internal_ip)
+            api.store.add(name, role=role, internal_ip=internal_ip, version=args.k3s_version)
     await api.start()
     info = {
         "url": api.url,
@@ -62,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", required=True, help="where the PKI and kubeconfigs are written")
     p.add_argument("--san", default="", help="extra server certificate IP addresses, comma-separated")
     p.add_argument("--time-scale", type=float, default=1.0, help="real seconds per simulated second")
+    p.add_argument("--k3s-version", default=KUBELET_VERSION, help="every node's and the servers' k3s version")
+    p.add_argument("--flannel-backend", default="wireguard-native", help="the servers' flannel-backend")
+    p.add_argument("--flannel-external-ip", action="store_true", help="the servers run with flannel-external-ip")
+    p.add_argument("--cluster-cidr", default="10.42.0.0/16", help="comma-separated; an IPv6 one makes it dual-stack")
     args = p.parse_args(argv)
     try:
         asyncio.run(_serve(args))

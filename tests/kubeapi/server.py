@@ -1,27 +1,44 @@
-"""An HTTPS Kubernetes API stand-in for Nodes, good enough for the real kubectl and for wgagent.
+"""An HTTPS Kubernetes API stand-in for a k3s cluster's Nodes and Events, good enough for the
+real kubectl and for wgagent, following upstream release by release (docs/UPSTREAM.md).
 
     async with KubeAPI(nodes=["n1", "n2"]) as api:       # 127.0.0.1, a free port, a test PKI
         kc = api.node_kubeconfig("n1")                    # CN=system:node:n1, O=system:nodes
         ...
         api.store.set_annotations("n1", {"k": None})      # someone removes an annotation
-        api.k3s_restart("n1")                             # flannel re-reads the overwrite
+        api.k3s_start("n1", files=((path, text),), version="v1.32.11+k3s3")  # k3s starts
+        api.k3s_restart("n1")                             # k3s starts again, same inputs
+        api.set_cluster(server_version="v1.31.4+k3s1")    # the servers' version and settings
         api.counts                                        # Counter[(user, verb)]
 
 What it serves, as the API server does:
-- ``/version``, ``/api``, ``/apis`` (legacy and aggregated discovery v2/v2beta1), ``/api/v1``;
-- ``/api/v1/nodes``: LIST (``fieldSelector=metadata.name=``, ``labelSelector``), WATCH
-  (``resourceVersion``, ``allowWatchBookmarks``, ``timeoutSeconds``; 410 as an ERROR event
-  for a resourceVersion older than the history window), POST;
-- ``/api/v1/nodes/{name}``: GET, PATCH (merge, strategic merge, JSON patch), PUT
-  (resourceVersion conflicts are 409), DELETE;
+- ``/version`` (the servers' k3s version), ``/api``, ``/apis`` (legacy and aggregated
+  discovery v2/v2beta1), ``/api/v1``, ``/apis/authorization.k8s.io/v1``;
+- ``/api/v1/nodes``: LIST (``fieldSelector`` ``metadata.name``/``spec.unschedulable``,
+  ``labelSelector``), WATCH (``resourceVersion``, ``allowWatchBookmarks``,
+  ``timeoutSeconds``; 410 as an ERROR event for a resourceVersion older than the history
+  window), POST; ``/api/v1/nodes/{name}``: GET, PATCH (merge, strategic merge, JSON patch),
+  PUT (resourceVersion conflicts are 409; status kept), DELETE; ``.../status``: PATCH, PUT
+  (spec kept), as flannel's AcquireLease writes;
+- core/v1 Events (tests/kubeapi/events.py): ``/api/v1/namespaces/{ns}/events[/{name}]``
+  POST, GET, PUT, PATCH (all three types), DELETE; LIST there and at ``/api/v1/events`` with
+  the events' field selectors; no watch;
+- ``/api/v1[/namespaces/{ns}]/pods``: an empty list (``kubectl describe node`` asks);
+- ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` in JSON or kubectl's
+  protobuf: the authorizers' answer (``kubectl auth can-i``, k3s's ``util.CheckRBAC``);
 - content negotiation: ``as=Table`` (kubectl's columns), ``as=PartialObjectMetadata(List)``,
-  plain JSON; 406 otherwise. Errors are ``Status`` objects (401, 403, 404, 409, 410, 422).
+  plain JSON; 406 otherwise. Errors are ``Status`` objects (401, 403, 404, 409, 410, 415, 422).
 
 Authentication: client certificates signed by the test CA (CN = user, O = groups) and
-bearer tokens. Authorization: ``system:masters`` may do anything; ``system:k3s-controller``
-may get, list and watch Nodes; a node (``system:node:<name>`` in ``system:nodes``) may get,
-patch, update and create only its own Node, and list/watch only with
-``fieldSelector=metadata.name=<name>`` (the node authorizer with AuthorizeNodeWithSelectors).
+bearer tokens. Authorization (tests/kubeapi/authz.py), by the servers' k3s version
+(``store.cluster.server_version``): ``system:masters`` may do anything; a node
+(``system:node:<name>``) has the Node authorizer's rights (its own Node only from Kubernetes
+1.32, every Node before; create/update/patch Events) and NodeRestriction's limits;
+``system:k3s-controller`` gets Nodes, and lists/watches them only from k3s v1.29.13, v1.30.9,
+v1.31.5, v1.32.0 on.
+
+k3s starts (:meth:`k3s_start`, tests/kubeapi/k3s.py): what k3s and flannel write to the Node
+when k3s starts with a given config, version and environment; a server's start sets the
+cluster's settings (flannel-external-ip, backend, cluster CIDRs) that agents then receive.
 
 Time: ``time_scale`` real seconds per simulated second. Watch timeouts (``timeoutSeconds``,
 or 1800-3600 s when not given, like ``--min-request-timeout``), bookmarks (every 60 s, and
@@ -31,13 +48,26 @@ the benchmark can run an honest hour in seconds.
 Faults: :meth:`fail_next` (5xx), :meth:`drop_next` (connection closed before an answer),
 ``latency_s``, :meth:`expire_watches` (410), :meth:`drop_watches`, :meth:`stop`/:meth:`start`
 (the API down and back on the same port), and ``store.set_annotations(...)`` behind the
-agent's back. Every request is counted by user and verb.
+agent's back. Every request is counted by user and verb (Node requests by their verb,
+others as ``verb:resource``, e.g. ``create:events``).
+
+Control endpoint (admin credential), for a stand-in run as a process:
+``GET /_standin/counts`` (requests, restarts, each node's last k3s start) and
+``POST /_standin/control`` with ``{"action": ...}``: ``k3s_start`` (``node``; optional
+``role``, ``files`` [[path, text], ...], ``args``, ``env`` {}, ``version``, ``reboot``,
+``iface_ipv4``, ``iface_ipv6``, ``listen_port``, ``flannel_version``), ``k3s_restart``
+(``node``), ``set_cluster`` (``flannel_backend``, ``flannel_external_ip``,
+``cluster_cidrs``, ``disable_ccm``, ``server_version``), ``set_annotations``, ``add_node``,
+``delete_node``, ``fail``, ``drop``, ``latency``, ``expire_watches``, ``drop_watches``,
+``reset_counts``. ``k3s_start``/``k3s_restart`` answer ``{"started", "error", "steps",
+"args", "public_key", "node"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -48,41 +78,37 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from tests.kubeapi import discovery, protobuf
+from tests.kubeapi import events as ev
+from tests.kubeapi.authz import CONTROLLER, Attributes, User, authorize, forbidden_message, node_restriction
+from tests.kubeapi.discovery import RequestInfo, classify
+from tests.kubeapi.k3s import Cluster, Outcome, StartRequest, request_from_json
 from tests.kubeapi.pki import PKI
 from tests.kubeapi.store import (
-    KUBELET_VERSION,
     ApiError,
     NodeStore,
     Obj,
     TooOld,
     json_patch,
     merge_patch,
+    node_role,
     strategic_merge_patch,
 )
+from tests.kubeapi.upstream import K3sVersion
 
 ADMIN_TOKEN = "admin-token-0123456789"
-CONTROLLER = "system:k3s-controller"
-AGGREGATED = "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
 JSON_CT = "application/json"
+NODE_FIELDS = frozenset({"metadata.name", "spec.unschedulable"})
+"""Node field selectors (kubernetes ``pkg/apis/core/v1/conversion.go``)."""
 
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    groups: tuple[str, ...] = ()
-
-    @property
-    def node(self) -> str | None:
-        if "system:nodes" in self.groups and self.name.startswith("system:node:"):
-            return self.name[len("system:node:") :]
-        return None
+__all__ = ["ADMIN_TOKEN", "CONTROLLER", "KubeAPI", "User"]
 
 
 @dataclass
@@ -123,6 +149,7 @@ class KubeAPI:
         bookmark_interval_s: float = 60.0,
         history_s: float = 75.0,
         seed: int = 1,
+        cluster: Cluster | None = None,
     ) -> None:
         self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="kubeapi-")
@@ -132,7 +159,7 @@ class KubeAPI:
         self.time_scale = time_scale
         self.bookmark_interval_s = bookmark_interval_s
         self._t0 = time.monotonic()
-        self.store = NodeStore(clock=self.sim_now, history_s=history_s)
+        self.store = NodeStore(clock=self.sim_now, history_s=history_s, cluster=cluster)
         self.tokens: dict[str, User] = {ADMIN_TOKEN: User("admin", ("system:masters",))}
         self.counts: Counter[tuple[str, str]] = Counter()
         self.bytes_sent: Counter[str] = Counter()
@@ -274,9 +301,31 @@ class KubeAPI:
         """Send a bookmark on every watch that allowed them, now."""
         self.store.signal("bookmark")
 
-    def k3s_restart(self, node: str, *, wipe_overwrite: bool = False) -> Obj:
-        """Act as flannel on a k3s restart of ``node``: public-ip := public-ip-overwrite."""
-        return self.store.k3s_restart(node, wipe_overwrite=wipe_overwrite)
+    @property
+    def server_version(self) -> K3sVersion:
+        """The k3s version of the servers (RBAC, the Node authorizer and ``/version`` follow it)."""
+        return K3sVersion.parse(self.store.cluster.server_version)
+
+    def set_cluster(self, **changes: Any) -> Cluster:
+        """Change the servers' settings (:class:`tests.kubeapi.k3s.Cluster` fields), as if the
+        servers had been started so: ``api.set_cluster(server_version="v1.31.4+k3s1")``."""
+        self.store.cluster = replace(self.store.cluster, **changes)
+        return self.store.cluster
+
+    def k3s_start(self, node: str, request: StartRequest | None = None, **inputs: Any) -> Outcome:
+        """k3s starts on ``node`` with ``request`` (or a :class:`StartRequest` made of ``inputs``:
+        ``files``, ``args``, ``env``, ``version``, ``reboot``...; the role is the Node's unless
+        given): see :meth:`NodeStore.k3s_start` and tests/kubeapi/k3s.py."""
+        if request is None:
+            role = inputs.pop("role", None) or node_role(self.store.get(node))
+            request = StartRequest(role=role, **inputs)
+        elif inputs:
+            request = replace(request, **inputs)
+        return self.store.k3s_start(node, request)
+
+    def k3s_restart(self, node: str) -> Obj:
+        """k3s restarts on ``node`` with the same inputs as its last start; the Node afterwards."""
+        return self.store.k3s_restart(node)
 
     def other_changes(self, n: int = 1) -> None:
         """Other objects changed: the cluster-wide resourceVersion moves, no Node event."""
@@ -320,15 +369,16 @@ class KubeAPI:
 
     async def _handle_counted(self, request: web.Request) -> web.StreamResponse:
         user = self._authenticate(request)
-        verb, name = _classify(request)
+        info = classify(request.method, request.path, request.query)
+        verb = info.label
         record = Record(request.method, request.path, request.query_string, user.name if user else "-", verb)
-        if verb != "control":
+        if info.verb != "control":
             self.requests.append(record)
             self.counts[(record.user, verb)] += 1
         try:
-            if self.latency_s and verb != "control":
+            if self.latency_s and info.verb != "control":
                 await asyncio.sleep(self.latency_s)
-            fault = self._take_fault(verb, record.user) if verb != "control" else None
+            fault = self._take_fault(verb, record.user) if info.verb != "control" else None
             if fault is not None and fault.kind == "drop":
                 if request.transport is not None:
                     request.transport.abort()
@@ -338,7 +388,7 @@ class KubeAPI:
                 raise ApiError(fault.status, reason, "injected fault")
             if user is None:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            resp = await self._route(request, user, verb, name, record, fault)
+            resp = await self._route(request, user, info, record, fault)
         except ApiError as exc:
             resp = _json(exc.status(), exc.code)
         if isinstance(resp, web.Response) and resp.body is not None:
@@ -366,67 +416,166 @@ class KubeAPI:
         return None
 
     async def _route(
-        self, request: web.Request, user: User, verb: str, name: str | None, record: Record, fault: Fault | None
+        self, request: web.Request, user: User, info: RequestInfo, record: Record, fault: Fault | None
     ) -> web.StreamResponse:
-        path = request.path.rstrip("/") or "/"
-        accept = request.headers.get("Accept", "")
-        if verb == "control":
+        if info.verb == "control":
             return await self._control(request, user)
-        if path == "/version":
-            return _json(_version())
-        if path in ("/api", "/apis"):
-            return _discovery(path, accept, self.url)
-        if path == "/api/v1":
-            return _json(_resource_list())
-        if not path.startswith("/api/v1/nodes"):
+        if info.verb == "discovery":
+            found = discovery.document(info.path, request.headers.get("Accept", ""), self.url.split("://", 1)[1],
+                                       self.server_version)  # fmt: skip
+            if found is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json(found[0], content_type=found[1] or JSON_CT)
+        if info.verb == "unknown":
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        field_name = _field_selector(request.query.get("fieldSelector", ""))
-        _authorize(user, verb, name, field_name)
+        attrs = Attributes(info.verb, info.resource, info.subresource, info.namespace, info.name, info.group,
+                           field_selector=request.query.get("fieldSelector", ""))  # fmt: skip
+        allowed, reason = authorize(user, attrs, self.server_version)
+        if not allowed:
+            details = {"name": info.name, "kind": info.resource} if info.name else {"kind": info.resource}
+            raise ApiError(403, "Forbidden", forbidden_message(user, attrs, reason), details)
+        denied = node_restriction(user, attrs, info.name) if info.name else None
+        if denied:
+            raise ApiError(403, "Forbidden", denied, {"name": info.name, "kind": info.resource})
+        if info.resource == "nodes":
+            return await self._nodes(request, user, info, record, fault)
+        if info.resource == "events":
+            try:
+                return await self._events(request, info)
+            except ev.EventError as exc:
+                raise ApiError(exc.code, exc.reason, exc.message, exc.details) from exc
+        if info.resource == "pods":
+            return self._pods(request, info)
+        return await self._access_review(request, user)
+
+    def _pods(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
+        """Pods: the stand-in runs none (``kubectl describe node`` lists them)."""
+        if info.verb == "get":
+            raise ApiError(404, "NotFound", f'pods "{info.name}" not found', {"name": info.name, "kind": "pods"})
+        if info.verb != "list":
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        fmt, rv = _negotiate(request.headers.get("Accept", ""), "list"), str(self.store.rv)
+        if fmt == "table":
+            columns = [{"name": n, "type": "string", "format": "name" if n == "Name" else "", "description": "",
+                        "priority": 0} for n in ("Name", "Ready", "Status", "Restarts", "Age")]  # fmt: skip
+            return _json({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+                          "columnDefinitions": columns, "rows": []})  # fmt: skip
+        kind = "PartialObjectMetadataList" if fmt == "metadata" else "PodList"
+        api_version = "meta.k8s.io/v1" if fmt == "metadata" else "v1"
+        return _json({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": []})
+
+    async def _nodes(
+        self, request: web.Request, user: User, info: RequestInfo, record: Record, fault: Fault | None
+    ) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        verb, name = info.verb, info.name
+        selector = _parse_selector(request.query.get("fieldSelector", ""), NODE_FIELDS)
         if verb == "watch":
-            return await self._watch(request, user, field_name, record, gone=fault is not None)
+            visible = lambda n: ev.matches(_node_fields(n), selector)  # noqa: E731
+            return await self._watch(request, visible, record, gone=fault is not None)
         if verb == "list":
             fmt = _negotiate(accept, "list")
-            items = [n for n in self.store.list() if field_name is None or n["metadata"]["name"] == field_name]
+            items = [n for n in self.store.list() if ev.matches(_node_fields(n), selector)]
             items = _label_filter(items, request.query.get("labelSelector", ""))
             return _json(_render_list(items, fmt, str(self.store.rv), request.query))
-        assert name is not None
         if verb == "get":
             fmt = _negotiate(accept, "object")
             return _json(_render_object(self.store.get(name), fmt, request.query))
         if verb == "create":
             body = await _body_json(request)
-            if user.node is not None and (body.get("metadata") or {}).get("name") != user.node:
-                raise _forbidden(user, "create", name or "")
+            body_name = str((body.get("metadata") or {}).get("name"))
+            denied = node_restriction(user, Attributes("create", "nodes"), body_name)
+            if denied:
+                raise ApiError(403, "Forbidden", denied, {"kind": "nodes"})
             return _json(self.store.create(body), 201)
         if verb == "delete":
             self.store.delete(name)
             return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                           "details": {"name": name, "kind": "nodes"}})  # fmt: skip
-        dry_run = request.query.get("dryRun") == "All"
-        if verb == "update":
-            body = await _body_json(request)
-            return _json(_render_object(self.store.update(name, lambda _: body, dry_run=dry_run), _negotiate(
-                accept, "object"), request.query))  # fmt: skip
-        if verb == "patch":
-            ctype = request.content_type
-            patch = await _body_json(request, allow_list=ctype == "application/json-patch+json")
-            if ctype == "application/merge-patch+json":
-                apply = lambda node: merge_patch(node, patch)  # noqa: E731
-            elif ctype == "application/strategic-merge-patch+json":
-                apply = lambda node: strategic_merge_patch(node, patch)  # noqa: E731
-            elif ctype == "application/json-patch+json":
-                apply = lambda node: json_patch(node, patch)  # noqa: E731
-            else:
-                raise ApiError(
-                    415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
-                )
-            rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
-            node = self.store.update(name, lambda n: _keep_rv(apply(n), rv), dry_run=dry_run)
-            return _json(_render_object(node, _negotiate(accept, "object"), request.query))
+        if verb not in ("update", "patch"):
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        apply = await _change(request, verb)
+        keep = _keep_status if not info.subresource else _keep_spec
+
+        def mutate(node: Obj) -> Obj:
+            new = apply(node)
+            return keep(new, node)
+
+        node = self.store.update(name, mutate, dry_run=request.query.get("dryRun") == "All")
+        return _json(_render_object(node, _negotiate(accept, "object"), request.query))
+
+    async def _events(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
+        """core/v1 Events (tests/kubeapi/events.py)."""
+        store, q = self.store.events, request.query
+        accept, ns, name = request.headers.get("Accept", ""), info.namespace, info.name
+        dry_run = q.get("dryRun") == "All"
+        if info.verb == "list":
+            fmt = _negotiate(accept, "list")
+            items = store.list(ns or None, ev.parse_field_selector(q.get("fieldSelector", "")))
+            items = _label_filter(items, q.get("labelSelector", ""))
+            return _json(self._render_events(items, fmt, q))
+        if info.verb == "watch":
+            raise ApiError(405, "MethodNotAllowed", "the stand-in does not serve watches of events")
+        if info.verb == "get":
+            fmt = _negotiate(accept, "object")
+            event = store.get(ns, name)
+            return _json(self._render_events([event], fmt, q) if fmt == "table" else _one(event, fmt))
+        if info.verb == "create":
+            return _json(store.create(ns, await _body_json(request), dry_run=dry_run), 201)
+        if info.verb == "delete":
+            gone = store.delete(ns, name)
+            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                          "details": {"name": name, "kind": "events", "uid": gone["metadata"]["uid"]}})  # fmt: skip
+        if info.verb in ("update", "patch"):
+            apply = await _change(request, info.verb)
+            return _json(store.update(ns, name, apply, dry_run=dry_run))
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
 
+    def _render_events(self, items: list[Obj], fmt: str, query: Mapping[str, str]) -> Obj:
+        rv = str(self.store.rv)
+        if fmt == "table":
+            return ev.table(items, rv=rv, include=query.get("includeObject", "Metadata"), age=_age)
+        if fmt == "metadata":
+            return {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": {"resourceVersion": rv}, "items": [_partial(e) for e in items]}  # fmt: skip
+        for item in items:
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        return {"kind": "EventList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+
+    async def _access_review(self, request: web.Request, user: User) -> web.StreamResponse:
+        """``POST .../selfsubjectaccessreviews``: the authorizers' answer for the caller (what
+        ``kubectl auth can-i`` and k3s's ``util.CheckRBAC`` ask; admission is not consulted)."""
+        if request.method != "POST":
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        if request.content_type == protobuf.PROTOBUF:  # kubectl's typed client
+            try:
+                body = protobuf.self_subject_access_review(await request.read())
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", f"the request body is not valid protobuf: {exc}") from exc
+        else:
+            body = await _body_json(request)
+        spec = body.get("spec") or {}
+        res, nonres = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        if isinstance(res, dict):
+            keys = ("verb", "resource", "subresource", "namespace", "name", "group")
+            attrs = Attributes(*(str(res.get(k) or "") for k in keys))
+        elif isinstance(nonres, dict):
+            attrs = Attributes(str(nonres.get("verb", "")), path=str(nonres.get("path", "")))
+        else:
+            raise ApiError(422, "Invalid", 'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: '
+                           "spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes "
+                           "or resourceAttributes must be specified")  # fmt: skip
+        allowed, reason = authorize(user, attrs, self.server_version)
+        status: Obj = {"allowed": allowed}
+        if reason:
+            status["reason"] = reason
+        review = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                  "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}  # fmt: skip
+        return _json(review, 201)
+
     async def _watch(
-        self, request: web.Request, user: User, field_name: str | None, record: Record, *, gone: bool
+        self, request: web.Request, visible: Callable[[Obj], bool], record: Record, *, gone: bool
     ) -> web.StreamResponse:
         fmt = _negotiate(request.headers.get("Accept", ""), "watch")
         q = request.query
@@ -450,9 +599,6 @@ class KubeAPI:
             record.bytes += len(line)
             self.bytes_sent[record.user] += len(line)
             await resp.write(line)
-
-        def visible(obj: Obj) -> bool:
-            return field_name is None or obj["metadata"]["name"] == field_name
 
         async def bookmark() -> None:
             nonlocal last_rv
@@ -531,6 +677,7 @@ class KubeAPI:
                 {
                     "requests": [{"user": u, "verb": v, "count": n} for (u, v), n in sorted(self.counts.items())],
                     "restarts": dict(self.store.restarts),
+                    "k3s": {n: _outcome_json(o, node=False) for n, o in self.store.k3s_outcomes.items()},
                 }
             )
         if request.method != "POST" or request.path != "/_standin/control":
@@ -539,12 +686,20 @@ class KubeAPI:
         action = body.get("action")
         node = str(body.get("node", ""))
         result: Any = None
-        if action == "k3s_restart":
-            result = self.k3s_restart(node, wipe_overwrite=bool(body.get("wipe_overwrite")))
+        if action == "k3s_start":
+            request_ = request_from_json(body, default_role=node_role(self.store.get(node)))
+            result = _outcome_json(self.k3s_start(node, request_))
+        elif action == "k3s_restart":
+            result = _outcome_json(self.store.k3s_start(node))
+        elif action == "set_cluster":
+            known = {f.name for f in fields(Cluster)}
+            changes = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items() if k in known}
+            result = self.set_cluster(**changes).__dict__
         elif action == "set_annotations":
             result = self.store.set_annotations(node, body.get("annotations") or {})
         elif action == "add_node":
-            result = self.store.add(node, role=str(body.get("role", "agent")), annotations=body.get("annotations"))
+            result = self.store.add(node, role=str(body.get("role", "agent")), annotations=body.get("annotations"),
+                                    internal_ip=body.get("internal_ip"), version=body.get("version"))  # fmt: skip
         elif action == "delete_node":
             result = self.store.delete(node)
         elif action == "fail":
@@ -571,59 +726,66 @@ class _Dropped(Exception):
 # --- helpers: classification, authorization -----------------------------------------------
 
 
-def _classify(request: web.Request) -> tuple[str, str | None]:
-    """(verb, node name) for a request; verbs as RBAC names them, plus "discovery"/"control"."""
-    path = request.path.rstrip("/")
-    if path.startswith("/_standin/"):
-        return "control", None
-    if path == "/api/v1/nodes":
-        if request.method == "GET":
-            return ("watch" if request.query.get("watch") in ("true", "1") else "list"), None
-        return ("create" if request.method == "POST" else "other"), None
-    if path.startswith("/api/v1/nodes/"):
-        name = path[len("/api/v1/nodes/") :]
-        verbs = {"GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
-        return verbs.get(request.method, "other"), name
-    return "discovery", None
+def _parse_selector(text: str, allowed: Iterable[str]) -> list[ev.Requirement]:
+    try:
+        return ev.parse_field_selector(text, allowed)
+    except ev.EventError as exc:
+        raise ApiError(exc.code, exc.reason, exc.message) from exc
 
 
-def _forbidden(user: User, verb: str, name: str, why: str = "") -> ApiError:
-    target = f'nodes "{name}"' if name else "nodes"
-    scope = "at the cluster scope" + (f": {why}" if why else "")
-    return ApiError(
-        403,
-        "Forbidden",
-        f'{target} is forbidden: User "{user.name}" cannot {verb} resource "nodes" in API group "" {scope}',
-        {"name": name, "kind": "nodes"} if name else {"kind": "nodes"},
-    )
+def _node_fields(node: Obj) -> dict[str, str]:
+    unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
+    return {"metadata.name": node["metadata"]["name"], "spec.unschedulable": str(unschedulable).lower()}
 
 
-def _authorize(user: User, verb: str, name: str | None, field_name: str | None) -> None:
-    if "system:masters" in user.groups:
-        return
-    if user.name == CONTROLLER:
-        if verb in ("get", "list", "watch"):
-            return
-        raise _forbidden(user, verb, name or "")
-    own = user.node
-    if own is not None:
-        if verb in ("list", "watch"):
-            if field_name == own:
-                return
-            raise _forbidden(user, verb, "", f"node '{own}' cannot read all nodes, only its own Node object")
-        if verb in ("get", "patch", "update", "create") and name in (own, None):
-            return
-        raise _forbidden(user, verb, name or "", f"node '{own}' cannot {verb} '{name}', only its own Node object")
-    raise _forbidden(user, verb, name or "")
+async def _change(request: web.Request, verb: str) -> Callable[[Obj], Obj]:
+    """The body of a PUT, or a PATCH of any of the three types, as a function of the object."""
+    if verb == "update":
+        body = await _body_json(request)
+        return lambda _old: body
+    ctype = request.content_type
+    patch = await _body_json(request, allow_list=ctype == "application/json-patch+json")
+    if ctype == "application/merge-patch+json":
+        apply = lambda obj: merge_patch(obj, patch)  # noqa: E731
+    elif ctype == "application/strategic-merge-patch+json":
+        apply = lambda obj: strategic_merge_patch(obj, patch)  # noqa: E731
+    elif ctype == "application/json-patch+json":
+        apply = lambda obj: json_patch(obj, patch)  # noqa: E731
+    else:
+        raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+    rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+    return lambda obj: _keep_rv(apply(obj), rv)
 
 
-def _field_selector(text: str) -> str | None:
-    if not text:
-        return None
-    key, sep, value = text.partition("==") if "==" in text else text.partition("=")
-    if not sep or key.strip() != "metadata.name" or "," in value:
-        raise ApiError(400, "BadRequest", f'"{text}" is not a known field selector: only "metadata.name"')
-    return value.strip()
+def _keep_status(new: Obj, old: Obj) -> Obj:
+    # nodeStrategy.PrepareForUpdate: a write to the Node cannot change its status
+    if "status" in old:
+        new["status"] = copy.deepcopy(old["status"])
+    return new
+
+
+def _keep_spec(new: Obj, old: Obj) -> Obj:
+    # nodeStatusStrategy.PrepareForUpdate: a write to nodes/status changes metadata and status only
+    if "spec" in old:
+        new["spec"] = copy.deepcopy(old["spec"])
+    return new
+
+
+def _one(obj: Obj, fmt: str) -> Obj:
+    return _partial(obj) if fmt == "metadata" else obj
+
+
+def _outcome_json(outcome: Outcome, *, node: bool = True) -> Obj:
+    out: Obj = {
+        "started": outcome.started,
+        "error": outcome.error,
+        "steps": [{"step": w.step, "source": w.source, "credential": w.credential} for w in outcome.writes],
+        "args": list(outcome.args),
+        "public_key": outcome.public_key,
+    }
+    if node:
+        out["node"] = outcome.node
+    return out
 
 
 def _label_filter(items: list[Obj], selector: str) -> list[Obj]:
@@ -802,86 +964,3 @@ def _age(created: str | None) -> str:
     if h < 8:
         return f"{h}h{m % 60}m"
     return f"{h}h" if h < 48 else f"{h // 24}d"
-
-
-def _version() -> Obj:
-    return {
-        "major": "1",
-        "minor": "32",
-        "gitVersion": KUBELET_VERSION,
-        "gitCommit": "0000000000000000000000000000000000000000",
-        "gitTreeState": "clean",
-        "buildDate": "2025-04-22T00:00:00Z",
-        "goVersion": "go1.23.6",
-        "compiler": "gc",
-        "platform": "linux/amd64",
-    }
-
-
-_NODE_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
-
-
-def _resource_list() -> Obj:
-    return {
-        "kind": "APIResourceList",
-        "groupVersion": "v1",
-        "resources": [
-            {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node", "verbs": _NODE_VERBS,
-             "shortNames": ["no"], "storageVersionHash": "XwShjMxG9Fs="},
-            {"name": "nodes/status", "singularName": "", "namespaced": False, "kind": "Node",
-             "verbs": ["get", "patch", "update"]},
-        ],
-    }  # fmt: skip
-
-
-def _discovery(path: str, accept: str, url: str) -> web.Response:
-    """Aggregated discovery when asked for it (kubectl >= 1.26 asks first), else legacy."""
-    for entry in accept.split(","):
-        params = dict(p.strip().split("=", 1) for p in entry.split(";")[1:] if "=" in p)
-        if params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList":
-            version = params.get("v", "")
-            if version in ("v2", "v2beta1"):
-                items = [] if path == "/apis" else [_core_group_discovery()]
-                body = {
-                    "kind": "APIGroupDiscoveryList",
-                    "apiVersion": f"apidiscovery.k8s.io/{version}",
-                    "metadata": {},
-                    "items": items,
-                }
-                return _json(body, content_type=AGGREGATED.format(v=version))
-    if path == "/apis":
-        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
-    host = url.split("://", 1)[1]
-    return _json(
-        {
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
-        }
-    )
-
-
-def _core_group_discovery() -> Obj:
-    node_kind = {"group": "", "version": "v1", "kind": "Node"}
-    return {
-        "metadata": {"creationTimestamp": None},
-        "versions": [
-            {
-                "version": "v1",
-                "resources": [
-                    {
-                        "resource": "nodes",
-                        "responseKind": node_kind,
-                        "scope": "Cluster",
-                        "singularResource": "node",
-                        "verbs": _NODE_VERBS,
-                        "shortNames": ["no"],
-                        "subresources": [
-                            {"subresource": "status", "responseKind": node_kind, "verbs": ["get", "patch", "update"]}
-                        ],
-                    }
-                ],
-                "freshness": "Current",
-            }
-        ],
-    }

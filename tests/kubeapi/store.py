@@ -12,6 +12,7 @@ import asyncio
 import base64
 import copy
 import hashlib
+import ipaddress
 import json
 import re
 import time
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-FLANNEL = "flannel.alpha.coreos.com/"
-OVERWRITE_TO_PUBLISHED = {
-    FLANNEL + "public-ip-overwrite": FLANNEL + "public-ip",
-    FLANNEL + "public-ipv6-overwrite": FLANNEL + "public-ipv6",
-}
+from tests.kubeapi import k3s
+from tests.kubeapi.events import EventStore
+from tests.kubeapi.k3s import FLANNEL, Cluster, StartRequest, go_json
+
 KUBELET_VERSION = "v1.32.4+k3s1"
+"""The k3s version every stand-in Node reports unless told otherwise (flannel v0.26.7, the
+overwrite written by ``updateAddressAnnotations``, no removal: see tests/kubeapi/upstream.py)."""
 
 Obj = dict[str, Any]
 
@@ -99,8 +101,61 @@ def fake_wg_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(b"wg:" + name.encode()).digest()).decode()
 
 
+def published_key(node: Obj) -> str | None:
+    """The WireGuard key in the Node's flannel backend-data (what its key file holds), or None."""
+    try:
+        data = json.loads((node["metadata"].get("annotations") or {})[FLANNEL + "backend-data"])
+        return str(data["PublicKey"]) if isinstance(data, dict) and data.get("PublicKey") else None
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _unversioned(node: Obj) -> Obj:
+    # a write computed from an older copy: k3s and flannel patch, so no precondition
+    new = copy.deepcopy(node)
+    new["metadata"]["resourceVersion"] = ""
+    return new
+
+
+def node_role(node: Obj) -> str:
+    labels = node["metadata"].get("labels") or {}
+    return "server" if "node-role.kubernetes.io/control-plane" in labels else "agent"
+
+
+def server_args(cluster: Cluster) -> tuple[str, ...]:
+    """The flags a server needs to hand out ``cluster``'s settings."""
+    args = [f"--flannel-backend={cluster.flannel_backend}"]
+    if cluster.cluster_cidrs != ("10.42.0.0/16",):
+        args.append("--cluster-cidr=" + ",".join(cluster.cluster_cidrs))
+    if cluster.flannel_external_ip:
+        args.append("--flannel-external-ip=true")
+    if cluster.disable_ccm:
+        args.append("--disable-cloud-controller=true")
+    return tuple(args)
+
+
+def pod_cidrs(cluster_cidrs: Iterable[str], index: int) -> list[str]:
+    """The node's podCIDRs as kube-controller-manager allocates them: one per cluster CIDR
+    family, a /24 of an IPv4 range and a /64 of an IPv6 one (k3s's defaults)."""
+    out = []
+    for text in cluster_cidrs:
+        net = ipaddress.ip_network(text, strict=False)
+        prefix = 24 if net.version == 4 else 64
+        sub = ipaddress.ip_network((int(net.network_address) + (index % 256) * (1 << (net.max_prefixlen - prefix)),
+                                    prefix))  # fmt: skip
+        out.append(str(sub))
+    return out
+
+
 class NodeStore:
-    def __init__(self, *, clock: Callable[[], float], history_s: float = 75.0) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        history_s: float = 75.0,
+        cluster: Cluster | None = None,
+        new_key: Callable[[], str] = k3s.random_key,
+    ) -> None:
         self.clock = clock
         """Simulated seconds (the server's time scale applied)."""
         self.history_s = history_s
@@ -111,6 +166,17 @@ class NodeStore:
         """A watch may start from this resourceVersion or any later one."""
         self.watchers: set[Watcher] = set()
         self.restarts: dict[str, int] = {}
+        """k3s starts per node (:meth:`k3s_start`, failed ones too)."""
+        self.cluster = cluster or Cluster(flannel_backend="wireguard-native", server_version=KUBELET_VERSION)
+        """The servers' settings every k3s start receives; a server's successful start sets them."""
+        self.k3s_requests: dict[str, StartRequest] = {}
+        """Each node's last k3s start (:meth:`k3s_restart` starts k3s again with it)."""
+        self.k3s_outcomes: dict[str, k3s.Outcome] = {}
+        self.wg_keys: dict[str, str] = {}
+        """flannel's key file per node (its public key), once a start used one."""
+        self.new_key = new_key
+        self.events = EventStore(next_rv=self._next_rv)
+        """core/v1 Events; they share the cluster-wide resourceVersion, not the Node history."""
 
     # --- reading -----------------------------------------------------------------------
 
@@ -139,8 +205,12 @@ class NodeStore:
         internal_ip: str | None = None,
         annotations: Mapping[str, str] | None = None,
         flannel: bool = True,
+        version: str | None = None,
     ) -> Obj:
-        """A registered Node, as k3s and flannel leave it (flannel's annotations unless told not)."""
+        """A registered Node, as k3s and flannel leave it (flannel's annotations unless told not).
+
+        Its k3s was started with no config of its own (a server: with the cluster's settings,
+        :func:`server_args`); :meth:`k3s_restart` starts it again that way."""
         if name in self.nodes:
             raise ApiError(409, "AlreadyExists", f'nodes "{name}" already exists', {"name": name, "kind": "nodes"})
         index = len(self.nodes) + len(self.restarts) + 1
@@ -161,13 +231,13 @@ class NodeStore:
                 {
                     FLANNEL + "kube-subnet-manager": "true",
                     FLANNEL + "backend-type": "wireguard",
-                    FLANNEL + "backend-data": json.dumps({"PublicKey": fake_wg_key(name), "Port": 51820}),
+                    FLANNEL + "backend-data": go_json({"PublicKey": fake_wg_key(name), "Port": 51820}),
                     FLANNEL + "public-ip": ip,
                 }
             )
         anns.update(annotations or {})
         created = now_iso()
-        cidr = f"10.42.{index % 256}.0/24"
+        cidrs = pod_cidrs(self.cluster.cluster_cidrs, index)
         node: Obj = {
             "kind": "Node",
             "apiVersion": "v1",
@@ -179,7 +249,7 @@ class NodeStore:
                 "labels": labels,
                 "annotations": anns,
             },
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "providerID": f"k3s://{name}"},
+            "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs, "providerID": f"k3s://{name}"},
             "status": {
                 "conditions": [
                     {
@@ -193,8 +263,8 @@ class NodeStore:
                 ],
                 "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
                 "nodeInfo": {
-                    "kubeletVersion": KUBELET_VERSION,
-                    "kubeProxyVersion": KUBELET_VERSION,
+                    "kubeletVersion": version or KUBELET_VERSION,
+                    "kubeProxyVersion": version or KUBELET_VERSION,
                     "osImage": "Debian GNU/Linux 12 (bookworm)",
                     "kernelVersion": "6.1.0-28-amd64",
                     "containerRuntimeVersion": "containerd://2.0.4-k3s2",
@@ -204,6 +274,7 @@ class NodeStore:
             },
         }
         validate(node)
+        self.k3s_requests[name] = StartRequest(role=role, args=server_args(self.cluster) if role == "server" else ())
         return self._commit("ADDED", node)
 
     def create(self, obj: Obj) -> Obj:
@@ -281,31 +352,35 @@ class NodeStore:
 
         return self.update(name, mutate)
 
-    def k3s_restart(self, name: str, *, wipe_overwrite: bool = False) -> Obj:
-        """What a k3s restart does to the Node's annotations: flannel acquires its lease again
-        and copies ``public-ip(v6)-overwrite`` into ``public-ip(v6)`` (the node's own
-        address when there is none). ``wipe_overwrite``: k3s started with
-        ``flannel-external-ip`` off first removes overwrites set by someone else."""
+    def k3s_start(self, name: str, request: StartRequest | None = None) -> k3s.Outcome:
+        """k3s (re)starts on Node ``name`` as upstream k3s and flannel do (tests/kubeapi/k3s.py):
+        each write k3s makes is committed in order (a watcher sees each); an agent whose
+        config k3s refuses changes nothing. ``request`` None: the node's last start again.
+
+        A server that starts hands its settings to the cluster (what agents get from then on).
+        """
+        node = self.nodes.get(name)
+        if node is None:
+            raise not_found(name)
+        req = request or self.k3s_requests.get(name) or StartRequest(role=node_role(node))
         self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.k3s_requests[name] = req
+        key = self.wg_keys.get(name) or published_key(node) or fake_wg_key(name)
+        outcome = k3s.start(node, req, self.cluster, public_key=key, new_key=self.new_key)
+        for write in outcome.writes:
+            self.update(name, lambda _n, w=write: _unversioned(w.node))
+        if outcome.writes and outcome.public_key is not None:
+            self.wg_keys[name] = outcome.public_key
+        if outcome.started and outcome.cluster is not None:
+            self.cluster = outcome.cluster
+        self.k3s_outcomes[name] = outcome
+        return outcome
 
-        def mutate(node: Obj) -> None:
-            anns = node["metadata"].setdefault("annotations", {})
-            if wipe_overwrite:
-                for key in OVERWRITE_TO_PUBLISHED:
-                    anns.pop(key, None)
-            internal = next(
-                (a["address"] for a in node.get("status", {}).get("addresses", []) if a.get("type") == "InternalIP"),
-                None,
-            )
-            for overwrite, published in OVERWRITE_TO_PUBLISHED.items():
-                if overwrite in anns:
-                    anns[published] = anns[overwrite]
-                elif published.endswith("public-ip") and internal:
-                    anns[published] = internal
-                else:
-                    anns.pop(published, None)
-
-        return self.update(name, mutate)
+    def k3s_restart(self, name: str) -> Obj:
+        """``systemctl restart k3s`` with nothing changed: :meth:`k3s_start` with the node's last
+        start's inputs. The Node object afterwards."""
+        self.k3s_start(name)
+        return self.get(name)
 
     # --- watchers ----------------------------------------------------------------------
 
@@ -326,6 +401,10 @@ class NodeStore:
         """Forget the history: every watch from an older resourceVersion now gets 410."""
         self.history.clear()
         self.oldest_rv = self.rv
+
+    def _next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
 
     def _commit(self, type_: str, node: Obj) -> Obj:
         self.rv += 1

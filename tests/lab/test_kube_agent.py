@@ -108,7 +108,7 @@ async def test_node_credential_patches_its_own_node_and_is_refused_another() -> 
         detail = other_state.checks["annotation"].detail
         assert not other_state.checks["annotation"].ok
         assert f"the credential in {api.node_kubeconfig('n1')} may not read or patch Node n2" in detail
-        assert "node 'n1' cannot get 'n2', only its own Node object" in detail
+        assert "node 'n1' cannot read 'n2', only its own Node object" in detail
         assert ANN_PUBLIC_IP_OVERWRITE not in api.store.nodes["n2"]["metadata"]["annotations"]
         with pytest.raises(Forbidden):
             await client.patch_node("n2", {"metadata": {"annotations": {"a/b": "c"}}})

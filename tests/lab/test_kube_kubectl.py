@@ -7,10 +7,14 @@ on 127.0.0.1; the stand-in runs on the test's event loop, so kubectl is driven w
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -181,7 +185,7 @@ async def test_node_credential_sees_only_its_own_node(tmp_path: Path) -> None:
         assert rc == 0 and out.splitlines()[1].startswith("n1 "), err
         rc, _, err = await kubectl(api, tmp_path, "get", "node", "n2", kubeconfig=own)
         assert rc == 1 and "Error from server (Forbidden)" in err
-        assert "node 'n1' cannot get 'n2', only its own Node object" in err
+        assert "node 'n1' cannot read 'n2', only its own Node object" in err
         rc, _, err = await kubectl(api, tmp_path, "get", "nodes", kubeconfig=own)
         assert rc == 1 and 'cannot list resource "nodes"' in err
         rc, out, err = await kubectl(
@@ -222,3 +226,105 @@ async def test_get_nodes_watch_shows_the_new_annotation(tmp_path: Path) -> None:
             api.k3s_restart("n1")  # flannel copies the overwrite into public-ip
             await read_until(proc, "203.0.113.9", lines)
             assert lines[-1].split() == ["n1", "203.0.113.9"]
+
+
+async def as_node(api: KubeAPI, node: str, method: str, path: str, body: bytes, ctype: str) -> tuple[int, bytes]:
+    """One request with ``node``'s client certificate (what its kubelet credential sends)."""
+    cert, key = api.pki.client(f"system:node:{node}", "system:nodes")
+
+    def call() -> tuple[int, bytes]:
+        ctx = ssl.create_default_context(cafile=api.pki.ca_cert)
+        ctx.load_cert_chain(cert, key)
+        conn = http.client.HTTPSConnection(api.host, api.port, context=ctx, timeout=TIMEOUT_S)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": ctype})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(call)
+
+
+def event_manifest(name: str, node: str, uid: str, *, reason: str, message: str, count: int = 1) -> dict[str, Any]:
+    """A core/v1 Event about Node ``node`` as client-go's recorder makes one (namespace default)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid},
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "count": count,
+        "firstTimestamp": "2026-12-01T10:00:00Z",
+        "lastTimestamp": "2026-12-01T10:00:00Z",
+        "source": {"component": "wgagent", "host": node},
+    }
+
+
+async def test_a_node_creates_and_patches_events_the_admin_reads_them(tmp_path: Path) -> None:
+    async with api_with("n1", "n2") as api:
+        own = api.node_kubeconfig("n1")
+        doc = tmp_path / "event.yaml"
+        doc.write_text(yaml.safe_dump(event_manifest("n1.a1", "n1", "n1", reason="MeshPathDown", message="n2 down")))
+        rc, out, err = await kubectl(api, tmp_path, "create", "--validate=false", "-f", str(doc), kubeconfig=own)
+        assert rc == 0 and "event/n1.a1 created" in out, err
+        # The recorder's repeat: a strategic merge patch of count and lastTimestamp, sent as is
+        # (kubectl patch would GET the event first, which a node may not).
+        patch = b'{"count":2,"lastTimestamp":"2026-12-01T10:05:00Z"}'
+        path = "/api/v1/namespaces/default/events/n1.a1"
+        status, _ = await as_node(api, "n1", "PATCH", path, patch, "application/strategic-merge-patch+json")
+        assert status == 200 and api.store.events.get("default", "n1.a1")["count"] == 2
+        rc, _, err = await kubectl(api, tmp_path, "patch", "event", "n1.a1", "-p", patch.decode(), kubeconfig=own)
+        assert rc == 1 and 'cannot get resource "events"' in err
+        # The node may write events, not read them (system:node: create, update, patch).
+        rc, _, err = await kubectl(api, tmp_path, "get", "events", kubeconfig=own)
+        assert rc == 1
+        assert 'User "system:node:n1" cannot list resource "events" in API group "" in the namespace "default"' in err
+        doc.write_text(yaml.safe_dump(event_manifest("n2.b1", "n2", "n2", reason="Other", message="about n2")))
+        rc, _, err = await kubectl(api, tmp_path, "create", "--validate=false", "-f", str(doc))
+        assert rc == 0, err
+
+        rc, out, err = await kubectl(api, tmp_path, "get", "events", "--field-selector", "involvedObject.name=n1")
+        assert rc == 0, err
+        rows = [line.split(None, 4) for line in out.splitlines()]
+        assert rows[0] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT    MESSAGE"]
+        assert [r[1:] for r in rows[1:]] == [["Warning", "MeshPathDown", "node/n1", "n2 down"]]
+        rc, out, err = await kubectl(api, tmp_path, "get", "events", "-A", "--field-selector", "reason=Other")
+        assert rc == 0 and "node/n2" in out and "node/n1" not in out, err
+        rc, _, err = await kubectl(api, tmp_path, "get", "events", "--field-selector", "spec.nodeName=n1")
+        assert rc == 1 and "field label not supported: spec.nodeName" in err
+
+        rc, out, err = await kubectl(api, tmp_path, "describe", "node", "n1")
+        assert rc == 0, err
+        events = out.split("Events:", 1)[1].splitlines()
+        assert events[1].split() == ["Type", "Reason", "Age", "From", "Message"]
+        assert events[3].split()[:2] == ["Warning", "MeshPathDown"]
+        assert "(x2 over" in events[3] and events[3].rstrip().endswith("wgagent  n2 down")
+        assert "about n2" not in out
+
+
+async def test_auth_can_i_follows_the_servers_version(tmp_path: Path) -> None:
+    async with api_with("n1") as api:
+        controller, node = api.controller_kubeconfig(), api.node_kubeconfig("n1")
+        answers = []
+        for version in ("v1.31.4+k3s1", "v1.31.5+k3s1", "v1.32.4+k3s1"):
+            api.set_cluster(server_version=version)
+            for kc in (controller, node):
+                rc, out, _ = await kubectl(api, tmp_path, "auth", "can-i", "list", "nodes", kubeconfig=kc)
+                answers.append((version, kc == controller, out.strip(), rc))
+        assert answers == [
+            ("v1.31.4+k3s1", True, "no", 1),  # k3s-controller's RBAC before the January 2025 back-port
+            ("v1.31.4+k3s1", False, "yes", 0),  # Kubernetes 1.31: no AuthorizeNodeWithSelectors
+            ("v1.31.5+k3s1", True, "yes", 0),
+            ("v1.31.5+k3s1", False, "yes", 0),
+            ("v1.32.4+k3s1", True, "yes", 0),
+            ("v1.32.4+k3s1", False, "no - node 'n1' cannot read all nodes, only its own Node object", 1),
+        ]
+        rc, out, _ = await kubectl(api, tmp_path, "auth", "can-i", "create", "events", kubeconfig=node)
+        assert (rc, out.strip()) == (0, "yes")
+        rc, out, _ = await kubectl(api, tmp_path, "auth", "can-i", "patch", "nodes/n2", kubeconfig=node)
+        assert (rc, out.strip()) == (0, "yes")  # the authorizer says yes; NodeRestriction refuses the write
+        rc, out, _ = await kubectl(api, tmp_path, "version", "-o", "json")
+        assert json.loads(out)["serverVersion"]["gitVersion"] == "v1.32.4+k3s1"
