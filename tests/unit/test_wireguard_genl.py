@@ -324,3 +324,47 @@ def test_the_family_id_is_read_from_the_controller_answer() -> None:
 def test_keys_come_out_as_wg_prints_them() -> None:
     dump = parse(message(peers(peer(KEY))) + genl.done_message(2))
     assert dump.device.peers[0].public_key == key_from_bytes(bytes([7]) * 32)
+
+
+def kernel_peer_attrs() -> list[bytes]:
+    """A peer's attributes in get_peer()'s order and sizes (the walker's fast path)."""
+    ep = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 51820) + socket.inet_aton("198.51.100.7") + bytes(8)
+    ips = b"".join(
+        nla(0, nla(genl.WGALLOWEDIP_A_CIDR_MASK, bytes([mask])) + nla(genl.WGALLOWEDIP_A_FAMILY, struct.pack("=H", fam))
+            + nla(genl.WGALLOWEDIP_A_IPADDR, socket.inet_pton(fam, addr)), nested=True)
+        for fam, addr, mask in ((socket.AF_INET, "10.42.1.0", 24), (socket.AF_INET6, "fd00:1::", 64))
+    )  # fmt: skip
+    return [
+        KEY,
+        nla(2, bytes(32)),  # preshared key
+        nla(genl.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", 1700000000, 250000000)),
+        nla(genl.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, struct.pack("=H", 25)),
+        nla(genl.WGPEER_A_TX_BYTES, struct.pack("=Q", 4157)),
+        nla(genl.WGPEER_A_RX_BYTES, struct.pack("=Q", 4028)),
+        nla(10, struct.pack("=I", 1)),  # protocol version
+        nla(genl.WGPEER_A_ENDPOINT, ep),
+        nla(genl.WGPEER_A_ALLOWEDIPS, ips, nested=True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(lambda a: a, id="kernel-layout"),
+        pytest.param(lambda a: a[::-1], id="reversed"),
+        pytest.param(lambda a: [*a[:4], nla(0, b""), *a[4:]], id="pad-before-u64"),
+    ],
+)
+def test_the_fast_path_and_the_attribute_walk_agree(order: Any) -> None:
+    dump = parse(message(peers(peer(*order(kernel_peer_attrs())))) + genl.done_message(2))
+    assert dump.device.peers == (
+        Peer(
+            key_from_bytes(bytes([7]) * 32),
+            "198.51.100.7:51820",
+            ("10.42.1.0/24", "fd00:1::/64"),
+            1700000000.25,
+            4028,
+            4157,
+            25,
+        ),
+    )

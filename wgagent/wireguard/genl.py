@@ -309,9 +309,60 @@ def _malformed(ifname: str, what: str) -> WireGuardError:
 
 _new_peer = tuple.__new__  # Peer(...) without its Python-level __new__, as the UAPI fast parse
 
+# get_peer() writes a peer's first seven attributes in one order, each of a fixed size: the
+# key, the preshared key, the handshake, the keepalive, tx, rx, the protocol version (132
+# bytes). One unpack reads them all; a peer laid out any other way (a continuation, a pad
+# attribute before a u64 on an architecture that needs one) takes the attribute walk.
+_KERNEL_PEER = struct.Struct("=HH32s HH32x HHqq HHH2x HHQ HHQ HHI".replace(" ", ""))
+_KERNEL_PEER_HEADERS = (36, 1, 36, 2, 20, 6, 6, 5, 12, 8, 12, 7, 8, 10)
+# get_allowedips() writes the mask, the family, then the address: 28 bytes for IPv4, 40 for IPv6.
+_KERNEL_IP4 = struct.Struct("=HHHHB3xHHH2xHH4s")
+_KERNEL_IP6 = struct.Struct("=HHHHB3xHHH2xHH16s")
+_KERNEL_IP_HEADERS = (5, 3, 6, 1)
+
 
 def _peer(data: bytes, off: int, end: int, ifname: str) -> Peer:
-    """One ``WGPEER_A_*`` nest. Attributes of an unexpected size are skipped, as
+    """One ``WGPEER_A_*`` nest."""
+    if off + 132 <= end:
+        l1, t1, raw, l2, t2, l3, t3, sec, nsec, l4, t4, keepalive, l5, t5, tx, l6, t6, rx, l7, t7, _ = (
+            _KERNEL_PEER.unpack_from(data, off)
+        )
+        if (l1, t1, l2, t2, l3, t3, l4, t4, l5, t5, l6, t6, l7, t7) == _KERNEL_PEER_HEADERS:
+            endpoint, ips = _peer_tail(data, off + 132, end, ifname)
+            return _new_peer(
+                Peer,
+                (
+                    binascii.b2a_base64(raw, newline=False).decode(),
+                    endpoint,
+                    ips,
+                    sec + nsec / 1e9 if sec or nsec else None,
+                    rx,
+                    tx,
+                    keepalive or None,
+                ),
+            )
+    return _peer_walk(data, off, end, ifname)
+
+
+def _peer_tail(data: bytes, off: int, end: int, ifname: str) -> tuple[str | None, tuple[str, ...]]:
+    """The endpoint and allowed IPs after a peer's fixed head (either may be absent)."""
+    endpoint = None
+    ips: tuple[str, ...] = ()
+    while off + 4 <= end:
+        length, kind = _NLA.unpack_from(data, off)
+        if length < 4 or off + length > end:
+            raise _malformed(ifname, "a peer attribute overruns its peer")
+        kind &= NLA_TYPE_MASK
+        if kind == WGPEER_A_ENDPOINT:
+            endpoint = _endpoint(data, off + 4, off + length)
+        elif kind == WGPEER_A_ALLOWEDIPS:
+            ips = _allowed_ips(data, off + 4, off + length, ifname)
+        off += (length + 3) & ~3
+    return endpoint, ips
+
+
+def _peer_walk(data: bytes, off: int, end: int, ifname: str) -> Peer:
+    """One ``WGPEER_A_*`` nest in any order. Attributes of an unexpected size are skipped, as
     ``parse_peer`` does; a peer without a public key is an error, as there."""
     unpack = _NLA.unpack_from
     key = endpoint = None
@@ -370,32 +421,43 @@ def _endpoint(data: bytes, off: int, end: int) -> str | None:
 def _allowed_ips(data: bytes, off: int, end: int, ifname: str) -> tuple[str, ...]:
     """The ``WGALLOWEDIP_A_*`` nests of one ``WGPEER_A_ALLOWEDIPS``, as ``addr/cidr``."""
     out = []
-    unpack = _NLA.unpack_from
     while off + 4 <= end:
-        length, _ = unpack(data, off)
+        length = _U16.unpack_from(data, off)[0]
         if length < 4 or off + length > end:
             raise _malformed(ifname, "an allowed IP overruns its list")
-        family = cidr = -1
-        addr = b""
-        pos, stop = off + 4, off + length
-        while pos + 4 <= stop:
-            alen, kind = unpack(data, pos)
-            if alen < 4 or pos + alen > stop:
-                raise _malformed(ifname, "an allowed IP attribute overruns its allowed IP")
-            kind &= NLA_TYPE_MASK
-            if kind == WGALLOWEDIP_A_CIDR_MASK and alen == 5:
-                cidr = data[pos + 4]
-            elif kind == WGALLOWEDIP_A_FAMILY and alen == 6:
-                family = _U16.unpack_from(data, pos + 4)[0]
-            elif kind == WGALLOWEDIP_A_IPADDR:
-                addr = data[pos + 4 : pos + alen]
-            pos += (alen + 3) & ~3
-        # parse_allowedips: a family the address fits and a mask within it, or the reply is bad
-        if family == socket.AF_INET and len(addr) == 4 and 0 <= cidr <= 32:
-            out.append(f"{socket.inet_ntoa(addr)}/{cidr}")
-        elif family == socket.AF_INET6 and len(addr) == 16 and 0 <= cidr <= 128:
-            out.append(f"{socket.inet_ntop(socket.AF_INET6, addr)}/{cidr}")
-        else:
-            raise _malformed(ifname, f"an allowed IP of family {family}, {len(addr)} bytes, mask {cidr}")
+        text = None
+        if length == 28:
+            _, _, cl, ct, cidr, fl, ft, family, al, at, addr = _KERNEL_IP4.unpack_from(data, off)
+            if (cl, ct, fl, ft) == _KERNEL_IP_HEADERS and (al, at) == (8, 2) and family == socket.AF_INET:
+                text = f"{socket.inet_ntoa(addr)}/{cidr}" if cidr <= 32 else None
+        elif length == 40:
+            _, _, cl, ct, cidr, fl, ft, family, al, at, addr = _KERNEL_IP6.unpack_from(data, off)
+            if (cl, ct, fl, ft) == _KERNEL_IP_HEADERS and (al, at) == (20, 2) and family == socket.AF_INET6:
+                text = f"{socket.inet_ntop(socket.AF_INET6, addr)}/{cidr}" if cidr <= 128 else None
+        out.append(text or _allowed_ip(data, off + 4, off + length, ifname))
         off += (length + 3) & ~3
     return tuple(out)
+
+
+def _allowed_ip(data: bytes, pos: int, stop: int, ifname: str) -> str:
+    """One allowed IP nest in any order; as ``parse_allowedips``, a family the address fits
+    and a mask within it, or the reply is bad."""
+    family = cidr = -1
+    addr = b""
+    while pos + 4 <= stop:
+        alen, kind = _NLA.unpack_from(data, pos)
+        if alen < 4 or pos + alen > stop:
+            raise _malformed(ifname, "an allowed IP attribute overruns its allowed IP")
+        kind &= NLA_TYPE_MASK
+        if kind == WGALLOWEDIP_A_CIDR_MASK and alen == 5:
+            cidr = data[pos + 4]
+        elif kind == WGALLOWEDIP_A_FAMILY and alen == 6:
+            family = _U16.unpack_from(data, pos + 4)[0]
+        elif kind == WGALLOWEDIP_A_IPADDR:
+            addr = data[pos + 4 : pos + alen]
+        pos += (alen + 3) & ~3
+    if family == socket.AF_INET and len(addr) == 4 and 0 <= cidr <= 32:
+        return f"{socket.inet_ntoa(addr)}/{cidr}"
+    if family == socket.AF_INET6 and len(addr) == 16 and 0 <= cidr <= 128:
+        return f"{socket.inet_ntop(socket.AF_INET6, addr)}/{cidr}"
+    raise _malformed(ifname, f"an allowed IP of family {family}, {len(addr)} bytes, mask {cidr}")
