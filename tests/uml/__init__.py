@@ -116,6 +116,9 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 grep -q ' /dev devtmpfs ' /proc/mounts || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
 ip link set lo up
 hostname uml
 cd {q(cwd)} && env -i {env_args} {shlex.join(argv)} </dev/null >{q(exchange)}/output 2>&1
