@@ -175,6 +175,7 @@ def boot(
             "rootflags=/",
             "rw",
             f"init={script}",
+            f"uml_dir={exchange}",  # its mconsole socket: not in the host's ~/.uml
             "con=null",
             "con0=fd:0,fd:1",
         ]
