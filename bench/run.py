@@ -254,7 +254,15 @@ def machine() -> list[str]:
         f"- packages: {packages}",
         f"- tools: {_first_line(['wrk', '-v'])}; {_first_line(['wireguard-go', '--version'])}",
         f"- wgagent: git {commit}",
+        f"- user-mode Linux kernel (kernel rows): {_uml_kernel()}",
     ]
+
+
+def _uml_kernel() -> str:
+    from tests.uml import kernel_path
+
+    path = kernel_path("wireguard")
+    return f"{Path(path).parent.name} ({path}, scripts/uml-kernel)" if path else "not built"
 
 
 def main() -> int:
@@ -290,10 +298,12 @@ def main() -> int:
     bad = [r for r in rows if r.verdict not in ("ok",) and not r.verdict.startswith("skipped")]
     if args.write:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        only = "" if chosen == list(ALL) else f" --only {','.join(chosen)}"
+        make = "" if only else " (`make bench`)"
         text = [
             "# Benchmark results",
             "",
-            f"`python3 bench/run.py{' --quick' if q else ''}` (`make bench`), {when}, {took / 60:.1f} min.",
+            f"`python3 bench/run.py{' --quick' if q else ''}{only}`{make}, {when}, {took / 60:.1f} min.",
             "Each ratio is value / baseline, both measured side by side in the same run; what each",
             "measures and why is in the docstring of its bench/*.py.",
             "",
