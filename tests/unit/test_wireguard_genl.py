@@ -305,7 +305,7 @@ def test_removals_are_batched_with_the_remove_flag_and_nested_flags() -> None:
     assert [k for b in sent for k in b] == keys
 
 
-@pytest.mark.parametrize("ifname", ["", "x" * 16, "a/b"])
+@pytest.mark.parametrize("ifname", ["", "x" * 16, "a/b", "a:1", "a b", ".."])
 def test_a_bad_interface_name_is_refused_before_anything_is_sent(ifname: str) -> None:
     with pytest.raises(ValueError, match="not an interface name"):
         genl.get_device_request(0x1B, 2, ifname)

@@ -69,7 +69,7 @@ class FakeKernel:
         assert size >= 1 << 16  # room for a 32 KiB dump message and a quoted removal
         if self.world.recv_error is not None:
             raise self.world.recv_error
-        return self.queue.pop(0)
+        return self.queue.pop(0) if self.queue else b""  # a socket that broke
 
     def close(self) -> None:
         self.closed = True
@@ -215,3 +215,22 @@ async def test_a_refused_batch_says_how_far_it_got() -> None:
     with pytest.raises(WireGuardError, match=rf"\({PEERS_PER_MESSAGE} of {len(wanted)} removed before\)"):
         await world.backend().remove_peers("flannel-wg", wanted)
     assert len(world.removals) == 2 and world.sockets[0].closed
+
+
+@pytest.mark.parametrize("ifname", ["flannel-wg-too-long", "a/b", ""])
+async def test_a_name_no_interface_can_have_is_device_not_found(ifname: str) -> None:
+    world = World("mixed")
+    with pytest.raises(DeviceNotFound, match="not an interface name"):
+        await world.backend().get(ifname)
+    with pytest.raises(DeviceNotFound, match="not an interface name"):
+        await world.backend().remove_peers(ifname, keys(1))
+    assert world.sockets == []
+
+
+async def test_a_socket_that_returns_nothing_is_an_error_not_a_spin() -> None:
+    world = World("mixed")
+    world.dumps = ["bare"]
+    rec = wgshow.recorded()["bare"]
+    world.dump_answer = lambda seq: list(rec.datagrams[:0])  # type: ignore[method-assign]
+    with pytest.raises(WireGuardError, match="returned nothing before the dump ended"):
+        await world.backend().get("wg-bare")

@@ -16,9 +16,10 @@ flagged ``NLM_F_DUMP_INTR`` means the device changed while it was read (the kern
 ``device_update_gen`` moved): :class:`DumpReader` raises ``OSError(EINTR)`` and the caller
 reads again, as ``wg`` does.
 
-The peer walk is a loop of ``struct`` unpacks over one ``bytes`` object, ~20x cheaper than
-decoding the same reply into pyroute2's ``nla`` objects (10,000 peers: 11.8 s with pyroute2
-0.7.2 in user-mode Linux). The unit tests prove it equal to pyroute2's decoding, field by
+The peer walk is a few ``struct`` unpacks per peer over one ``bytes`` object: 10,000 peers
+in 70-150 ms in user-mode Linux, where ``wg show dump`` takes about 200 ms and decoding the
+same reply into pyroute2's ``nla`` objects took 11.8 s (0.7.2). The unit tests prove it
+equal to pyroute2's decoding, field by
 field, on dumps recorded from a real kernel (``tests/data/``). Errors the kernel answers are
 ``OSError(errno)``, for the adapter to translate once; a reply that breaks the layout is a
 :class:`WireGuardError`::
@@ -150,11 +151,18 @@ def remove_requests(family: int, first_seq: int, ifname: str, raw: Sequence[byte
     return out
 
 
-def _ifname(ifname: str) -> bytes:
+def check_ifname(ifname: str) -> bytes:
+    """The name as the kernel takes it; ValueError if no interface can have it
+    (``dev_valid_name`` in net/core/dev.c: 1 to IFNAMSIZ - 1 bytes, not ``.`` or ``..``, no
+    ``/``, ``:`` or whitespace)."""
     raw = ifname.encode()
-    if not raw or len(raw) > 15 or b"/" in raw or b"\0" in raw:  # IFNAMSIZ - 1
+    if not 0 < len(raw) <= 15 or raw in (b".", b"..") or any(c in b"/:\0" or chr(c).isspace() for c in raw):
         raise ValueError(f"not an interface name: {ifname!r}")
-    return _attr(WGDEVICE_A_IFNAME, raw + b"\0")
+    return raw
+
+
+def _ifname(ifname: str) -> bytes:
+    return _attr(WGDEVICE_A_IFNAME, check_ifname(ifname) + b"\0")
 
 
 # --- replies -----------------------------------------------------------------------------------------

@@ -89,9 +89,11 @@ class NetlinkBackend:
 
     async def dump(self, ifname: str) -> Dump:
         """The device with what ``wg show`` also prints (fwmark) and how the dump went."""
+        _check_name(ifname)
         return await self._in_thread(self._dump_sync, ifname)
 
     async def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
+        _check_name(ifname)
         keys = list(keys)
         if keys:
             await self._in_thread(self._remove_sync, ifname, keys)
@@ -149,6 +151,13 @@ class NetlinkBackend:
                 sock.close()
 
 
+def _check_name(ifname: str) -> None:
+    try:
+        genl.check_ifname(ifname)
+    except ValueError as exc:
+        raise DeviceNotFound(f"no interface {ifname}: {exc}") from exc
+
+
 class _Interrupted(Exception):
     """The dump saw NLM_F_DUMP_INTR: read again."""
 
@@ -156,15 +165,20 @@ class _Interrupted(Exception):
 def _read_dump(sock: NetlinkSocket, family: int, ifname: str) -> Dump:
     sock.send(genl.get_device_request(family, 2, ifname))
     reader = DumpReader(ifname, 2)
-    while not reader.feed(sock.recv(RECV_BYTES)):
-        pass
-    return reader.result()
+    while True:
+        data = sock.recv(RECV_BYTES)
+        if not data:  # netlink never sends an empty datagram; do not spin on a broken socket
+            raise WireGuardError(f"{ifname}: the netlink socket returned nothing before the dump ended")
+        if reader.feed(data):
+            return reader.result()
 
 
 def _read_ack(sock: NetlinkSocket, seq: int) -> None:
     """Wait for the ``NLMSG_ERROR`` answering request ``seq``; OSError(errno) if it is one."""
     while True:
         data = sock.recv(RECV_BYTES)
+        if not data:
+            raise WireGuardError("the netlink socket returned nothing before the kernel's answer")
         for msg_type, _, msg_seq, off, end in genl.messages(data):
             if msg_type == genl.NLMSG_ERROR and msg_seq == seq:
                 genl.raise_error(genl.error_code(data, off, end), "the kernel refused")
