@@ -117,9 +117,7 @@ def check_interpreter(python: str) -> None:
 @pytest.mark.parametrize("python", PYTHONS)
 def test_get_of_10000_peers_equals_wg_show_dump(world: World, python: str) -> None:
     check_interpreter(python)
-    started = time.monotonic()
     dump = asyncio.run(netlink_in(world.ns).dump(IF))
-    took = time.monotonic() - started
     shown = wgshow.parse(wg_dump(world.lab, world.node, IF))
     # The live peers' counters move (keepalive every 25 s): read again if one moved in between.
     for _ in range(3):
@@ -142,7 +140,6 @@ def test_get_of_10000_peers_equals_wg_show_dump(world: World, python: str) -> No
     assert sum(p.last_handshake is None for p in dev.peers) == DEAD + 1
     assert sum(1 for p in dev.peers if p.endpoint and p.endpoint.startswith("[2001:db8:ffff::")) == DEAD // 5
     assert max(len(p.allowed_ips) for p in dev.peers) == BIG_IPS
-    assert took < 10, f"reading {DEAD} peers took {took:.1f} s (the backend's timeout is 10 s)"
 
 
 @pytest.mark.parametrize("python", PYTHONS)
@@ -168,9 +165,7 @@ def test_batched_removal_with_keys_that_are_not_there(world: World, python: str)
     gone = [p.public_key for p in world.dead[: DEAD // 2]]
     absent = [random_key() for _ in range(300)]
     keys = gone[:2500] + absent + gone[2500:]
-    started = time.monotonic()
     asyncio.run(backend.remove_peers(IF, keys))
-    took = time.monotonic() - started
     after = {p.public_key for p in wgshow.parse(wg_dump(world.lab, world.node, IF)).peers}
     assert after == before - set(gone)
     assert set(world.live) <= after
@@ -182,7 +177,6 @@ def test_batched_removal_with_keys_that_are_not_there(world: World, python: str)
     sent = wgshow.parse(wg_dump(world.lab, world.node, IF)).peers[0].tx_bytes
     poke(world.lab, world.node, "10.42.4.1")
     wait_for(lambda: wgshow.parse(wg_dump(world.lab, world.node, IF)).peers[0].tx_bytes > sent, 10, "traffic to peer4")
-    assert took < 10, f"removing {len(keys)} keys took {took:.1f} s"
     world.dead[: DEAD // 2] = []
 
 
