@@ -50,7 +50,9 @@ from wgagent import logs
 from wgagent.config import Config, GCConfig, WireGuardConfig
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
 from wgagent.state import State
-from wgagent.wireguard.gc import FIRST_SEEN_FILE, GCPart
+from wgagent.wireguard.backend import HostNet
+from wgagent.wireguard.gc import FIRST_SEEN_FILE
+from wgagent.wireguard.gc.part import GCPart
 from wgagent.wireguard.model import Device, key_from_bytes
 from wgagent.wireguard.uapi import UapiBackend, encode_remove, parse_get
 
@@ -138,7 +140,7 @@ def time_wgagent(uapi_dir: str, state_dir: str, n: int, spent: dict[str, float])
     )
     view = cluster()
     state = State(node="node0", version="bench")
-    part = GCPart(state, cfg, lambda: view, backend_factory=lambda i, d: TimedBackend(UapiBackend(d), spent))
+    part = GCPart(state, cfg, lambda: view, HostNet(), lambda i, d: TimedBackend(UapiBackend(d), spent))
     # The daemon reads the first-seen file once and keeps it in memory, where the pass that
     # first saw these peers (an hour ago) left it: load it before the clock starts.
     part.store.get(IF)

@@ -54,6 +54,7 @@ from wgagent import logs
 from wgagent.config import WireGuardConfig
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
 from wgagent.state import State
+from wgagent.wireguard.backend import HostNet, open_backend
 from wgagent.wireguard.gc import FirstSeenStore, GCPolicy, run_gc_pass
 from wgagent.wireguard.interface import InterfacePart
 from wgagent.wireguard.netlink import NetlinkBackend
@@ -137,7 +138,7 @@ def measure_check(runs: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one interface check pass, medians."""
     state = State(node="node0", version="bench")
     view = cluster()
-    part = InterfacePart(state, WireGuardConfig(interface=IF), lambda: view)
+    part = InterfacePart(state, WireGuardConfig(interface=IF), lambda: view, HostNet(), open_backend)
     LOOP.run_until_complete(part.reconcile())
     assert state.checks["wireguard_interface"].ok, state.checks["wireguard_interface"]
     cpu, wall = [], []

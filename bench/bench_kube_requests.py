@@ -68,11 +68,12 @@ async def heartbeats(api: KubeAPI, names: list[str]) -> None:
 
 async def drive(part: AnnotationPart, scale: float) -> None:
     """The daemon's loop for one part: reconcile every interval_s, or when woken."""
+    delay: float | None = None
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(part.wake.wait(), part.interval_s * scale)
+            await asyncio.wait_for(part.wake.wait(), (part.interval_s if delay is None else delay) * scale)
         part.wake.clear()
-        await part.reconcile()
+        delay = await part.reconcile()
 
 
 async def poller(api: KubeAPI, client: KubeClient, scale: float) -> None:
@@ -110,19 +111,20 @@ async def one_hour(n_nodes: int, hour_s: float) -> dict[str, float]:
     state = State(node=OWN, version="bench")
     watch = NodeWatch(state, KubeClient(api.controller_kubeconfig()))
 
-    async def restart(reason: str) -> RestartResult:
-        api.k3s_restart(OWN)
-        return RestartResult(True, "restarted k3s.service")
+    class Restart:
+        async def defer(self, reason: str) -> RestartResult:
+            api.k3s_restart(OWN)
+            return RestartResult(True, "restarted k3s.service")
 
     part = AnnotationPart(
         state,
         OWN,
         KubeClient(api.node_kubeconfig(OWN)),
         public_ip=lambda: PublicAddresses(ipv4=ip_address(ADDRESS)),  # type: ignore[arg-type]
-        request_restart=restart,
+        restarter=Restart(),
         cluster=watch.view,
     )
-    watch.on_change = lambda names: part.wake.set() if OWN in names else None
+    watch.changed.connect(lambda names: part.wake.set() if OWN in names else None)
     baseline = KubeClient(api.token_kubeconfig("baseline-poller-token-0123", User(POLLER, ("system:masters",))))
     tasks = [asyncio.ensure_future(c) for c in (watch.run(), heartbeats(api, names))]
     try:

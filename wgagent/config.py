@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from wgagent import fsutil, yamlerr
 from wgagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/wgagent/config.yaml"
@@ -102,6 +103,14 @@ def _abspath(value: Any) -> str:
 
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@\\")
+
+
+def _service_unit(value: Any) -> str:
+    # systemd unit names: [A-Za-z0-9:_.\\-@], at most 255 bytes (systemd.unit(5))
+    if isinstance(value, str) and value.endswith(".service") and len(value) <= 255 and set(value) <= _UNIT_CHARS:
+        return value
+    raise _Invalid("expected a systemd service unit name, e.g. k3s.service or k3s-agent.service")
 
 
 def _node_name(value: Any) -> str:
@@ -313,7 +322,14 @@ class PublicIPConfig:
 @dataclass(frozen=True)
 class K3sConfig:
     enabled: bool = key(_bool, True, "write the k3s config drop-in and restart k3s when it must re-read it")
-    role: str = key(_choice("auto", "server", "agent"), "auto", "auto = k3s.service or k3s-agent.service")
+    role: str = key(
+        _choice("auto", "server", "agent"), "auto", "auto = from the k3s unit's ExecStart (k3s server|agent)"
+    )
+    unit: str | None = key(
+        _optional(_service_unit),
+        None,
+        "the k3s unit (default: the one found: k3s.service, k3s-agent.service, k3s-*.service)",
+    )
     config_dir: str = key(_abspath, "/etc/rancher/k3s", "k3s config directory (config.yaml, config.yaml.d/)")
     data_dir: str = key(_abspath, "/var/lib/rancher/k3s", "k3s data directory")
     flannel_backend: str = key(
@@ -321,6 +337,9 @@ class K3sConfig:
     )
     flannel_external_ip: bool = key(_bool, True, "flannel-external-ip, servers only")
     restart: bool = key(_bool, True, "restart k3s when the drop-in or annotation needs it")
+    persistent_wireguard_key: bool = key(
+        _bool, True, "keep flannel's WireGuard key across reboots (k3s unit drop-in setting WIREGUARD_KEY_FILE)"
+    )
     min_restart_interval_s: float = key(_seconds(0, 604800), 600.0, "at most one k3s restart per this many seconds")
 
 
@@ -393,16 +412,15 @@ def resolve_path(cli_path: str | None, environ: Mapping[str, str] | None = None)
 def load(path: str, *, required: bool = True) -> Config:
     """Read and validate ``path``. A missing file that was not ``required`` means all defaults."""
     try:
-        with open(path, "rb") as f:
-            data = f.read((1 << 20) + 1)
-    except FileNotFoundError as exc:
-        if not required:
-            return Config()
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        data = fsutil.read_capped(path, 1 << 20)
+    except fsutil.FileTooLarge as exc:
+        raise ConfigError(f"{path}: config file is larger than 1 MiB") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    if len(data) > 1 << 20:
-        raise ConfigError(f"{path}: config file is larger than 1 MiB")
+    if data is None:
+        if not required:
+            return Config()
+        raise ConfigError(f"{path}: cannot read config file: No such file or directory")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -422,10 +440,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         lines: dict[str, int] = {}
         raw = {} if node is None else _to_python(loader, node, "", lines, path)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+        raise ConfigError(f"{yamlerr.where(path, exc)}: not valid YAML: {yamlerr.problem(exc)}") from exc
     finally:
         loader.dispose()
     if not isinstance(raw, dict):
@@ -574,3 +589,15 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, list | dict) and value:
         return "\n".join("  " + line for line in text.splitlines())
     return text
+
+
+def load_resolved(cli_path: str | None) -> tuple[Config, str, bool]:
+    """The config to start with (``--config``, ``$WGAGENT_CONFIG`` or the default), its path,
+    and whether that file must exist."""
+    path, required = resolve_path(cli_path)
+    return load(path, required=required), path, required
+
+
+def load_from(cli_path: str | None) -> Config:
+    """:func:`load_resolved`'s config alone, for the commands."""
+    return load_resolved(cli_path)[0]

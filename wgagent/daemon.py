@@ -1,4 +1,4 @@
-"""The daemon: the one place where parts are built, wired together and run.
+"""The daemon: runs the parts ``wiring.build_parts`` builds, until told to stop.
 
 Tasks, each named, each under a guard that logs a failure at once:
 
@@ -23,144 +23,27 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from wgagent import __version__, config, k3s, logs
+from wgagent import __version__, config, logs, wiring
 from wgagent.config import Config
 from wgagent.errors import ConfigError, WgAgentError
 from wgagent.health import HealthServer
-from wgagent.kube import AnnotationPart, NodeWatch
-from wgagent.kube import clients as kube_clients
-from wgagent.model import ClusterView, PublicAddresses
+from wgagent.k3s.role import Identity
 from wgagent.notify import Notifier
 from wgagent.part import Part, StreamPart
-from wgagent.publicip.part import PublicIPPart
-from wgagent.publicip.sources import Source
 from wgagent.state import State
-from wgagent.wireguard.gc import GCPart
-from wgagent.wireguard.interface import InterfacePart
-from wgagent.wireguard.module import ModulePart
+from wgagent.wiring import Seams, Stages
 
 log = logging.getLogger(__name__)
 
-Stages = list[list[Part]]
-PartsFactory = Callable[[Config, State], Stages]
+PartsFactory = Callable[[Config, Identity, State], Stages]
+"""``(cfg, identity, state) -> stages``: :func:`wiring.build_parts` unless a test gives its own."""
 
 _TASK_GRACE_S = 2.5
 _CLOSE_GRACE_S = 1.0
 _HEALTH_GRACE_S = 1.0
-
-
-@dataclass(frozen=True)
-class Seams:
-    """What tests replace in the parts; production uses the defaults. The wiring stays real."""
-
-    clock: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
-    public_ip_sources: Sequence[Source] | None = None
-    """None: the sources the config enables."""
-    systemctl: k3s.Runner | None = None
-    """None: the real ``systemctl``."""
-    unit_dirs: Sequence[str] = k3s.UNIT_DIRS
-
-
-def build_parts(cfg: Config, state: State, seams: Seams = Seams()) -> Stages:
-    """The enabled parts, in start-up stages, wired to each other.
-
-    A stage's first passes run concurrently; the next stage starts when they are done:
-    observe (public IP, node list, WireGuard module and interface), annotate (the overwrite
-    annotation), configure (the k3s drop-in, and the k3s restart either needs), clean (GC).
-
-    Data flows through callables (``model.py``): the adopted public IP to the drop-in and
-    the annotation, the node watch's view to the annotation, the interface check and GC.
-
-    k3s is restarted once per change, after both of its inputs are written: a new public IP
-    wakes the annotation part, which patches the overwrite and only *defers* a restart it
-    needs; its pass wakes the k3s part, which writes the drop-in and then restarts k3s (for
-    either reason) through the one Restarter, with its one rate limit.
-    """
-    observe: list[Part] = []
-    annotate: list[Part] = []
-    configure: list[Part] = []
-    clean: list[Part] = []
-    public_ip: Callable[[], PublicAddresses | None] = _unknown
-    cluster: Callable[[], ClusterView | None] = _unknown
-    ip_part: PublicIPPart | None = None
-    k3s_part: k3s.K3sPart | None = None
-
-    if cfg.public_ip.enabled:
-        ip_part = PublicIPPart(
-            state,
-            cfg.public_ip,
-            state_dir=cfg.state_dir,
-            sources=seams.public_ip_sources,
-            clock=seams.clock,
-            monotonic=seams.monotonic,
-        )
-        public_ip = ip_part.adopted
-        observe.append(ip_part)
-
-    if cfg.k3s.enabled:
-        role = k3s.detect_role(cfg.k3s, unit_dirs=seams.unit_dirs)
-        restarter = k3s.Restarter(
-            cfg.k3s,
-            state_dir=cfg.state_dir,
-            unit=role.unit if role else None,
-            metrics=state.metrics,
-            runner=seams.systemctl,
-            clock=seams.clock,
-            monotonic=seams.monotonic,
-        )
-        k3s_part = k3s.K3sPart(
-            state, cfg.k3s, public_ip=public_ip, role=role, restarter=restarter, unit_dirs=seams.unit_dirs
-        )
-        configure.append(k3s_part)
-
-    annotation: AnnotationPart | None = None
-    if cfg.kube.enabled:
-        own_api, list_api = kube_clients(cfg, state)
-        watch = NodeWatch(state, list_api)
-        cluster = watch.view
-        annotation = AnnotationPart(
-            state,
-            state.node,
-            own_api,
-            public_ip=public_ip,
-            request_restart=k3s_part.restarter.defer if k3s_part is not None else None,
-            cluster=cluster,
-        )
-        watch.on_change = lambda names: annotation.wake.set() if state.node in names else None
-        if k3s_part is not None:
-            annotation.followers.append(k3s_part)
-        observe.append(watch)
-        annotate.append(annotation)
-
-    if ip_part is not None:
-        first = annotation or k3s_part  # the annotation wakes the k3s part in turn
-        if first is not None:
-            ip_part.on_change = first.wake.set
-
-    if cfg.wireguard.enabled:
-        # Without the node watch (kube.enabled: false) the cluster is unknown: peer GC then
-        # removes only peers without allowed IPs, and no live node is reported unreachable.
-        observe.append(ModulePart(state, cfg.wireguard))
-        observe.append(InterfacePart(state, cfg.wireguard, cluster))
-        if cfg.wireguard.gc.enabled:
-            clean.append(GCPart(state, cfg, cluster, clock=seams.clock))
-
-    return [stage for stage in (observe, annotate, configure, clean) if stage]
-
-
-def _unknown() -> Any:
-    return None
-
-
-def node_name(cfg: Config) -> str:
-    """The Node name to act for: wgagent's ``node_name``, else k3s's own, as k3s derives it."""
-    return k3s.node_name(cfg).name
 
 
 class Daemon:
@@ -171,14 +54,17 @@ class Daemon:
         *,
         config_required: bool = True,
         notifier: Notifier | None = None,
-        parts_factory: PartsFactory = build_parts,
+        seams: Seams | None = None,
+        parts_factory: PartsFactory | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.config_required = config_required
         self.notifier = notifier or Notifier()
-        self.state = State(node=node_name(cfg), version=__version__)
-        self._factory = parts_factory
+        self.seams = seams or Seams()
+        self.identity = wiring.decide_identity(cfg, self.seams)
+        self.state = State(node=self.identity.node, version=__version__, role=self.identity.role_name)
+        self._factory = parts_factory or self._build
         self._parts: list[Part] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._first_pass: asyncio.Task[None] | None = None
@@ -186,17 +72,23 @@ class Daemon:
         self._reload = asyncio.Event()
         self._exit_code = 0
         self._status_pending = False
+        self._next_delay: dict[int, float | None] = {}
+        """The delay each part's first pass asked for, for its loop's first wait."""
 
     def stop(self) -> None:
         """Ask ``serve()`` to shut down (what SIGTERM does)."""
         self._stop.set()
+
+    def _build(self, cfg: Config, identity: Identity, state: State) -> Stages:
+        # k3s turning up after start changes the identity: rebuild as on SIGHUP.
+        return wiring.build_parts(cfg, identity, state, self.seams, rebuild=self._reload.set)
 
     # --- run --once -------------------------------------------------------------------------
 
     async def once(self) -> int:
         """One reconcile pass of every enabled part; 0 if every check passes, else 1."""
         self._config_ok()
-        stages = self._factory(self.cfg, self.state)
+        stages = self._factory(self.cfg, self.identity, self.state)
         self._register(stages)
         try:
             await self._run_stages(stages, include_streams=True)
@@ -250,7 +142,7 @@ class Daemon:
         log.info("stopped")
 
     def _start_parts(self) -> None:
-        stages = self._factory(self.cfg, self.state)
+        stages = self._factory(self.cfg, self.identity, self.state)
         self._register(stages)
         self._first_pass = self._spawn("first-pass", self._run_stages(stages, include_streams=False))
         for part in self._parts:
@@ -308,18 +200,20 @@ class Daemon:
     async def _loop(self, part: Part, first_pass: asyncio.Task[None]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(first_pass)
+        delay = self._next_delay.get(id(part))
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(part.wake.wait(), part.interval_s)
-            await self._reconcile(part)
+                await asyncio.wait_for(part.wake.wait(), part.interval_s if delay is None else delay)
+            delay = await self._reconcile(part)
 
-    async def _reconcile(self, part: Part) -> None:
+    async def _reconcile(self, part: Part) -> float | None:
+        """One pass; the delay it asked for before the next (None: ``interval_s``)."""
         part.wake.clear()
         self.state.reconcile_total.inc()
         try:
-            await part.reconcile()
-            for follower in part.followers:
-                follower.wake.set()
+            delay = await part.reconcile()
+            self._next_delay[id(part)] = delay
+            return delay
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -330,6 +224,7 @@ class Daemon:
                 log.exception("%s: reconcile failed", part.name)
             for check in part.checks:
                 self.state.set_check(check, False, f"{part.name} failed: {exc}; see the log")
+            return None
 
     async def _watchdog(self, interval_s: float) -> None:
         while True:
@@ -368,10 +263,11 @@ class Daemon:
             await health.stop()
             health = replacement
         logs.setup(new.log_level)
-        if new != self.cfg:
+        identity = wiring.decide_identity(new, self.seams)
+        if new != self.cfg or identity != self.identity:
             await self._stop_parts()
-            self.cfg = new
-            self.state.node = node_name(new)
+            self.cfg, self.identity = new, identity
+            self.state.node, self.state.role = identity.node, identity.role_name
             self._start_parts()
         self._config_ok()
         self.notifier.ready()
@@ -407,9 +303,3 @@ async def _first_of(*events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
-
-
-def load_config(cli_path: str | None) -> tuple[Config, str, bool]:
-    """The config to start with, where it came from, and whether that file must exist."""
-    path, required = config.resolve_path(cli_path)
-    return config.load(path, required=required), path, required

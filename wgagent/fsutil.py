@@ -15,6 +15,7 @@ write to the same file once its process is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -27,12 +28,47 @@ log = logging.getLogger(__name__)
 _TMP_MARK = ".wgagent-tmp-"
 
 
+class FileTooLarge(OSError):
+    """A file larger than the caller's cap; ``strerror`` says so, as for any OSError."""
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        super().__init__(errno.EFBIG, f"larger than {max_bytes} bytes", path)
+
+
 def read_bytes(path: str) -> bytes | None:
     """The file's content, or None when it does not exist."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
+        return None
+
+
+def read_capped(path: str, max_bytes: int) -> bytes | None:
+    """The file's content, or None when it does not exist; :class:`FileTooLarge` when it is
+    larger than ``max_bytes`` (never read whole), other OSErrors as they come.
+
+    >>> read_capped("/nonexistent/file", 10) is None
+    True
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > max_bytes:
+        raise FileTooLarge(path, max_bytes)
+    return data
+
+
+def peek_text(path: str, max_bytes: int) -> str | None:
+    """At most the first ``max_bytes`` bytes of a file as text (undecodable bytes replaced),
+    or None when it cannot be read: for small files that are advice, not input (sysfs, DMI,
+    unit files)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(max_bytes).decode("utf-8", "replace")
+    except OSError:
         return None
 
 

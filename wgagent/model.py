@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
 
 FLANNEL = "flannel.alpha.coreos.com/"
 ANN_BACKEND_DATA = FLANNEL + "backend-data"
@@ -24,6 +25,12 @@ ANN_PUBLIC_IPV6 = FLANNEL + "public-ipv6"
 ANN_PUBLIC_IP_OVERWRITE = FLANNEL + "public-ip-overwrite"
 ANN_PUBLIC_IPV6_OVERWRITE = FLANNEL + "public-ipv6-overwrite"
 ANN_SUBNET_MANAGER = FLANNEL + "kube-subnet-manager"
+ANN_K3S_EXTERNAL_IP = "k3s.io/external-ip"
+"""k3s's ``node-external-ip`` list, comma-joined, as the running k3s took it (k3s ``pkg/agent/run.go``
+``updateAddressAnnotations``, with the cloud controller on): what k3s actually uses."""
+WGAGENT = "wgagent.io/"
+KEPT_ANNOTATIONS = (FLANNEL, ANN_K3S_EXTERNAL_IP, WGAGENT)
+"""The annotation prefixes the node watch keeps of every Node (the rest is dropped to save memory)."""
 
 
 @dataclass(frozen=True)
@@ -133,3 +140,26 @@ class RestartResult:
     a failed ``systemctl``): the restarter keeps the request and retries it when allowed.
     False with ``restarted`` False means no restart was needed (k3s is not running, and
     reads its config when it starts)."""
+
+
+class RestartRequests(Protocol):
+    """What a part that needs k3s restarted holds: the k3s restarter, seen from outside
+    (``k3s/restart.py``: needs keyed by kind, one restart serves them all)."""
+
+    def need(self, kind: str, want: str, why: str, *, alone: bool = True) -> RestartResult:
+        """k3s must restart so that ``want`` takes effect; what will become of it, now."""
+        ...
+
+    def drop(self, kind: str) -> None:
+        """The need of this kind is gone."""
+        ...
+
+    @property
+    def stuck(self) -> Mapping[str, str]:
+        """kind -> want of the needs a restart did not fix (never served again)."""
+        ...
+
+    @property
+    def open_needs(self) -> frozenset[str]:
+        """The kinds still waiting for a restart."""
+        ...

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from wgagent.metrics import Registry
+from wgagent.timefmt import iso8601
 
 CHECK_NAMES = (
     "config",
@@ -42,22 +42,20 @@ class Check:
         return {"ok": self.ok, "detail": self.detail, "since": iso8601(self.since)}
 
 
-def iso8601(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 class State:
     def __init__(
         self,
         *,
         node: str,
         version: str,
+        role: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
         self.version = version
-        self.role: str | None = None
+        self.role = role
+        """The k3s role the daemon was built for (``wiring.decide_identity``), for ``/status``."""
         self.generation = 0
         self._clock = clock
         self._monotonic = monotonic

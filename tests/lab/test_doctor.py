@@ -19,7 +19,7 @@ executable on PATH; nothing of k3s runs. Every config names only these hosts.
 
 This kernel has no WireGuard. The broken and NAT nodes run the real CLI, whose module finding
 is asserted to say so. For the healthy node, exit 0 is asserted through a two-line driver that
-runs the same ``doctor_command`` with the module facts pointed at a fake ``/sys/module`` that
+runs the same ``commands.doctor.doctor_command`` with the module facts pointed at a fake ``/sys/module`` that
 has ``wireguard`` (the one hook, ``doctor.Environment``, is not in the user's config); the real
 CLI on the same node must then fail only on the kernel.
 """
@@ -77,11 +77,15 @@ print(opener.open(req, timeout=10).read().decode())
 
 DRIVER = """
 import sys
+import dataclasses
 from wgagent import config, doctor
+from wgagent.commands.doctor import doctor_command
 from wgagent.wireguard.module import ModuleHost
 path, sys_module = sys.argv[1:3]
-env = doctor.Environment(module=ModuleHost(sys_module_dir=sys_module))
-sys.exit(doctor.doctor_command(config.load(path), path, as_json=True, out=sys.stdout, env=env))
+env = doctor.Environment()
+host = dataclasses.replace(env.seams.module_host, sys_module_dir=sys_module)
+env.seams = dataclasses.replace(env.seams, module_host=host)
+sys.exit(doctor_command(config.load(path), path, as_json=True, out=sys.stdout, env=env))
 """
 
 

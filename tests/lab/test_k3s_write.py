@@ -23,8 +23,9 @@ import pytest
 from tests.conftest import ROOT, require
 from wgagent import fsutil
 from wgagent.config import K3sConfig
-from wgagent.k3s import Restarter, SubprocessRunner
+from wgagent.k3s import Restarter
 from wgagent.metrics import Registry
+from wgagent.proc import SubprocessRunner
 
 KILLS = 1000
 
@@ -91,7 +92,9 @@ _FULL_DISK = textwrap.dedent(
     import asyncio, json, os, subprocess, sys
     from ipaddress import IPv4Address
     from wgagent.config import K3sConfig
-    from wgagent.k3s import K3sPart, Restarter, Role, CommandResult
+    from wgagent.k3s import K3sPart, Restarter, Role
+    from wgagent.k3s.role import Identity
+    from wgagent.proc import CommandResult
     from wgagent.model import PublicAddresses
     from wgagent.state import State
 
@@ -106,8 +109,8 @@ _FULL_DISK = textwrap.dedent(
     state = State(node="n1", version="lab")
     restarter = Restarter(cfg, state_dir=state_dir, unit=None, metrics=state.metrics, runner=Stopped())
     address = [PublicAddresses(IPv4Address("203.0.113.7"))]
-    part = K3sPart(state, cfg, public_ip=lambda: address[0], role=Role("agent", "k3s-agent.service", "lab"),
-                   restarter=restarter)
+    identity = Identity("n1", "lab", Role("agent", "k3s-agent.service", "lab"))
+    part = K3sPart(state, cfg, identity, public_ip=lambda: address[0], restarter=restarter)
     path = os.path.join(cfg.config_dir, "config.yaml.d", "50-wgagent.yaml")
     out = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -72,19 +73,23 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def flannel_restart(api: KubeAPI, node: str) -> Callable[[str], Any]:
-    async def request(reason: str) -> RestartResult:
-        api.k3s_restart(node)
-        return RestartResult(True, f"restarted k3s.service: {reason.split(':')[0]}")
+@dataclass
+class FlannelRestart:
+    """A restarter whose restart is the stand-in's k3s start on ``node``."""
 
-    return request
+    api: KubeAPI
+    node: str
+
+    async def defer(self, reason: str) -> RestartResult:
+        self.api.k3s_restart(self.node)
+        return RestartResult(True, f"restarted k3s.service: {reason.split(':')[0]}")
 
 
 async def test_node_credential_patches_its_own_node_and_is_refused_another() -> None:
     async with api_with("n1", "n2") as api:
         client = KubeClient(api.node_kubeconfig("n1"))
         state = State(node="n1", version="test")
-        part = AnnotationPart(state, "n1", client, public_ip=lambda: ADDRS, request_restart=flannel_restart(api, "n1"))
+        part = AnnotationPart(state, "n1", client, public_ip=lambda: ADDRS, restarter=FlannelRestart(api, "n1"))
         await part.reconcile()
         anns = api.store.nodes["n1"]["metadata"]["annotations"]
         assert anns[ANN_PUBLIC_IP_OVERWRITE] == V4
@@ -190,8 +195,7 @@ async def test_api_down_then_back_backoff_then_recovery() -> None:
         part = AnnotationPart(state, "n1", quick, public_ip=lambda: ADDRS, rand=lambda: 1.0)
         intervals = []
         for _ in range(6):
-            await part.reconcile()
-            intervals.append(part.interval_s)
+            intervals.append(await part.reconcile())
         assert intervals == [5.0, 10.0, 20.0, 20.0, 20.0, 20.0]
         detail = state.checks["annotation"].detail
         assert detail.startswith("cannot reach the API server to check Node n1:") and "cannot connect" in detail
@@ -212,7 +216,7 @@ async def test_overwrite_removed_behind_the_agents_back_is_restored(caplog: pyte
         part = AnnotationPart(
             state, "n1", KubeClient(api.node_kubeconfig("n1")), public_ip=lambda: ADDRS, cluster=watch.view
         )
-        watch.on_change = lambda names: part.wake.set() if "n1" in names else None
+        watch.changed.connect(lambda names: part.wake.set() if "n1" in names else None)
         task = asyncio.ensure_future(watch.run())
         try:
             await until(lambda: watch.view() is not None, "the first LIST")
@@ -297,23 +301,23 @@ async def test_a_node_that_does_not_exist_yet_is_waited_for(caplog: pytest.LogCa
             cluster=watch.view,
             rand=lambda: 1.0,
         )
-        watch.on_change = lambda names: part.wake.set() if "n1" in names else None
+        watch.changed.connect(lambda names: part.wake.set() if "n1" in names else None)
         task = asyncio.ensure_future(watch.run())
         try:
             for _ in range(3):
-                await part.reconcile()
+                next_s = await part.reconcile()
             check = state.checks["annotation"]
             assert not check.ok and "Node n1 does not exist yet" in check.detail
             assert caplog.text.count("does not exist yet") == 1
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-            assert part.interval_s == 20.0  # 5, 10, 20: waiting, not hammering
+            assert next_s == 20.0  # 5, 10, 20: waiting, not hammering
             await until(lambda: watch.view() is not None, "the first LIST")
             part.wake.clear()
             api.store.add("n1")  # k3s registers the node
             await until(part.wake.is_set, "the watch to wake the annotation part")
-            await part.reconcile()
+            next_s = await part.reconcile()
             assert api.store.nodes["n1"]["metadata"]["annotations"][ANN_PUBLIC_IP_OVERWRITE] == V4
-            assert part.interval_s == 60.0  # now waiting for flannel to re-read it (no restarter here)
+            assert next_s == 60.0  # now waiting for flannel to re-read it (no restarter here)
         finally:
             task.cancel()
             await watch.close()
@@ -388,8 +392,8 @@ async def test_reconcile_once_lists_once_and_the_annotation_needs_no_get() -> No
             state, "n1", KubeClient(api.node_kubeconfig("n1")), public_ip=lambda: ADDRS, cluster=watch.view
         )
         await watch.reconcile()
-        await part.reconcile()
-        assert state.checks["annotation"].ok and part.interval_s == STEADY_INTERVAL_S
+        next_s = await part.reconcile()
+        assert state.checks["annotation"].ok and next_s == STEADY_INTERVAL_S
         assert dict(api.counts) == {(CONTROLLER, "list"): 1}
         await watch.close()
         await part.close()

@@ -15,8 +15,8 @@ which skips every wait, so the day takes seconds and no interval is shortened:
   annotation part defers a restart it needs to the same ``Restarter``, and the k3s part,
   woken after it, restarts k3s once for both.
 
-The parts are built by ``build_parts()`` itself, with the loop's clock and the fakes as its
-``Seams``, so the wiring under test is the daemon's own. Every restart the fake systemctl saw
+The parts are built by ``wiring.build_parts()`` itself, with the loop's clock and the fakes as
+its ``Seams``, so the wiring under test is the daemon's own. Every restart the fake systemctl saw
 is checked against the limit.
 """
 
@@ -34,11 +34,13 @@ from tests.kubeapi import KubeAPI, shared_pki
 from tests.labkit import free_port
 from tests.support.virtualtime import VirtualTimeLoop, wall
 from wgagent.config import Config, HealthConfig, K3sConfig, KubeConfig, ListenAddress, PublicIPConfig, WireGuardConfig
-from wgagent.daemon import Daemon, Seams, Stages, build_parts
-from wgagent.k3s import CommandResult, render_dropin
+from wgagent.daemon import Daemon
+from wgagent.k3s import render_dropin
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
+from wgagent.proc import CommandResult
 from wgagent.publicip.model import Answer
 from wgagent.state import State
+from wgagent.wiring import Seams
 
 NODE = "n1"
 UNIT = "k3s-agent.service"
@@ -113,20 +115,19 @@ class World:
     cfg: Config
     daemons: list[Daemon] = field(default_factory=list)
 
-    def factory(self, cfg: Config, state: State) -> Stages:
-        """``build_parts()`` itself, with the loop's clock and the fakes as its seams."""
-        seams = Seams(
+    def seams(self) -> Seams:
+        """The daemon's own wiring, with the loop's clock and the fakes as its seams."""
+        return Seams(
             clock=wall(self.loop),
             monotonic=self.loop.time,
             public_ip_sources=self.flapper.sources(),
-            systemctl=self.systemd,
+            runner=self.systemd,
             unit_dirs=[str(self.tmp / "units")],
         )
-        return build_parts(cfg, state, seams)
 
     async def run_daemon(self, seconds: float) -> State:
         """One daemon lifetime of ``seconds`` virtual seconds; its final state."""
-        daemon = Daemon(self.cfg, str(self.tmp / "absent.yaml"), config_required=False, parts_factory=self.factory)
+        daemon = Daemon(self.cfg, str(self.tmp / "absent.yaml"), config_required=False, seams=self.seams())
         self.daemons.append(daemon)
         task = asyncio.ensure_future(daemon.serve())
         await asyncio.sleep(seconds)

@@ -58,7 +58,7 @@ from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
 from wgagent.config import K3sConfig
 from wgagent.k3s import render_dropin
-from wgagent.k3s.restart import History
+from wgagent.k3s.restart import Book
 from wgagent.model import PublicAddresses
 from wgagent.publicip.decide import load_adoption
 
@@ -232,7 +232,7 @@ def check_files(w: World) -> dict[str, str]:
     path = w.state_dir / "k3s-restarts.json"
     if path.exists():
         data = canonical_json(path.read_bytes())
-        assert History.from_json(data).to_json() == data, data  # every entry loads
+        assert Book.from_json(data).to_json() == data, data  # every entry loads
     path = w.state_dir / "wireguard-peers-first-seen.json"
     if path.exists():
         content = path.read_bytes()

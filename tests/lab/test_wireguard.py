@@ -37,7 +37,9 @@ from tests.support import configs
 from wgagent.config import Config, GCConfig, WireGuardConfig
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
 from wgagent.state import State
-from wgagent.wireguard.gc import FIRST_SEEN_FILE, GCPart
+from wgagent.wireguard.backend import HostNet, open_backend
+from wgagent.wireguard.gc import FIRST_SEEN_FILE
+from wgagent.wireguard.gc.part import GCPart
 from wgagent.wireguard.model import Device, key_from_bytes
 from wgagent.wireguard.module import ModuleHost, ModulePart
 from wgagent.wireguard.netlink import probe_link_support
@@ -184,7 +186,7 @@ def gc_part(c: Cluster, view: ClusterView | None, *, dry_run: bool) -> tuple[GCP
         ),
     )
     state = State(node="node1", version="lab")
-    return GCPart(state, cfg, lambda: view), state
+    return GCPart(state, cfg, lambda: view, HostNet(), open_backend), state
 
 
 def keys(dev: Device) -> set[str]:

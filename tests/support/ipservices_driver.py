@@ -21,12 +21,12 @@ import json
 import sys
 from typing import Any
 
-from wgagent import config, logs
+from wgagent import config, logs, wiring
 from wgagent.publicip.part import PublicIPPart
 from wgagent.state import State
 
 
-def snapshot(part: PublicIPPart, state: State, changes: int) -> dict[str, Any]:
+def snapshot(part: PublicIPPart, state: State, changes: int, next_s: float | None) -> dict[str, Any]:
     check = state.checks.get("public_ip")
     adopted = part.adopted()
     return {
@@ -34,7 +34,7 @@ def snapshot(part: PublicIPPart, state: State, changes: int) -> dict[str, Any]:
         "changes": changes,
         "check": None if check is None else {"ok": check.ok, "detail": check.detail},
         "status": state.status()["parts"].get("public_ip"),
-        "interval_s": part.interval_s,
+        "interval_s": part.interval_s if next_s is None else next_s,  # when the daemon would ask again
     }
 
 
@@ -42,14 +42,15 @@ async def main(path: str) -> None:
     cfg = config.load(path)
     logs.setup("warning")
     state = State(node=cfg.node_name or "lab", version="lab")
-    part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
+    part = PublicIPPart(state, cfg.public_ip, cfg.state_dir, wiring.public_ip_sources(cfg.public_ip, wiring.Seams()))
     changes = 0
+    next_s: float | None = None
 
-    def changed() -> None:
+    def changed(_: object) -> None:
         nonlocal changes
         changes += 1
 
-    part.on_change = changed
+    part.changed.connect(changed)
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -57,11 +58,11 @@ async def main(path: str) -> None:
             if line in ("", "quit"):
                 return
             if line == "round":
-                await part.reconcile()
+                next_s = await part.reconcile()
             elif line != "state":
                 print(json.dumps({"error": f"unknown command {line!r}"}), flush=True)
                 continue
-            print(json.dumps(snapshot(part, state, changes)), flush=True)
+            print(json.dumps(snapshot(part, state, changes, next_s)), flush=True)
     finally:
         await part.close()
 

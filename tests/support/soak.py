@@ -53,22 +53,21 @@ from wgagent.config import (
     Config,
     GCConfig,
     K3sConfig,
+    KubeConfig,
     ListenAddress,
     PublicIPConfig,
     WireGuardConfig,
 )
 from wgagent.health import HealthServer
-from wgagent.k3s import CommandResult, K3sPart, Restarter, Role
-from wgagent.kube import AnnotationPart, KubeClient, NodeWatch
+from wgagent.k3s.role import Identity, Role
+from wgagent.kube.watch import NodeWatch
 from wgagent.part import Part
-from wgagent.publicip.part import PublicIPPart
+from wgagent.proc import CommandResult
 from wgagent.state import State
 from wgagent.wireguard.backend import HostNet
 from wgagent.wireguard.fake import FakeBackend
-from wgagent.wireguard.gc import GCPart
-from wgagent.wireguard.interface import InterfacePart
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
-from wgagent.wireguard.module import ModulePart
+from wgagent.wiring import Seams, build_parts
 
 NODE = "n1"
 IFACE = "flannel-wg"
@@ -208,6 +207,7 @@ class Soak:
                 confirmations=1,
                 timeout_s=2,
             ),
+            kube=KubeConfig(kubeconfig=self.kube["nodes"][NODE], list_kubeconfig=self.kube["k3scontroller"]),
             k3s=K3sConfig(
                 role="agent",
                 config_dir=str(work / "etc-rancher-k3s"),
@@ -221,32 +221,18 @@ class Soak:
                 gc=GCConfig(stale_after_s=180),
             ),
         )
-        ip = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
-        role = Role("agent", "k3s-agent.service", "k3s.role: agent")
-        restarter = Restarter(
-            cfg.k3s, state_dir=cfg.state_dir, unit=role.unit, metrics=state.metrics, runner=self.systemctl
+        backend = self.backend
+        seams = Seams(
+            clock=self.clock,
+            runner=self.systemctl,
+            unit_dirs=[str(work / "units")],
+            backends=lambda name, uapi_dir: backend,
+            host_net=fake_net(work / "net"),
         )
-        k3s_part = K3sPart(state, cfg.k3s, public_ip=ip.adopted, role=role, restarter=restarter,
-                           unit_dirs=[str(work / "units")])  # fmt: skip
-        watch = NodeWatch(state, KubeClient(self.kube["k3scontroller"], metrics=state.metrics))
-        annotation = AnnotationPart(
-            state,
-            NODE,
-            KubeClient(self.kube["nodes"][NODE], metrics=state.metrics),
-            public_ip=ip.adopted,
-            request_restart=restarter.request,
-            cluster=watch.view,
-        )
-        watch.on_change = lambda names: annotation.wake.set() if NODE in names else None
-        net = fake_net(work / "net")
-
-        def backend(name: str, uapi_dir: str) -> FakeBackend:
-            return self.backend
-
-        module = ModulePart(state, cfg.wireguard)
-        iface = InterfacePart(state, cfg.wireguard, watch.view, net=net, backend_factory=backend, clock=self.clock)
-        gc_part = GCPart(state, cfg, watch.view, net=net, backend_factory=backend, clock=self.clock)
-        return [[ip, watch, module, iface], [k3s_part, annotation], [gc_part]], watch
+        identity = Identity(NODE, "soak", Role("agent", "k3s-agent.service", "k3s.role: agent"))
+        stages = build_parts(cfg, identity, state, seams)  # the daemon's own wiring
+        (watch,) = [p for stage in stages for p in stage if isinstance(p, NodeWatch)]
+        return stages, watch
 
 
 async def run(work: Path, kube: dict[str, Any], echoes: Sequence[int], stun: int, args: argparse.Namespace) -> Any:

@@ -18,20 +18,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.labkit import free_port
 from tests.support import configs
 from tests.support.notify import NotifySocket
+from tests.support.virtualtime import VirtualTimeLoop
 from wgagent import config
 from wgagent.daemon import Daemon, Stages
 from wgagent.notify import Notifier
-from wgagent.part import Part, StreamPart
+from wgagent.part import Part, Signal, StreamPart
 from wgagent.state import State
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -239,7 +242,7 @@ def daemon_with(
         dataclasses.replace(config.Config(), health=health, **cfg),
         str(tmp_path / "none.yaml"),
         notifier=notifier or Notifier(),
-        parts_factory=lambda c, s: parts(s) if parts else [],
+        parts_factory=lambda c, i, s: parts(s) if parts else [],
     )
 
 
@@ -250,19 +253,73 @@ async def test_once_exit_code_follows_the_checks(tmp_path: Path) -> None:
     assert await bad.once() == 1
 
 
-async def test_a_pass_wakes_the_parts_followers(tmp_path: Path) -> None:
-    leader, follower, other = FakePart(State(node="n", version="1"), "annotation"), None, None
+class RetryingPart(FakePart):
+    """Asks for its next pass after ``retry_s`` instead of its interval, as a failing part does."""
+
+    interval_s = 3600.0
+    retry_s = 5.0
+
+    async def reconcile(self) -> float | None:
+        await super().reconcile()
+        return self.retry_s
+
+
+def in_virtual_time(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` on a loop whose clock skips waits (tests/support/virtualtime.py)."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+async def until_virtual(cond: Callable[[], object], task: asyncio.Task[int], timeout_s: float = 86400) -> None:
+    """Wait for ``cond`` in virtual time (polling each virtual second); fail if the daemon ended."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        if task.done():
+            raise AssertionError(f"daemon ended early: {task.result()!r}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} virtual s")
+        await asyncio.sleep(1.0)
+
+
+def test_the_delay_a_pass_returns_is_the_wait_before_the_next(tmp_path: Path) -> None:
+    made: list[RetryingPart] = []
 
     def parts(s: State) -> Stages:
-        nonlocal leader, follower, other
-        leader, follower, other = FakePart(s, "annotation"), FakePart(s, "k3s_config"), FakePart(s, "public_ip")
-        leader.followers.append(follower)
-        return [[follower, other], [leader]]  # the wake survives: the follower already ran
+        made[:] = [RetryingPart(s, "public_ip")]
+        return [list(made)]
+
+    async def main() -> float:
+        daemon = daemon_with(parts, tmp_path)
+        started = asyncio.get_running_loop().time()
+        task = asyncio.create_task(daemon.serve())
+        await until_virtual(lambda: made and made[0].passes >= 3, task)
+        elapsed = asyncio.get_running_loop().time() - started
+        daemon.stop()
+        await task
+        return elapsed
+
+    # three passes 5 s apart, never the hour of interval_s
+    assert 10 <= in_virtual_time(main) < 3600
+
+
+async def test_signals_wake_the_parts_the_wiring_connected(tmp_path: Path) -> None:
+    leader, follower = FakePart(State(node="n", version="1"), "annotation"), None
+    changed: Signal[None] = Signal("test")
+
+    def parts(s: State) -> Stages:
+        nonlocal leader, follower
+        leader, follower = FakePart(s, "annotation"), FakePart(s, "k3s_config")
+        changed.connect(lambda _: follower.wake.set() if follower is not None else None)
+        return [[follower], [leader]]
 
     daemon = daemon_with(parts, tmp_path)
     assert await daemon.once() == 0
-    assert follower is not None and other is not None
-    assert follower.wake.is_set() and not other.wake.is_set()
+    assert follower is not None and not follower.wake.is_set()
+    changed.emit(None)
+    assert follower.wake.is_set() and not leader.wake.is_set()
 
 
 async def test_a_part_that_raises_fails_its_checks_and_is_counted(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from wgagent.commands.doctor import render_text
 from wgagent.config import Config, GCConfig, K3sConfig, WireGuardConfig
 from wgagent.doctor import (
     DEAD_PEERS_PROBLEM,
@@ -31,7 +32,6 @@ from wgagent.doctor import (
     diagnose,
     is_clear,
     render_json,
-    render_text,
 )
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.dropin import render_dropin

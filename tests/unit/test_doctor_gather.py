@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 
 from tests.labkit import free_port
 from wgagent import cli
+from wgagent.commands.doctor import doctor_command
 from wgagent.config import Config, K3sConfig, KubeConfig, ListenAddress, PublicIPConfig, WireGuardConfig
 from wgagent.doctor import (
     DaemonFacts,
@@ -29,7 +30,6 @@ from wgagent.doctor import (
     K3sFacts,
     KubeFacts,
     WireGuardFacts,
-    doctor_command,
     fetch_health,
     find_k3s_binary,
     gather,
@@ -46,6 +46,7 @@ from wgagent.wireguard.fake import FakeBackend
 from wgagent.wireguard.gc import FIRST_SEEN_FILE
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
 from wgagent.wireguard.module import ModprobeResult, ModuleHost, ProbeResult
+from wgagent.wiring import Seams
 
 V4 = "203.0.113.7"
 NOW = time.time()
@@ -105,7 +106,8 @@ class FakeAPI:
 
     async def list_nodes_metadata(self, *, resource_version: str | None = None) -> JSONObject:
         await self._answer("list")
-        return {"items": [{"metadata": {"name": n, "annotations": a}} for n, a in self.nodes.items()]}
+        items = [{"metadata": {"name": n, "annotations": a}} for n, a in self.nodes.items()]
+        return {"metadata": {"resourceVersion": "1"}, "items": items}  # as the API server answers
 
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
         raise AssertionError("doctor must not patch")
@@ -167,7 +169,7 @@ class Node:
         self.backends.append(name)
         return FakeBackend({"flannel-wg": self.device})
 
-    def kube(self, path: str, timeout_s: float) -> FakeAPI:
+    def kube(self, path: str, timeout_s: float, metrics: object) -> FakeAPI:
         self.apis.append(self.api)
         return self.api
 
@@ -176,18 +178,20 @@ class Node:
         return DaemonFacts(url, None, error="Connection refused")
 
     def env(self, **changes: Any) -> Environment:
-        env = Environment(
-            module=ModuleHost(sys_module_dir=str(self.tmp / "sys" / "module"), modules_root=str(self.tmp / "lib")),
-            net=HostNet(str(self.tmp / "sys" / "class" / "net"), str(self.tmp / "proc" / "net")),
-            backend_factory=self.backend,
+        """The fake host; ``changes`` replace Seams fields (module_host, backends, public_ip_sources...)
+        or Environment fields (timeouts...)."""
+        seams = Seams(
+            module_host=ModuleHost(sys_module_dir=str(self.tmp / "sys" / "module"), modules_root=str(self.tmp / "lib")),
+            host_net=HostNet(str(self.tmp / "sys" / "class" / "net"), str(self.tmp / "proc" / "net")),
+            backends=self.backend,
             unit_dirs=(str(self.units),),
-            which=lambda name: None,
-            k3s_bin_dirs=(str(self.bin),),
-            sources=[FakeSource("stun:a", V4, "198.51.100.250"), FakeSource("stun:b", V4, "198.51.100.251")],
+            public_ip_sources=[FakeSource("stun:a", V4, "198.51.100.250"), FakeSource("stun:b", V4, "198.51.100.251")],
             kube_client=self.kube,
-            health=self.health,
         )
-        return replace(env, **changes)
+        seam_fields = {f.name for f in fields(Seams)}
+        seams = replace(seams, **{k: v for k, v in changes.items() if k in seam_fields})
+        env = Environment(seams=seams, which=lambda name: None, k3s_bin_dirs=(str(self.bin),), health=self.health)
+        return replace(env, **{k: v for k, v in changes.items() if k not in seam_fields})
 
 
 def run(cfg: Config, env: Environment, *, as_json: bool = True) -> tuple[int, Any]:
@@ -261,7 +265,7 @@ def test_disabled_parts_are_not_asked(tmp_path: Path) -> None:
     node = Node(tmp_path)
     cfg = node.config(public_ip=PublicIPConfig(enabled=False), kube=KubeConfig(enabled=False),
                       wireguard=WireGuardConfig(enabled=False))  # fmt: skip
-    code, data = run(cfg, node.env(sources=[]))
+    code, data = run(cfg, node.env(public_ip_sources=[]))
     assert code == 0, titles(data, "problem")
     assert node.apis == [] and node.backends == []
     assert {f["detail"] for f in data["findings"] if f["title"].startswith("skipped")} == {
@@ -271,7 +275,7 @@ def test_disabled_parts_are_not_asked(tmp_path: Path) -> None:
 def test_discovery_uses_the_configured_sources_like_discover(tmp_path: Path) -> None:
     node = Node(tmp_path)
     cfg = node.config(public_ip=PublicIPConfig(static=(IPv4Address(V4),)))
-    code, data = run(cfg, node.env(sources=None))  # build_sources(cfg.public_ip): only the static pin
+    code, data = run(cfg, node.env(public_ip_sources=None))  # the config's sources: only the static pin
     assert code == 0
     assert f"public-ip: public IP {V4} (by static)" in titles(data, "ok")
 
@@ -309,7 +313,7 @@ async def test_a_probe_that_raises_is_a_finding(tmp_path: Path) -> None:
     def broken(name: str, uapi_dir: str) -> Backend:
         raise RuntimeError("backend exploded")
 
-    facts = await gather(node.config(), "/c.yaml", node.env(backend_factory=broken))
+    facts = await gather(node.config(), "/c.yaml", node.env(backends=broken))
     assert facts.wireguard == Failed("reading the WireGuard interface failed: RuntimeError: backend exploded")
 
 
@@ -330,7 +334,7 @@ async def test_a_device_that_cannot_be_read(tmp_path: Path) -> None:
         fake.fail_get = DeviceNotFound("flannel-wg: no such WireGuard device")
         return fake
 
-    facts = await gather(node.config(), "/c.yaml", node.env(backend_factory=failing))
+    facts = await gather(node.config(), "/c.yaml", node.env(backends=failing))
     assert isinstance(facts.wireguard, WireGuardFacts)
     assert facts.wireguard.interfaces[0].read.error == "flannel-wg: no such WireGuard device"
 
@@ -358,14 +362,14 @@ async def test_the_seeds_module_failure(tmp_path: Path) -> None:
 
     host = SeedModuleHost(sys_module_dir=str(tmp_path / "nothing"), modules_root=str(tmp_path / "lib"),
                           release="4.15.0-20-generic", prober=unsupported)  # fmt: skip
-    facts = await gather(node.config(), "/c.yaml", node.env(module=host))
+    facts = await gather(node.config(), "/c.yaml", node.env(module_host=host))
     assert not isinstance(facts.module, Failed)
     assert facts.module.release == "4.15.0-20-generic" and facts.module.probe == ProbeResult(
         "unsupported", "Operation not supported")  # fmt: skip
 
 
 def test_the_default_module_check_changes_nothing() -> None:
-    host = Environment().module
+    host = Environment().seams.module_host
     assert os.path.basename(host.modprobe_argv[0]) == "modprobe"
     assert list(host.modprobe_argv[1:]) == ["--dry-run", "wireguard"]
 

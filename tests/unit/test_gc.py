@@ -17,18 +17,18 @@ from wgagent.config import Config, GCConfig, WireGuardConfig
 from wgagent.errors import WireGuardError
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
 from wgagent.state import State
-from wgagent.wireguard.backend import HostNet
+from wgagent.wireguard.backend import HostNet, open_backend
 from wgagent.wireguard.fake import FakeBackend
 from wgagent.wireguard.gc import (
     FIRST_SEEN_FILE,
     FirstSeenStore,
-    GCPart,
     GCPolicy,
     peer_states,
     run_gc_pass,
     select_stale_peers,
     update_first_seen,
 )
+from wgagent.wireguard.gc.part import GCPart
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
 
 NOW = 1_800_000_000.0
@@ -280,8 +280,8 @@ def gc_part(tmp_path: Path, fake: FakeBackend, cluster: ClusterView | None, cloc
         state,
         gc_config(tmp_path, **gc),
         lambda: cluster,
-        net=HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")),
-        backend_factory=lambda ifname, uapi_dir: fake,
+        HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")),
+        lambda ifname, uapi_dir: fake,
         clock=lambda: clock[0],
     )
     return part, state
@@ -337,7 +337,7 @@ async def test_part_with_auto_and_no_flannel_interface_has_nothing_to_do(tmp_pat
     cfg = Config(state_dir=str(tmp_path / "state"), wireguard=WireGuardConfig(uapi_dir=str(tmp_path / "run")))
     os.makedirs(tmp_path / "sys" / "flannel.1")
     (tmp_path / "sys" / "flannel.1" / "uevent").write_text("DEVTYPE=vxlan\nINTERFACE=flannel.1\n")
-    part = GCPart(state, cfg, lambda: None, net=HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")))
+    part = GCPart(state, cfg, lambda: None, HostNet(str(tmp_path / "sys"), str(tmp_path / "proc")), open_backend)
     await part.reconcile()
     check = state.checks["peer_gc"]
     assert check.ok

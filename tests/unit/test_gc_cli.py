@@ -10,12 +10,14 @@ import pytest
 import yaml
 
 from wgagent import cli
+from wgagent.commands.gc import gc_command
 from wgagent.config import Config, GCConfig, WireGuardConfig
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
 from wgagent.wireguard.backend import HostNet
 from wgagent.wireguard.fake import FakeBackend
-from wgagent.wireguard.gc import FIRST_SEEN_FILE, gc_command
+from wgagent.wireguard.gc import FIRST_SEEN_FILE
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
+from wgagent.wiring import Seams
 
 NOW = 1_800_000_000.0
 
@@ -61,16 +63,8 @@ async def run(
     gc: dict[str, object] | None = None,
 ) -> tuple[int, str, FakeBackend]:
     cfg, fake, net = prepare(tmp_path, **(gc or {}))
-    code, text = await gc_command(
-        cfg,
-        dry_run=dry_run,
-        as_json=as_json,
-        cluster=cluster,
-        cluster_note=note,
-        now=NOW,
-        net=net,
-        backend_factory=lambda ifname, uapi_dir: fake,
-    )
+    seams = Seams(clock=lambda: NOW, host_net=net, backends=lambda ifname, uapi_dir: fake)
+    code, text = await gc_command(cfg, seams, dry_run=dry_run, as_json=as_json, cluster=cluster, cluster_note=note)
     return code, text, fake
 
 
@@ -114,15 +108,8 @@ async def test_text_names_the_kept_live_node(tmp_path: Path) -> None:
 
 async def test_an_unreadable_device_exits_1(tmp_path: Path) -> None:
     cfg, _, net = prepare(tmp_path)
-    code, text = await gc_command(
-        cfg,
-        dry_run=False,
-        as_json=False,
-        cluster=None,
-        now=NOW,
-        net=net,
-        backend_factory=lambda ifname, uapi_dir: FakeBackend({}),
-    )
+    seams = Seams(clock=lambda: NOW, host_net=net, backends=lambda ifname, uapi_dir: FakeBackend({}))
+    code, text = await gc_command(cfg, seams, dry_run=False, as_json=False, cluster=None)
     assert (code, text) == (1, "flannel-wg: no interface flannel-wg")
 
 

@@ -13,7 +13,10 @@ import yaml
 from tests.unit.test_k3s_restart import Clock, FakeSystemd
 from wgagent import fsutil
 from wgagent.config import K3sConfig
+from wgagent.families import Families
 from wgagent.k3s import K3sPart, Restarter, Role, render_dropin
+from wgagent.k3s.role import Identity
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.model import PublicAddresses
 from wgagent.state import State
 
@@ -35,7 +38,7 @@ class Node:
         self.address: PublicAddresses | None = PublicAddresses(V4)
         self.state_dir = str(tmp / "state")
         self.role = role
-        self.detected: Role | None = None
+        self.families = Families(True, True, "test: a dual-stack cluster")
         self.unit_dir = tmp / "systemd"
         self.unit_dir.mkdir()
         self.part = self.new_part()
@@ -44,20 +47,22 @@ class Node:
         restarter = Restarter(
             self.cfg,
             state_dir=self.state_dir,
-            unit=None,
+            unit=self.role.unit if self.role is not None else None,
             metrics=self.state.metrics,
             runner=self.systemd,
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
         )
+        identity = Identity(
+            "node1", "test", self.role, config=ConfigLocation.in_dir(self.cfg.config_dir), data_dir=self.cfg.data_dir
+        )
         return K3sPart(
             self.state,
             self.cfg,
+            identity,
             public_ip=lambda: self.address,
-            role=self.role,
             restarter=restarter,
-            detect=lambda: self.detected,
-            missing_detail=lambda: "no k3s found: test",
+            families=lambda: self.families,
             unit_dirs=[str(self.unit_dir)],
         )
 
@@ -101,7 +106,6 @@ async def test_first_write_at_boot_needs_no_restart(tmp_path: Path) -> None:
     assert "k3s.service is inactive" in detail
     status = node.status()
     assert status["dropin_state"] == "written" and status["role"] == "server" and status["unit"] == "k3s.service"
-    assert node.state.role == "server"
     await node.part.reconcile()
     assert node.status()["dropin_state"] == "unchanged"
 
@@ -117,7 +121,7 @@ async def test_changed_address_restarts_a_running_k3s_once(tmp_path: Path) -> No
     assert node.dropin()["node-external-ip"] == ["198.51.100.20", "2001:db8::7"]
     assert len(node.systemd.restart_calls) == 2
     ok, detail = node.check()
-    assert ok and "restarted k3s.service: 50-wgagent.yaml changed: node-external-ip 203.0.113.7 -> " in detail
+    assert ok and "restarted k3s.service: config: 50-wgagent.yaml changed: node-external-ip 203.0.113.7 -> " in detail
     node.clock.advance(700)
     await node.part.reconcile()  # nothing changed: no restart
     assert len(node.systemd.restart_calls) == 2
@@ -131,7 +135,7 @@ async def test_rate_limited_restart_fails_the_check_and_is_retried_on_later_pass
     await node.part.reconcile()
     ok, detail = node.check()
     assert not ok and detail.startswith("restart pending: rate limit: restarted 60 s ago")
-    assert node.status()["restart"]["pending"] == (  # type: ignore[index]
+    assert node.status()["restart"]["needs"]["config"]["why"] == (  # type: ignore[index]
         "50-wgagent.yaml changed: node-external-ip 203.0.113.7 -> 198.51.100.20"
     )
     node.clock.advance(60)
@@ -143,7 +147,7 @@ async def test_rate_limited_restart_fails_the_check_and_is_retried_on_later_pass
     await node.part.reconcile()
     assert len(node.systemd.restart_calls) == 2
     ok, detail = node.check()
-    assert ok and "restarted k3s.service: 50-wgagent.yaml changed" in detail
+    assert ok and "restarted k3s.service: config: 50-wgagent.yaml changed" in detail
 
 
 async def test_restart_off_says_pending(tmp_path: Path) -> None:
@@ -236,13 +240,19 @@ async def test_failed_write_keeps_the_old_file_and_fails_the_check(
 
 async def test_role_found_later_and_none_until_then(tmp_path: Path) -> None:
     node = Node(tmp_path, role=None)
+    found: list[Role] = []
+    node.part.role_found.connect(found.append)
     await node.part.reconcile()
-    assert node.check() == (False, "no k3s found: test")
-    assert not node.path.exists()
-    assert node.state.role is None
-    node.detected = AGENT
+    ok, detail = node.check()
+    assert not ok and detail.startswith("no k3s found: neither k3s.service nor k3s-agent.service")
+    assert not node.path.exists() and found == []
+    (node.unit_dir / "k3s-agent.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s agent\n")
+    await node.part.reconcile()  # found: the daemon is told to decide the identity again
+    assert [r.name for r in found] == ["agent"] and not node.path.exists()
+    node.role = found[0]  # what the rebuild hands the new part
+    node.part = node.new_part()
     await node.part.reconcile()
-    assert node.check()[0] and node.state.role == "agent"
+    assert node.check()[0]
     assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
     assert node.part.restarter.unit == "k3s-agent.service"
 
@@ -256,4 +266,67 @@ async def test_flags_on_k3s_command_line_are_reported(tmp_path: Path) -> None:
     ok, detail = node.check()
     assert not ok
     assert detail.startswith(f"{node.unit_dir}/k3s.service: ExecStart sets --flannel-backend=vxlan: it overrides")
-    assert node.status()["unit_files"] == [f"{node.unit_dir}/k3s.service"]
+    assert node.status()["unit_files"] == [
+        f"{node.unit_dir}/k3s.service",
+        f"{node.unit_dir}/k3s.service.d/50-wgagent-wireguard-key.conf",
+    ]
+
+
+async def test_the_wireguard_key_drop_in_rides_along_with_the_next_restart_only(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="active")
+    key_dropin = node.unit_dir / "k3s.service.d" / "50-wgagent-wireguard-key.conf"
+    node.user_file("config.yaml.d/50-wgagent.yaml", render_dropin("server", node.address, node.cfg))  # as before
+    await node.part.reconcile()
+    assert key_dropin.read_text().endswith(f"Environment=WIREGUARD_KEY_FILE={node.cfg.data_dir}/agent/wgkey\n")
+    node.clock.advance(3600)
+    await node.part.reconcile()
+    assert node.systemd.restart_calls == [] and node.systemd.reloads == 0  # never a restart of its own
+    assert node.status()["wireguard_key"] == f"{key_dropin}: WIREGUARD_KEY_FILE={node.cfg.data_dir}/agent/wgkey"
+    node.address = PublicAddresses(V4_NEW)  # a real change: one restart for both, after a daemon-reload
+    await node.part.reconcile()
+    assert len(node.systemd.restart_calls) == 1 and node.systemd.reloads == 1
+
+
+async def test_a_new_key_drop_in_on_a_stopped_k3s_gets_a_daemon_reload_for_its_next_start(tmp_path: Path) -> None:
+    node = Node(tmp_path, active="inactive")
+    await node.part.reconcile()
+    assert node.systemd.restart_calls == [] and node.systemd.reloads == 1
+
+
+async def test_persistent_key_off_writes_no_unit_drop_in(tmp_path: Path) -> None:
+    node = Node(tmp_path, persistent_wireguard_key=False)
+    await node.part.reconcile()
+    assert not (node.unit_dir / "k3s.service.d").exists() and node.status()["wireguard_key"] is None
+
+
+async def test_ipv4_only_cluster_gets_no_ipv6_node_external_ip(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.families = Families(True, False, "nothing says the cluster has IPv6")
+    node.address = PublicAddresses(V4, V6)
+    await node.part.reconcile()
+    assert node.dropin()["node-external-ip"] == ["203.0.113.7"]
+    assert node.status()["families"] == {"ipv4": True, "ipv6": False, "why": "nothing says the cluster has IPv6"}
+
+
+async def test_disputed_role_writes_the_agent_safe_drop_in_and_says_why(tmp_path: Path) -> None:
+    node = Node(tmp_path, role=None)
+    node.part = K3sPart(
+        node.state,
+        node.cfg,
+        Identity("node1", "test", None, conflict="several k3s units could run here: k3s.service, k3s-agent.service",
+                 config=ConfigLocation.in_dir(node.cfg.config_dir), data_dir=node.cfg.data_dir),
+        public_ip=lambda: node.address,
+        restarter=node.part.restarter,
+        unit_dirs=[str(node.unit_dir)],
+    )  # fmt: skip
+    await node.part.reconcile()
+    assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}  # no server-only key: an agent would not start
+    ok, detail = node.check()
+    assert not ok and detail.startswith("several k3s units could run here")
+    assert "agent-safe drop-in" in detail and node.systemd.restart_calls == []
+
+
+async def test_a_server_known_only_from_its_data_dir_gets_no_server_keys(tmp_path: Path) -> None:
+    node = Node(tmp_path, role=Role("server", "k3s.service", "data dir server/", certain=False))
+    await node.part.reconcile()
+    assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from wgagent.config import K3sConfig
-from wgagent.k3s import CommandResult, Restarter, should_restart
+from wgagent.k3s import Restarter, should_restart
 from wgagent.metrics import Registry
+from wgagent.model import RestartResult
+from wgagent.proc import CommandResult
 
 # --- should_restart ---------------------------------------------------------------------------
 
@@ -71,6 +72,7 @@ class FakeSystemd:
         self.fail_restart: str | None = None
         self.broken: str | None = None
         self.die_on_restart = False
+        self.reloads = 0
 
     async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
         argv = list(argv)
@@ -87,6 +89,9 @@ class FakeSystemd:
                 return CommandResult(1, "", self.fail_restart + "\n")
             self.restarts += 1
             self.start()
+            return CommandResult(0, "", "")
+        if argv[1] == "daemon-reload":
+            self.reloads += 1
             return CommandResult(0, "", "")
         if argv[1] == "show":
             assert argv[2:4] == ["--property=ExecMainStartTimestampMonotonic", "--value"]
@@ -126,12 +131,21 @@ def clock() -> Clock:
 # --- Restarter --------------------------------------------------------------------------------
 
 
+async def request(restarter: Restarter, why: str, kind: str = "config") -> RestartResult:
+    """What a part's pass does: register the need, then the k3s part serves it."""
+    restarter.need(kind, why, why)
+    result = await restarter.serve()
+    assert result is not None
+    return result
+
+
 async def test_k3s_not_running_needs_no_restart(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock, active="inactive")
-    result = await make(tmp_path, clock, systemd).request("drop-in changed")
+    restarter = make(tmp_path, clock, systemd)
+    result = await request(restarter, "drop-in changed")
     assert not result.restarted and not result.pending
     assert result.detail == "k3s.service is inactive: k3s reads its new config when it starts"
-    assert systemd.restart_calls == []
+    assert systemd.restart_calls == [] and restarter.open_needs == frozenset()
 
 
 async def test_restart_when_running_is_counted_logged_and_recorded(
@@ -141,71 +155,110 @@ async def test_restart_when_running_is_counted_logged_and_recorded(
     registry = Registry()
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd, registry)
-    result = await restarter.request("50-wgagent.yaml changed: node-external-ip a -> b")
+    result = await request(restarter, "50-wgagent.yaml changed: node-external-ip a -> b")
     assert result.restarted and not result.pending
-    assert result.detail == "restarted k3s.service: 50-wgagent.yaml changed: node-external-ip a -> b"
+    assert result.detail == "restarted k3s.service: config: 50-wgagent.yaml changed: node-external-ip a -> b"
     assert systemd.restart_calls == [["systemctl", "--no-block", "try-restart", "k3s.service"]]
-    assert "restarting k3s.service: 50-wgagent.yaml changed: node-external-ip a -> b" in caplog.text
+    assert "restarting k3s.service: config: 50-wgagent.yaml changed" in caplog.text
     assert "wgagent_k3s_restarts_total 1" in registry.render()
     saved = json.loads((tmp_path / "state" / "k3s-restarts.json").read_text())
-    assert saved["pending"] is None
-    assert [(r["at"], r["unit"]) for r in saved["restarts"]] == [(clock.wall(), "k3s.service")]
-    assert restarter.status()["last"]["reason"] == "50-wgagent.yaml changed: node-external-ip a -> b"
+    assert saved["needs"] == {}
+    assert [(r["at"], r["unit"], list(r["served"])) for r in saved["restarts"]] == [
+        (clock.wall(), "k3s.service", ["config"])
+    ]
+    assert restarter.status()["last"]["for"] == ["config"]
+
+
+async def test_one_restart_serves_every_kind_of_need(tmp_path: Path, clock: Clock) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd)
+    queued = restarter.need("overwrite", "203.0.113.7", "flannel re-reads public-ip-overwrite")
+    assert queued.pending and queued.detail == "restart of k3s.service queued (flannel re-reads public-ip-overwrite)"
+    assert systemd.calls == []  # nothing asked of systemd yet
+    restarter.need("config", "node-external-ip=203.0.113.7", "50-wgagent.yaml changed")
+    result = await restarter.serve()
+    assert result is not None and result.restarted
+    assert result.detail == (
+        "restarted k3s.service: overwrite: flannel re-reads public-ip-overwrite; config: 50-wgagent.yaml changed"
+    )
+    assert await restarter.serve() is None and len(systemd.restart_calls) == 1
+
+
+async def test_a_passenger_never_restarts_alone_and_rides_with_the_next_after_a_daemon_reload(
+    tmp_path: Path, clock: Clock
+) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd)
+    restarter.need("wireguard-key", "/etc/systemd/system/k3s.service.d/50-x.conf", "key drop-in", alone=False)
+    for _ in range(3):
+        clock.advance(3600)
+        assert await restarter.serve() is None
+    assert systemd.restart_calls == [] and systemd.reloads == 0
+    result = await request(restarter, "drop-in changed")
+    assert result.restarted and systemd.reloads == 1
+    assert restarter.open_needs == frozenset()
+
+
+async def test_a_passenger_is_met_by_any_start_of_k3s(tmp_path: Path, clock: Clock) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd)
+    restarter.need("wireguard-key", "x", "key drop-in", alone=False)
+    clock.advance(10)
+    systemd.start()  # a reboot, or the admin
+    clock.advance(10)
+    result = await restarter.serve()
+    assert result is not None and result.detail.startswith("k3s.service restarted at ")
+    assert restarter.open_needs == frozenset() and systemd.restart_calls == []
+
+
+async def test_a_restart_that_did_not_help_is_never_repeated(tmp_path: Path, clock: Clock) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd, min_restart_interval_s=0)
+    assert (await request(restarter, "203.0.113.7", kind="overwrite")).restarted
+    clock.advance(30)  # flannel may not have published yet: wait, do not restart again
+    waiting = restarter.need("overwrite", "203.0.113.7", "again")
+    assert "waiting for it" in waiting.detail
+    result = await restarter.serve()
+    assert result is not None and result.detail == "waiting for the last k3s restart to take effect"
+    clock.advance(300)  # settled: the same need again is stuck
+    restarter.need("overwrite", "203.0.113.7", "again")
+    assert await restarter.serve() is None
+    assert restarter.stuck == {"overwrite": "203.0.113.7"}
+    stuck = restarter.need("overwrite", "203.0.113.7", "again")
+    assert not stuck.pending and stuck.detail.startswith("a k3s restart for this did not help; not restarting again")
+    assert len(systemd.restart_calls) == 1
+    # another address is another need: served again
+    assert (await request(restarter, "203.0.113.8", kind="overwrite")).restarted
+    assert restarter.stuck == {}
+
+
+def test_an_unknown_kind_is_a_bug(tmp_path: Path, clock: Clock) -> None:
+    with pytest.raises(ValueError, match="unknown restart kind"):
+        make(tmp_path, clock, FakeSystemd(clock)).need("whim", "x", "y")
 
 
 async def test_rate_limit_then_the_pending_restart_happens_when_allowed(tmp_path: Path, clock: Clock) -> None:
     registry = Registry()
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd, registry, min_restart_interval_s=600.0)
-    assert (await restarter.request("first")).restarted
+    assert (await request(restarter, "first")).restarted
     clock.advance(100)
-    second = await restarter.request("second")
+    second = await request(restarter, "second")
     assert not second.restarted and second.pending
     assert second.detail.startswith("restart pending: rate limit: restarted 100 s ago, at most once per 600 s; next")
-    assert second.detail.endswith("(second)")
+    assert second.detail.endswith("(config: second)")
     assert "wgagent_k3s_restart_pending 1" in registry.render()
-    assert restarter.status()["pending"] == "second"
+    assert restarter.status()["needs"]["config"]["want"] == "second"
     clock.advance(499)
-    retried = await restarter.retry_pending()
+    retried = await restarter.serve()
     assert retried is not None and retried.pending and len(systemd.restart_calls) == 1
     clock.advance(1)
-    retried = await restarter.retry_pending()
-    assert retried is not None and retried.restarted and retried.detail == "restarted k3s.service: second"
+    retried = await restarter.serve()
+    assert retried is not None and retried.restarted and retried.detail == "restarted k3s.service: config: second"
     assert len(systemd.restart_calls) == 2
-    assert await restarter.retry_pending() is None
+    assert await restarter.serve() is None
     assert "wgagent_k3s_restart_pending 0" in registry.render()
     assert "wgagent_k3s_restarts_total 2" in registry.render()
-
-
-async def test_a_deferred_restart_runs_no_systemctl_and_the_next_pass_restarts_once_for_both(
-    tmp_path: Path, clock: Clock
-) -> None:
-    systemd = FakeSystemd(clock)
-    restarter = make(tmp_path, clock, systemd)
-    deferred = await restarter.defer("flannel must re-read public-ip-overwrite")
-    assert deferred.pending and not deferred.restarted
-    assert deferred.detail == "restart of k3s.service queued (flannel must re-read public-ip-overwrite)"
-    assert systemd.calls == []  # nothing asked of systemd yet
-    assert restarter.status()["pending"] == "flannel must re-read public-ip-overwrite"
-    # The k3s part's pass right after: its own drop-in change serves both needs with one restart.
-    clock.advance(1)
-    assert (await restarter.request("50-wgagent.yaml changed")).restarted
-    assert await restarter.retry_pending() is None
-    assert len(systemd.restart_calls) == 1
-
-
-async def test_a_deferred_restart_is_served_by_retry_pending_and_says_when_rate_limited(
-    tmp_path: Path, clock: Clock
-) -> None:
-    systemd = FakeSystemd(clock)
-    restarter = make(tmp_path, clock, systemd, min_restart_interval_s=600.0)
-    await restarter.defer("annotation")
-    retried = await restarter.retry_pending()
-    assert retried is not None and retried.restarted and retried.detail == "restarted k3s.service: annotation"
-    clock.advance(60)
-    later = await restarter.defer("annotation again")
-    assert later.pending and later.detail.startswith("restart pending: rate limit: restarted 60 s ago")
-    assert systemd.restart_calls == [["systemctl", "--no-block", "try-restart", "k3s.service"]]
 
 
 async def test_history_survives_a_restart_of_wgagent_so_a_crash_loop_cannot_restart_k3s(
@@ -213,14 +266,13 @@ async def test_history_survives_a_restart_of_wgagent_so_a_crash_loop_cannot_rest
 ) -> None:
     systemd = FakeSystemd(clock)
     for attempt in range(5):  # wgagent starting over and over, each time asking again
-        restarter = make(tmp_path, clock, systemd)
-        result = await restarter.request("drop-in changed")
+        result = await request(make(tmp_path, clock, systemd), f"drop-in changed {attempt}")
         assert result.restarted == (attempt == 0)
         clock.advance(30)
     assert len(systemd.restart_calls) == 1
-    # and the pending request is picked up by a fresh wgagent once allowed
+    # and the pending need is picked up by a fresh wgagent once allowed
     clock.advance(600)
-    result = await make(tmp_path, clock, systemd).retry_pending()
+    result = await make(tmp_path, clock, systemd).serve()
     assert result is not None and result.restarted
     assert len(systemd.restart_calls) == 2
 
@@ -229,10 +281,10 @@ async def test_restart_is_recorded_before_systemctl_runs(tmp_path: Path, clock: 
     systemd = FakeSystemd(clock)
     systemd.die_on_restart = True
     with pytest.raises(KeyboardInterrupt):
-        await make(tmp_path, clock, systemd).request("x")
+        await request(make(tmp_path, clock, systemd), "x")
     systemd.die_on_restart = False
     clock.advance(5)
-    again = await make(tmp_path, clock, systemd).request("x")  # the next wgagent: rate-limited
+    again = await request(make(tmp_path, clock, systemd), "y")  # the next wgagent: rate-limited
     assert again.pending and "rate limit: restarted 5 s ago" in again.detail
     assert len(systemd.restart_calls) == 1
 
@@ -240,36 +292,36 @@ async def test_restart_is_recorded_before_systemctl_runs(tmp_path: Path, clock: 
 async def test_restarts_off_leaves_it_pending_until_someone_restarts_k3s(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd, restart=False)
-    result = await restarter.request("drop-in changed")
+    result = await request(restarter, "drop-in changed")
     assert not result.restarted and result.pending
     assert result.detail == (
         "restart pending: restarts are off (k3s.restart: false); to apply it: systemctl restart k3s.service "
-        "(drop-in changed)"
+        "(config: drop-in changed)"
     )
     clock.advance(3600)
-    again = await restarter.retry_pending()
+    again = await restarter.serve()
     assert again is not None and again.pending
     assert systemd.restart_calls == []
     clock.advance(10)
     systemd.start()  # the admin runs systemctl restart k3s
     clock.advance(10)
-    cleared = await restarter.retry_pending()
+    cleared = await restarter.serve()
     assert cleared is not None and not cleared.pending and not cleared.restarted
     assert cleared.detail.startswith("k3s.service restarted at ")
-    assert await restarter.retry_pending() is None
+    assert await restarter.serve() is None
     assert systemd.restart_calls == []
 
 
 async def test_a_manual_restart_also_satisfies_a_rate_limited_request(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd)
-    assert (await restarter.request("one")).restarted
+    assert (await request(restarter, "one")).restarted
     clock.advance(60)
-    assert (await restarter.request("two")).pending
+    assert (await request(restarter, "two")).pending
     clock.advance(60)
     systemd.start()
     clock.advance(1000)
-    result = await restarter.retry_pending()
+    result = await restarter.serve()
     assert result is not None and not result.pending
     assert len(systemd.restart_calls) == 1
 
@@ -277,39 +329,39 @@ async def test_a_manual_restart_also_satisfies_a_rate_limited_request(tmp_path: 
 async def test_k3s_stopped_meanwhile_drops_the_pending_request(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd, restart=False)
-    assert (await restarter.request("x")).pending
+    assert (await request(restarter, "x")).pending
     systemd.active, systemd.started_mono = "inactive", None
-    result = await restarter.retry_pending()
+    result = await restarter.serve()
     assert result is not None and not result.pending and "inactive" in result.detail
-    assert await restarter.retry_pending() is None
+    assert await restarter.serve() is None
 
 
 async def test_failed_systemctl_is_pending_and_still_rate_limited(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     systemd.fail_restart = "Failed to restart k3s.service: Access denied"
     restarter = make(tmp_path, clock, systemd)
-    result = await restarter.request("x")
+    result = await request(restarter, "x")
     assert not result.restarted and result.pending
     assert "systemctl try-restart k3s.service failed: Failed to restart k3s.service: Access denied" in result.detail
     systemd.fail_restart = None
     clock.advance(10)
-    assert (await restarter.retry_pending()).pending  # type: ignore[union-attr]
+    assert (await restarter.serve()).pending  # type: ignore[union-attr]
     assert len(systemd.restart_calls) == 1
     clock.advance(600)
-    assert (await restarter.retry_pending()).restarted  # type: ignore[union-attr]
+    assert (await restarter.serve()).restarted  # type: ignore[union-attr]
 
 
 async def test_systemd_unreachable_keeps_it_pending(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     systemd.broken = "System has not been booted with systemd as init system (PID 1). Can't operate."
-    result = await make(tmp_path, clock, systemd).request("x")
+    result = await request(make(tmp_path, clock, systemd), "x")
     assert result.pending and "cannot ask systemd whether k3s.service runs: System has not been booted" in result.detail
 
 
 async def test_no_restart_when_the_history_cannot_be_recorded(tmp_path: Path, clock: Clock) -> None:
     (tmp_path / "state").write_text("a file where the state dir should be")
     systemd = FakeSystemd(clock)
-    result = await make(tmp_path, clock, systemd).request("x")
+    result = await request(make(tmp_path, clock, systemd), "x")
     assert result.pending and "cannot record it" in result.detail
     assert systemd.restart_calls == []
 
@@ -318,27 +370,40 @@ async def test_corrupt_history_file_is_not_fatal(tmp_path: Path, clock: Clock) -
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "k3s-restarts.json").write_text('{"restarts": [{"at": "soon"}, 7, {"at": -1}], "pending": 3')
     systemd = FakeSystemd(clock)
-    assert (await make(tmp_path, clock, systemd).request("x")).restarted
+    assert (await request(make(tmp_path, clock, systemd), "x")).restarted
+
+
+async def test_a_version_1_file_keeps_its_rate_limit_and_its_pending_request(tmp_path: Path, clock: Clock) -> None:
+    (tmp_path / "state").mkdir()
+    old = {"restarts": [{"at": clock.wall() - 60, "unit": "k3s.service", "reason": "r"}],
+           "pending": {"reason": "50-wgagent.yaml changed", "since": clock.wall() - 30}}  # fmt: skip
+    (tmp_path / "state" / "k3s-restarts.json").write_text(json.dumps(old))
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd)
+    assert restarter.open_needs == frozenset({"config"})
+    assert (await restarter.serve()).pending  # type: ignore[union-attr]
+    clock.advance(600)
+    assert (await restarter.serve()).restarted  # type: ignore[union-attr]
 
 
 async def test_restart_times_after_now_are_pulled_back(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
-    restarter = make(tmp_path, clock, systemd)
     (tmp_path / "state").mkdir()
     future = clock.wall() + 86400 * 365
     (tmp_path / "state" / "k3s-restarts.json").write_text(
-        json.dumps({"restarts": [{"at": future, "unit": "k3s.service", "reason": "r"}], "pending": None})
+        json.dumps({"restarts": [{"at": future, "unit": "k3s.service", "reason": "r"}], "needs": {}})
     )
-    assert (await restarter.request("x")).pending
+    restarter = make(tmp_path, clock, systemd)
+    assert (await request(restarter, "x")).pending
     clock.advance(600)  # one interval, not a year
-    assert (await restarter.retry_pending()).restarted  # type: ignore[union-attr]
+    assert (await restarter.serve()).restarted  # type: ignore[union-attr]
 
 
 async def test_no_unit_known(tmp_path: Path, clock: Clock) -> None:
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd)
     restarter.unit = None
-    result = await restarter.request("x")
+    result = await request(restarter, "x")
     assert not result.restarted and not result.pending
     assert systemd.calls == []
 
@@ -350,7 +415,6 @@ async def test_pending_log_line_is_written_once_per_kind(
     systemd = FakeSystemd(clock)
     restarter = make(tmp_path, clock, systemd, restart=False)
     for _ in range(5):
-        await restarter.request("x")
+        await request(restarter, "x")
         clock.advance(60)
     assert caplog.text.count("restart pending: restarts are off") == 1
-    assert not os.path.exists(tmp_path / "state" / "x")

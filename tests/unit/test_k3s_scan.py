@@ -131,10 +131,42 @@ def test_backend_without_wgagents_dropin(main: bytes, expect: str) -> None:
     assert text.startswith(expect)
 
 
-def test_flannel_keys_are_not_checked_on_agents_which_ignore_them() -> None:
-    files = {OURS: AGENT_DROPIN, "config.yaml.d/99-x.yaml": b"flannel-backend: vxlan\nflannel-external-ip: false\n"}
-    assert errors(files, role="agent") == []
-    assert errors(files, role=None) == []
+def test_server_only_keys_stop_an_agent_and_each_is_named_with_file_and_line() -> None:
+    # k3s agent defines none of them: "flag provided but not defined" (k3s #3142, #5999)
+    files = {
+        "config.yaml": b"token: x\ncluster-cidr: 10.42.0.0/16\n",
+        OURS: AGENT_DROPIN,
+        "config.yaml.d/99-x.yaml": b"flannel-backend: vxlan\nflannel-external-ip: false\ndisable+: [traefik]\n",
+    }
+    found = errors(files, role="agent")
+    assert [e.split(": ")[0] for e in found] == [
+        "/etc/rancher/k3s/config.yaml:2",
+        "/etc/rancher/k3s/config.yaml.d/99-x.yaml:1",
+        "/etc/rancher/k3s/config.yaml.d/99-x.yaml:2",
+        "/etc/rancher/k3s/config.yaml.d/99-x.yaml:3",
+    ]
+    assert found[1] == (
+        "/etc/rancher/k3s/config.yaml.d/99-x.yaml:1: flannel-backend: is not a k3s agent flag: k3s agent will not "
+        'start ("flag provided but not defined: -flannel-backend"); remove it from this file (it belongs in the '
+        "servers' config)"
+    )
+    assert "disable+: is not a k3s agent flag" in found[3]
+    assert errors(files, role=None) == []  # role unknown: nothing to say about it
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["flannel-backend", "flannel-external-ip", "cluster-cidr", "service-cidr", "disable", "tls-san",
+     "advertise-address", "cluster-init", "write-kubeconfig", "write-kubeconfig-mode"],
+)  # fmt: skip
+def test_each_server_key_the_issue_names_is_fatal_on_an_agent(key: str) -> None:
+    (error,) = errors({"config.yaml": f"{key}: x\n".encode()}, role="agent")
+    assert error.startswith(f"/etc/rancher/k3s/config.yaml:1: {key}: is not a k3s agent flag")
+
+
+def test_agent_flags_and_their_aliases_are_fine_on_an_agent() -> None:
+    text = b"server: https://10.0.0.1:6443\ntoken-file: /t\nnode-ip: 10.0.0.2\ni: 10.0.0.2\nkubelet-arg+: [a=b]\n"
+    assert errors({"config.yaml": text, OURS: AGENT_DROPIN}, role="agent") == []
 
 
 def test_wgagents_own_non_wireguard_backend_is_a_note() -> None:
@@ -206,7 +238,7 @@ def test_read_config_files_reads_what_k3s_reads(tmp_path: Path) -> None:
     d = tmp_path / "k3s"
     (d / "config.yaml.d" / "dir.yaml").mkdir(parents=True)
     (d / "config.yaml").write_text("node-name: x\n")
-    (d / "config.yaml.d" / "10-a.yml").write_text("a: 1\n")
+    (d / "config.yaml.d" / "10-a.yml").write_text("node-label: [a=1]\n")
     (d / "config.yaml.d" / "README.txt").write_text("hi\n")
     (d / "config.yaml.d" / "big.yaml").write_bytes(b"# " + b"x" * 2000 + b"\n")
     fsutil.atomic_write(str(d / "config.yaml.d" / "50-wgagent.yaml"), AGENT_DROPIN)

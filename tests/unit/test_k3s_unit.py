@@ -50,8 +50,14 @@ def test_install_script_unit_with_flags_wgagent_owns() -> None:
         "ExecStart sets --flannel-backend=vxlan",
         "ExecStart sets --flannel-external-ip",
     ]
-    (first,) = scan_unit([(UNIT, INSTALL_SCRIPT_UNIT)], role="agent", config_dir="/etc/rancher/k3s")
+    first, *server_flags = scan_unit([(UNIT, INSTALL_SCRIPT_UNIT)], role="agent", config_dir="/etc/rancher/k3s")
     assert first.path == UNIT and "k3s adds it to the drop-in's node-external-ip" in first.message
+    # on an agent, k3s's server flags stop it from starting at all
+    assert [f.code for f in server_flags] == ["agent_key"] * 3
+    assert server_flags[0].message.startswith(
+        "ExecStart gives k3s agent --flannel-backend=vxlan, which it does not define: k3s agent will not start "
+        '("flag provided but not defined: -flannel-backend")'
+    )
 
 
 def test_a_plain_unit_has_no_findings() -> None:

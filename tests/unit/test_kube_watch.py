@@ -113,7 +113,7 @@ def make(api: ScriptedAPI, sleeps: Sleeps | None = None) -> tuple[NodeWatch, Sta
     state = State(node="n1", version="test")
     watch = NodeWatch(state, api, sleep=sleeps or Sleeps(), rand=lambda: 1.0, watch_timeout_s=(2700, 3600))
     changes: list[frozenset[str]] = []
-    watch.on_change = changes.append
+    watch.changed.connect(changes.append)
     return watch, state, changes
 
 
@@ -261,6 +261,48 @@ async def test_missing_or_refused_list_credential(error: KubeError, status: str,
     assert state.status()["parts"]["node_watch"]["state"] == "watching"
 
 
+async def test_a_refused_controller_credential_falls_back_to_the_kubelets_at_once() -> None:
+    # A server older than v1.32 (k3s PR #11478): system:k3s-controller may not list Nodes, the
+    # kubelet's credential may (the node authorizer before AuthorizeNodeWithSelectors).
+    controller, kubelet = ScriptedAPI(), ScriptedAPI()
+    kubelet.source = "/fake/kubelet.kubeconfig"
+    refused = Forbidden('nodes is forbidden: User "system:k3s-controller" cannot list resource "nodes"')
+    controller.lists = [refused]
+    kubelet.lists = [listing(10, meta("n1", 5), meta("n2", 6))]
+    state = State(node="n1", version="test")
+    sleeps = Sleeps()
+    watch = NodeWatch(state, controller, fallback=kubelet, sleep=sleeps, rand=lambda: 1.0)
+    await run_until(watch, kubelet)
+    assert sleeps.delays == []  # no wait: the next credential is tried at once
+    view = watch.view()
+    assert view is not None and sorted(view.nodes) == ["n1", "n2"]
+    assert state.status()["parts"]["node_watch"]["kubeconfig"] == "/fake/kubelet.kubeconfig"
+
+
+async def test_when_every_credential_is_refused_it_waits_at_most_a_minute_and_starts_over() -> None:
+    controller, kubelet = ScriptedAPI(), ScriptedAPI()
+    kubelet.source = "/fake/kubelet.kubeconfig"
+    refused = Forbidden("nodes is forbidden")
+    controller.lists = [refused] * 5 + [listing(10, meta("n1", 5))]  # its RBAC arrives at last
+    kubelet.lists = [refused] * 5
+    state = State(node="n1", version="test")
+    sleeps = Sleeps()
+    watch = NodeWatch(state, controller, fallback=kubelet, sleep=sleeps, rand=lambda: 1.0)
+    await run_until(watch, controller)
+    assert sleeps.delays == [10.0, 20.0, 40.0, 60.0, 60.0]  # capped at a minute
+    assert state.status()["parts"]["node_watch"]["kubeconfig"] == "/fake/k3scontroller.kubeconfig"
+    assert watch.view() is not None
+
+
+async def test_reconcile_falls_back_too() -> None:
+    controller, kubelet = ScriptedAPI(), ScriptedAPI()
+    controller.lists = [Forbidden("nodes is forbidden")]
+    kubelet.lists = [listing(10, meta("n1", 5))]
+    watch = NodeWatch(State(node="n1", version="test"), controller, fallback=kubelet, sleep=Sleeps())
+    await watch.reconcile()
+    assert watch.view() is not None and controller.list_calls == ["0"] and kubelet.list_calls == ["0"]
+
+
 async def test_reconcile_lists_once_when_not_streaming() -> None:
     api = ScriptedAPI()
     api.lists = [listing(10, meta("n1", 5, public_ip="203.0.113.9"))]
@@ -303,7 +345,7 @@ async def test_a_failing_on_change_does_not_stop_the_watch() -> None:
     def boom(_: frozenset[str]) -> None:
         raise RuntimeError("consumer bug")
 
-    watch.on_change = boom
+    watch.changed.connect(boom)
     await run_until(watch, api)
     view = watch.view()
     assert view is not None and view.nodes["n2"].annotations == {ANN_BACKEND_DATA: "x"}

@@ -13,17 +13,20 @@ import yaml
 
 from tests.support import configs
 from wgagent.config import PublicIPConfig, parse
-from wgagent.daemon import build_parts
 from wgagent.errors import SourceError
+from wgagent.k3s.role import Identity
 from wgagent.model import PublicAddresses
+from wgagent.publicip.build import build_source_set, build_sources
 from wgagent.publicip.echo import HttpEchoSource
+from wgagent.publicip.httpclient import AiohttpClient
 from wgagent.publicip.interface import InterfaceSource
 from wgagent.publicip.metadata import DmiData, MetadataSource
 from wgagent.publicip.model import Answer
-from wgagent.publicip.part import CONFIRM_INTERVAL_S, STATE_FILE, PublicIPPart, build_sources
-from wgagent.publicip.sources import StaticSource
+from wgagent.publicip.part import CONFIRM_INTERVAL_S, STATE_FILE, PublicIPPart
+from wgagent.publicip.sources import SourceSet, StaticSource
 from wgagent.publicip.stun import StunClient, StunSource
 from wgagent.state import State
+from wgagent.wiring import build_parts
 
 X, Y = "203.0.113.1", "203.0.113.2"
 
@@ -58,9 +61,9 @@ def make(
 ) -> tuple[PublicIPPart, State, Clock, list[PublicAddresses | None]]:
     clock = Clock()
     state = State(node="n1", version="test", clock=clock)
-    part = PublicIPPart(state, PublicIPConfig(**cfg), state_dir=str(tmp_path), sources=sources, clock=clock)  # type: ignore[arg-type]
+    part = PublicIPPart(state, PublicIPConfig(**cfg), str(tmp_path), SourceSet(list(sources)), clock=clock)  # type: ignore[arg-type]
     changes: list[PublicAddresses | None] = []
-    part.on_change = lambda: changes.append(part.adopted())
+    part.changed.connect(changes.append)
     return part, state, clock, changes
 
 
@@ -108,15 +111,15 @@ async def test_one_flipped_round_does_not_flip_the_node(tmp_path: Path) -> None:
     for s in sources:
         s.answer = Y
     clock.now += 300
-    await part.reconcile()
+    next_s = await part.reconcile()
     assert str(part.adopted()) == X and changes == []
     assert state.checks["public_ip"].ok
     assert f"{Y} decided 1 of 2 rounds" in state.checks["public_ip"].detail
     assert state.status()["parts"]["public_ip"]["pending"] == {"ipv4": Y, "ipv6": None, "rounds": 1, "needed": 2}
-    assert part.interval_s == CONFIRM_INTERVAL_S  # confirm soon, not in five minutes
+    assert next_s == CONFIRM_INTERVAL_S  # confirm soon, not in five minutes
     for s in sources:
         s.answer = X
-    await part.reconcile()
+    assert await part.reconcile() is None  # back to interval_s
     assert str(part.adopted()) == X and changes == []
     assert part.interval_s == 300
     assert saved(tmp_path)["ipv4"] == X
@@ -214,16 +217,16 @@ async def test_an_unwritable_state_dir_fails_the_check_until_it_is_fixed(tmp_pat
     assert saved(blocker / "state")["ipv4"] == X
 
 
-async def test_a_failing_on_change_is_logged_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_listener_is_logged_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     part, state, _, _ = make(tmp_path, two())
 
-    def boom() -> None:
+    def boom(_: object) -> None:
         raise RuntimeError("wiring bug")
 
-    part.on_change = boom
+    part.changed.connect(boom)
     with caplog.at_level(logging.ERROR):
         await part.reconcile()
-    assert "on_change callback failed" in caplog.text
+    assert "signal public_ip.adopted: a listener failed" in caplog.text
     assert state.checks["public_ip"].ok and saved(tmp_path)["ipv4"] == X
 
 
@@ -280,22 +283,25 @@ def test_the_built_sources_are_the_real_classes() -> None:
 # --- the daemon builds it ----------------------------------------------------------------------
 
 
-def test_the_daemon_builds_the_part_in_the_first_stage(tmp_path: Path) -> None:
+def test_the_wiring_builds_the_part_in_the_first_stage(tmp_path: Path) -> None:
     on = configs.sandbox(str(tmp_path), 1, public_ip={"enabled": True, "static": [X]})
     cfg = parse(yaml.safe_dump(on))
     state = State(node="n1", version="test")
-    stages = build_parts(cfg, state)
+    identity = Identity("n1", "test", None)
+    stages = build_parts(cfg, identity, state)
     parts = [p for p in stages[0] if isinstance(p, PublicIPPart)]
     assert len(parts) == 1 and parts[0].interval_s == cfg.public_ip.interval_s
     off = parse(yaml.safe_dump(configs.sandbox(str(tmp_path), 1)))
-    assert not any(isinstance(p, PublicIPPart) for stage in build_parts(off, state) for p in stage)
+    assert not any(isinstance(p, PublicIPPart) for stage in build_parts(off, identity, state) for p in stage)
 
 
 async def test_close_releases_the_http_sessions(tmp_path: Path) -> None:
     state = State(node="n1", version="test")
     cfg = PublicIPConfig(sources=("http",), http_echo_urls=("http://127.0.0.1:9",))
-    part = PublicIPPart(state, cfg, state_dir=str(tmp_path))  # built, never run: no traffic
-    assert part._http is not None
-    session = part._http._session(0)
+    sources = build_source_set(cfg)  # built, never run: no traffic
+    http = sources.shared[0]
+    assert isinstance(http, AiohttpClient)
+    part = PublicIPPart(state, cfg, str(tmp_path), sources)
+    session = http._session(0)
     await part.close()
-    assert session.closed and part._http._sessions == {}
+    assert session.closed and http._sessions == {}

@@ -1,4 +1,4 @@
-"""``wgagent discover``: the JSON schema, the table, the exit codes, config errors."""
+"""``wgagent discover`` (commands/discover.py): the JSON schema, the table, the exit codes, config errors."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import yaml
 
 from tests.support import configs, ipservices
 from wgagent.cli import main
+from wgagent.commands.discover import format_report, to_json
 from wgagent.config import PublicIPConfig
 from wgagent.errors import SourceError
 from wgagent.publicip.model import Answer
-from wgagent.publicip.report import discover_once, format_report, to_json
+from wgagent.wiring import Seams, discover_once
 
 
 class Fake:
@@ -44,7 +45,7 @@ SOURCES = [
 
 
 async def test_the_json_has_the_documented_schema() -> None:
-    observations, decision = await discover_once(PublicIPConfig(), sources=SOURCES)
+    observations, decision = await discover_once(PublicIPConfig(), Seams(public_ip_sources=SOURCES))
     data = json.loads(json.dumps(to_json(observations, decision)))
     assert data["ipv4"] == "203.0.113.1" and data["ipv6"] is None
     assert "2 of 3" in data["reason"]
@@ -65,7 +66,7 @@ async def test_the_json_has_the_documented_schema() -> None:
 
 
 async def test_the_table_shows_every_source_and_the_decision() -> None:
-    observations, decision = await discover_once(PublicIPConfig(), sources=SOURCES)
+    observations, decision = await discover_once(PublicIPConfig(), Seams(public_ip_sources=SOURCES))
     text = format_report(observations, decision)
     lines = text.splitlines()
     assert lines[0].split() == ["SOURCE", "KIND", "ADDRESS", "TIME", "RESULT"]

@@ -79,8 +79,7 @@ def test_summary_names_the_failing_checks() -> None:
 
 def test_status_has_node_role_version_uptime_and_parts() -> None:
     ticks = iter([100.0, 103.5])
-    state = State(node="n1", version="9.9", monotonic=lambda: next(ticks))
-    state.role = "agent"
+    state = State(node="n1", version="9.9", role="agent", monotonic=lambda: next(ticks))
     state.set_part("public_ip", {"adopted": "203.0.113.7"})
     status = state.status()
     assert status["node"] == "n1" and status["role"] == "agent" and status["version"] == "9.9"

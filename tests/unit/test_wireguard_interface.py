@@ -13,7 +13,7 @@ from wgagent.config import WireGuardConfig
 from wgagent.errors import WireGuardError
 from wgagent.model import ANN_BACKEND_DATA, ANN_BACKEND_V6_DATA, ClusterView, NodeInfo
 from wgagent.state import State
-from wgagent.wireguard.backend import HostNet, Link, resolve_interfaces
+from wgagent.wireguard.backend import HostNet, Link, open_backend, resolve_interfaces
 from wgagent.wireguard.fake import FakeBackend
 from wgagent.wireguard.interface import InterfacePart, expected_port, interface_facts, parse_udp_ports
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
@@ -182,8 +182,8 @@ async def test_part_reports_in_the_check_and_status(tmp_path: Path) -> None:
         state,
         WireGuardConfig(uapi_dir=str(tmp_path / "run")),
         lambda: cluster[0],
-        net=net,
-        backend_factory=lambda ifname, uapi_dir: fake,
+        net,
+        lambda ifname, uapi_dir: fake,
         clock=lambda: NOW,
     )
     await part.reconcile()
@@ -204,7 +204,7 @@ async def test_part_reports_in_the_check_and_status(tmp_path: Path) -> None:
 async def test_part_fails_when_nothing_is_found(tmp_path: Path) -> None:
     net = fake_net(tmp_path, {})
     state = State(node="a", version="t")
-    part = InterfacePart(state, WireGuardConfig(uapi_dir=str(tmp_path / "run")), lambda: None, net=net)
+    part = InterfacePart(state, WireGuardConfig(uapi_dir=str(tmp_path / "run")), lambda: None, net, open_backend)
     await part.reconcile()
     check = state.checks["wireguard_interface"]
     assert not check.ok and check.detail.startswith("no WireGuard interface of flannel")
@@ -213,7 +213,8 @@ async def test_part_fails_when_nothing_is_found(tmp_path: Path) -> None:
 async def test_part_with_a_named_interface_that_is_gone(tmp_path: Path) -> None:
     net = fake_net(tmp_path, {})
     state = State(node="a", version="t")
-    part = InterfacePart(state, WireGuardConfig(interface="wg0", uapi_dir=str(tmp_path / "run")), lambda: None, net=net)
+    cfg = WireGuardConfig(interface="wg0", uapi_dir=str(tmp_path / "run"))
+    part = InterfacePart(state, cfg, lambda: None, net, open_backend)
     await part.reconcile()
     assert state.checks["wireguard_interface"].detail == "wg0 does not exist"
     assert not os.path.exists(tmp_path / "run")

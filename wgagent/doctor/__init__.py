@@ -5,8 +5,7 @@
     diagnose.py  diagnose(facts) -> [Finding, ...]        pure; built on the parts' own decision functions,
                  k3s_findings.py (k3s, flannel backend, public IP) and network_findings.py (API,
                  annotations, interface, peers) hold one function per area
-    report.py    render_text(...) / render_json(...)      grouped by area, each finding with its fix
-    here         doctor_command(...) -> exit code         0 when all is clear, 1 when any finding is a problem
+    findings.py  Finding, is_clear(), render_json()         the report's data; ``commands/doctor.py`` prints it
 
 The probes (k3s's files first, as they name the node and the role; the rest at once):
 
@@ -29,10 +28,6 @@ namespace; that may make the kernel load the module, as the daemon would.)
 
 from __future__ import annotations
 
-import asyncio
-from typing import TextIO
-
-from wgagent.config import Config
 from wgagent.doctor.diagnose import diagnose
 from wgagent.doctor.facts import (
     DaemonFacts,
@@ -45,9 +40,9 @@ from wgagent.doctor.facts import (
     Skipped,
     WireGuardFacts,
 )
+from wgagent.doctor.findings import Finding, is_clear, render_json
 from wgagent.doctor.gather import Environment, fetch_health, find_k3s_binary, gather
 from wgagent.doctor.network_findings import DEAD_PEERS_PROBLEM
-from wgagent.doctor.report import Finding, is_clear, render_json, render_text
 
 __all__ = [
     "DEAD_PEERS_PROBLEM",
@@ -63,27 +58,9 @@ __all__ = [
     "Skipped",
     "WireGuardFacts",
     "diagnose",
-    "doctor_command",
     "fetch_health",
     "find_k3s_binary",
     "gather",
     "is_clear",
     "render_json",
-    "render_text",
 ]
-
-# --- the command -----------------------------------------------------------------------------------
-
-
-def doctor_command(cfg: Config, config_path: str, *, as_json: bool, out: TextIO, env: Environment | None = None) -> int:
-    """Gather, diagnose, print; 0 when all is clear, 1 when any finding is a problem."""
-    facts = asyncio.run(gather(cfg, config_path, env))
-    findings = diagnose(facts)
-    if as_json:
-        out.write(render_json(findings) + "\n")
-    else:
-        role = facts.k3s.role if isinstance(facts.k3s, K3sFacts) else None
-        what = f"k3s {role.name}" if role is not None else "k3s role unknown"
-        header = f"wgagent doctor: node {facts.node} ({what}; name from {facts.node_source}), config {config_path}"
-        out.write(render_text(findings, header) + "\n")
-    return 0 if is_clear(findings) else 1

@@ -8,9 +8,9 @@ from wgagent.doctor.facts import (
     Facts,
     Failed,
 )
+from wgagent.doctor.findings import Finding, could_not_check
 from wgagent.doctor.k3s_findings import check_k3s, check_public_ip
 from wgagent.doctor.network_findings import check_kube, check_wireguard
-from wgagent.doctor.report import Finding, could_not_check
 from wgagent.wireguard.module import diagnose as diagnose_module
 
 START_WGAGENT = "systemctl enable --now wgagent"

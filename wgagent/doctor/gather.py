@@ -7,15 +7,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from wgagent import wiring
 from wgagent.config import Config
 from wgagent.doctor.facts import (
     DaemonFacts,
@@ -29,46 +28,40 @@ from wgagent.doctor.facts import (
     WireGuardFacts,
 )
 from wgagent.errors import KubeError
-from wgagent.k3s.role import UNIT_DIRS, detect_role, node_name, role_missing_detail
-from wgagent.k3s.scan import (
-    read_config_files,
-)
+from wgagent.k3s.role import NodeName, decide_identity_from, role_missing_detail
+from wgagent.k3s.scan import read_config_files
 from wgagent.k3s.unit import exec_start, read_unit
 from wgagent.kube.annotation import annotations_of
 from wgagent.kube.kubeconfig import credential_paths
 from wgagent.kube.protocol import NodeAPI
-from wgagent.kube.watch import node_info
+from wgagent.kube.watch import list_once
+from wgagent.metrics import Registry
 from wgagent.model import ClusterView
-from wgagent.publicip.sources import Source
-from wgagent.wireguard.backend import BackendFactory, HostNet, is_wireguard, open_backend, resolve_interfaces
+from wgagent.wireguard.backend import HostNet, is_wireguard, resolve_interfaces
 from wgagent.wireguard.gc import FirstSeenStore
 from wgagent.wireguard.interface import bound_udp_ports, read_device
-from wgagent.wireguard.module import MODULE, ModuleHost, ProbeResult, check_module
+from wgagent.wireguard.module import MODULE, ModuleHost, check_module
+from wgagent.wiring import Seams
 
 T = TypeVar("T")
 
 # --- gather: the adapters ---------------------------------------------------------------------------
 
 
-def _default_module_host() -> ModuleHost:
-    """The real module facts, changing nothing: ``modprobe --dry-run`` and a bounded link probe."""
-
-    async def prober() -> ProbeResult:
-        from wgagent.wireguard.netlink import probe_link_support
-
-        result, detail = await probe_link_support(timeout_s=15.0)
-        return ProbeResult(result, detail)
-
+def doctor_seams() -> Seams:
+    """The real host, changing nothing: ``modprobe --dry-run``, no API retries (a doctor
+    answers now; the daemon retries)."""
     # sbin is often not on a user's PATH; modprobe lives there
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     modprobe = shutil.which("modprobe", path=search) or "modprobe"
-    return ModuleHost(modprobe_argv=(modprobe, "--dry-run", MODULE), modprobe_timeout_s=10.0, prober=prober)
+    module = ModuleHost(modprobe_argv=(modprobe, "--dry-run", MODULE), modprobe_timeout_s=10.0)
+    return Seams(module_host=module, kube_client=_kube_client)
 
 
-def _kube_client(path: str, timeout_s: float) -> NodeAPI:
+def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> NodeAPI:
     from wgagent.kube.client import KubeClient
 
-    return KubeClient(path, timeout_s=timeout_s, retries=0)
+    return KubeClient(path, timeout_s=timeout_s, retries=0, metrics=metrics)
 
 
 def fetch_health(url: str, timeout_s: float) -> DaemonFacts:
@@ -91,19 +84,13 @@ def fetch_health(url: str, timeout_s: float) -> DaemonFacts:
 
 @dataclass
 class Environment:
-    """Where doctor's probes look: the real host by default; tests replace any of it."""
+    """Where doctor's probes look: the real host by default (``seams``, as the daemon's, but
+    changing nothing); tests replace any of it."""
 
-    module: ModuleHost = field(default_factory=_default_module_host)
-    net: HostNet = field(default_factory=HostNet)
-    backend_factory: BackendFactory = open_backend
-    unit_dirs: Sequence[str] = UNIT_DIRS
+    seams: Seams = field(default_factory=doctor_seams)
     which: Callable[[str], str | None] = shutil.which
     k3s_bin_dirs: Sequence[str] = ("/usr/local/bin",)
-    sources: Sequence[Source] | None = None
-    """Public IP sources; None: those the config names, as ``wgagent discover``."""
-    kube_client: Callable[[str, float], NodeAPI] = _kube_client
     health: Callable[[str, float], DaemonFacts] = fetch_health
-    clock: Callable[[], float] = time.time
     timeouts: Mapping[str, float] = field(default_factory=dict)
     """Per probe (k3s, module, public_ip, kube, wireguard, daemon), replacing the defaults."""
 
@@ -178,21 +165,23 @@ def find_k3s_binary(
 
 
 def read_k3s(cfg: Config, env: Environment) -> K3sFacts:
+    unit_dirs = env.seams.unit_dirs
     files = read_config_files(cfg.k3s.config_dir)
-    role = detect_role(cfg.k3s, unit_dirs=env.unit_dirs)
-    unit_files = tuple(read_unit(role.unit, env.unit_dirs)) if role is not None else ()
+    identity = decide_identity_from(cfg, unit_dirs=unit_dirs, hostname=env.seams.hostname, files=files)
+    role = identity.role
+    unit_files = tuple(read_unit(role.unit, unit_dirs)) if role is not None else ()
     # Without a role, the unit a server would have still tells what it runs.
-    unit_files_any = unit_files if role is not None else tuple(read_unit("k3s.service", env.unit_dirs))
+    unit_files_any = unit_files if role is not None else tuple(read_unit("k3s.service", unit_dirs))
     binary, looked = find_k3s_binary(unit_files_any, env.which, env.k3s_bin_dirs)
-    missing = role_missing_detail(cfg.k3s, env.unit_dirs) if role is None else ""
-    return K3sFacts(role, missing, binary, looked, files, unit_files, node_name(cfg, files))
+    missing = role_missing_detail(cfg.k3s, unit_dirs) if role is None else ""
+    return K3sFacts(role, missing, binary, looked, files, unit_files, NodeName(identity.node, identity.node_source))
 
 
 async def read_kube(cfg: Config, role: str | None, node: str, env: Environment) -> KubeFacts:
     paths = credential_paths(cfg.kube, cfg.k3s, role)
     timeout = cfg.kube.request_timeout_s
-    own = env.kube_client(paths.own, timeout)
-    lister = own if paths.list == paths.own else env.kube_client(paths.list, timeout)
+    own = env.seams.kube_client(paths.own, timeout, None)
+    lister = own if paths.list == paths.own else env.seams.kube_client(paths.list, timeout, None)
 
     async def get() -> tuple[dict[str, str] | None, KubeError | None]:
         try:
@@ -202,11 +191,9 @@ async def read_kube(cfg: Config, role: str | None, node: str, env: Environment) 
 
     async def listing() -> tuple[ClusterView | None, KubeError | None]:
         try:
-            items = (await lister.list_nodes_metadata()).get("items") or []
+            return await list_once(lister), None
         except KubeError as exc:
             return None, exc
-        infos = [node_info(i) for i in items if isinstance(i, dict)]
-        return ClusterView({i.name: i for i in infos if i is not None}), None
 
     try:
         (anns, node_error), (cluster, list_error) = await asyncio.gather(get(), listing())
@@ -229,24 +216,23 @@ def other_wireguard_devices(net: HostNet, uapi_dir: str, exclude: Sequence[str])
 
 async def read_wireguard(cfg: Config, env: Environment) -> WireGuardFacts:
     wg = cfg.wireguard
+    net, backends = env.seams.host_net, env.seams.backends
 
     def local() -> tuple[list[str], str, frozenset[int], tuple[str, ...], dict[str, dict[str, float]]]:
-        names, note = resolve_interfaces(wg.interface, env.net, wg.uapi_dir)
-        bound = bound_udp_ports(env.net.udp_tables())
-        others = other_wireguard_devices(env.net, wg.uapi_dir, names)
+        names, note = resolve_interfaces(wg.interface, net, wg.uapi_dir)
+        bound = bound_udp_ports(net.udp_tables())
+        others = other_wireguard_devices(net, wg.uapi_dir, names)
         store = FirstSeenStore(cfg.state_dir)  # read only: doctor saves nothing
         return names, note, bound, others, {n: dict(store.get(n)) for n in names}
 
     names, note, bound, others, seen = await _in_thread(local)
-    reads = await asyncio.gather(*(read_device(n, wg.uapi_dir, env.net, env.backend_factory) for n in names))
+    reads = await asyncio.gather(*(read_device(n, wg.uapi_dir, net, backends) for n in names))
     interfaces = tuple(InterfaceRead(n, r, seen[n]) for n, r in zip(names, reads, strict=True))
     return WireGuardFacts(interfaces, note, bound, others)
 
 
 async def _discover(cfg: Config, env: Environment) -> DiscoveryFacts:
-    from wgagent.publicip.report import discover_once
-
-    observations, decision = await discover_once(cfg.public_ip, sources=env.sources)
+    observations, decision = await wiring.discover_once(cfg.public_ip, env.seams)
     return DiscoveryFacts(tuple(observations), decision)
 
 
@@ -260,13 +246,13 @@ async def gather(cfg: Config, config_path: str, env: Environment | None = None) 
         role = k3s.role.name if k3s.role is not None else None
         installed: bool | None = k3s.installed
     else:
-        node, source, role, installed = cfg.node_name or socket.gethostname().lower(), "hostname", None, None
+        node, source, role, installed = cfg.node_name or env.seams.hostname().lower(), "hostname", None, None
     without_k3s = "k3s is not installed" if installed is False else ""
 
     async def skipped(why: str) -> Skipped:
         return Skipped(why)
 
-    module = _bounded("the wireguard module check", t["module"], check_module(env.module, load=True))
+    module = _bounded("the wireguard module check", t["module"], check_module(env.seams.module_host, load=True))
     if not cfg.public_ip.enabled:
         public_ip: Awaitable[DiscoveryFacts | Failed | Skipped] = skipped("public_ip.enabled is false")
     else:
@@ -282,4 +268,4 @@ async def gather(cfg: Config, config_path: str, env: Environment | None = None) 
     url = cfg.health.listen.url
     daemon = _bounded("asking the daemon", t["daemon"], _in_thread(lambda: env.health(url, t["daemon"] - 1.0)))
     m, p, k, w, d = await asyncio.gather(module, public_ip, kube, wireguard, daemon)
-    return Facts(cfg, config_path, env.clock(), node, source, k3s, m, p, k, w, d)
+    return Facts(cfg, config_path, env.seams.clock(), node, source, k3s, m, p, k, w, d)

@@ -13,7 +13,7 @@ from wgagent.doctor.facts import (
     Skipped,
     unit_name,
 )
-from wgagent.doctor.report import Finding, could_not_check
+from wgagent.doctor.findings import Finding, could_not_check
 from wgagent.k3s.dropin import dropin_path
 from wgagent.k3s.scan import (
     DROPIN_DIR,

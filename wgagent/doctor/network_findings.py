@@ -14,7 +14,7 @@ from wgagent.doctor.facts import (
     WireGuardFacts,
     unit_name,
 )
-from wgagent.doctor.report import Finding, Severity, could_not_check
+from wgagent.doctor.findings import Finding, Severity, could_not_check
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,

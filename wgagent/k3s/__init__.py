@@ -22,33 +22,34 @@ role=...)`` and ``scan_unit(...)``, and prints the findings.
 
 from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
 from wgagent.k3s.part import K3sPart
-from wgagent.k3s.restart import (
-    CommandResult,
-    RestartDecision,
-    Restarter,
-    Runner,
-    SubprocessRunner,
-    should_restart,
+from wgagent.k3s.restart import RestartDecision, Restarter, should_restart
+from wgagent.k3s.role import (
+    UNIT_DIRS,
+    Identity,
+    NodeName,
+    Role,
+    decide_identity_from,
+    detect_role,
+    node_name,
+    role_missing_detail,
 )
-from wgagent.k3s.role import UNIT_DIRS, NodeName, Role, detect_role, node_name, role_missing_detail
 from wgagent.k3s.scan import DROPIN_NAME, Finding, Scan, Unreadable, read_config_files, scan_config
 from wgagent.k3s.unit import read_unit, scan_unit
 
 __all__ = [
     "DROPIN_NAME",
     "UNIT_DIRS",
-    "CommandResult",
     "Finding",
+    "Identity",
     "K3sPart",
     "NodeName",
     "RestartDecision",
     "Restarter",
     "Role",
-    "Runner",
     "Scan",
-    "SubprocessRunner",
     "Unreadable",
     "addresses_from_dropin",
+    "decide_identity_from",
     "detect_role",
     "dropin_path",
     "node_name",

@@ -11,8 +11,9 @@ It holds only the keys wgagent owns, and nothing that changes from one render to
     flannel-external-ip: true
 
 ``node-external-ip`` is a YAML list: k3s turns each item into one ``--node-external-ip``
-flag (it also splits items on commas). The flannel keys are server flags, written on
-servers only (an agent would warn "Unknown flag ... skipping").
+flag (it also splits items on commas). The flannel keys are server flags, written only on
+a node known for sure to be a server: ``k3s agent`` given one does not start at all
+("flag provided but not defined", k3s ``pkg/configfilearg``; see ``k3s/flags.py``).
 
 With no public IP known yet, ``node-external-ip`` is left out and a comment says why;
 the flannel keys are still written, so a server's first start already has the WireGuard
@@ -28,12 +29,13 @@ import os
 
 from wgagent.config import K3sConfig
 from wgagent.k3s.scan import (
-    DROPIN_DIR,
     DROPIN_NAME,
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
     NODE_EXTERNAL_IP,
+    ConfigLocation,
     Setting,
+    Value,
     parse_file,
 )
 from wgagent.model import PublicAddresses
@@ -60,8 +62,38 @@ NO_ADDRESS = """\
 """
 
 
-def dropin_path(cfg: K3sConfig) -> str:
-    return os.path.join(cfg.config_dir, DROPIN_DIR, DROPIN_NAME)
+def dropin_path(where: K3sConfig | ConfigLocation) -> str:
+    """``<main config>.d/50-wgagent.yaml`` (``k3s.config_dir``'s, or a location's)."""
+    loc = where if isinstance(where, ConfigLocation) else ConfigLocation.in_dir(where.config_dir)
+    return os.path.join(loc.dropin_dir, DROPIN_NAME)
+
+
+def dropin_values(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) -> dict[str, Value]:
+    """What a drop-in rendered for these inputs tells k3s, key by key (as :func:`parse_file`
+    would read it back), so a change is known without parsing what was just rendered.
+
+    >>> from ipaddress import IPv4Address
+    >>> dropin_values("server", PublicAddresses(IPv4Address("203.0.113.7")), K3sConfig())
+    {'node-external-ip': ('203.0.113.7',), 'flannel-backend': 'wireguard-native', 'flannel-external-ip': 'true'}
+    """
+    values: dict[str, Value] = {}
+    ips = [ip for ip in (addresses.ipv4, addresses.ipv6) if ip is not None] if addresses else []
+    if ips:
+        values[NODE_EXTERNAL_IP] = tuple(str(ip) for ip in ips)
+    if role == "server":
+        values[FLANNEL_BACKEND] = cfg.flannel_backend
+        values[FLANNEL_EXTERNAL_IP] = "true" if cfg.flannel_external_ip else "false"
+    return values
+
+
+def read_dropin_values(content: bytes | None) -> dict[str, Value]:
+    """What an existing drop-in tells k3s (comments do not count); ``<unparsable>`` when broken."""
+    if content is None:
+        return {}
+    entries, problem = parse_file(DROPIN_NAME, content)
+    if problem is not None:
+        return {"<unparsable>": problem.message}
+    return {e.key: e.value for e in entries}
 
 
 def render_dropin(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) -> str:

@@ -2,31 +2,49 @@
 
 One pass::
 
-    role      the one the daemon detected, or detect again (k3s installed after wgagent)
-    address   the adopted public IP; while there is none, the one already in the drop-in
+    role      the one decided at start (``Identity``); while k3s is not installed, look for
+              it every pass and, once found, emit ``role_found`` (the daemon rebuilds). While
+              the evidence for the role disagrees, write only the agent-safe drop-in
+    address   the adopted public IP, in the families the cluster uses (``families()``); while
+              there is none, the one already in the drop-in
     write     render_dropin() -> fsutil.atomic_write (only on change, mode 0600)
-    scan      scan_config() over config.yaml and config.yaml.d/ with the new drop-in,
-              scan_unit() over k3s's ExecStart (command-line flags beat config files)
-    restart   when a value k3s reads changed (not the comments), Restarter.request();
-              otherwise Restarter.retry_pending(), so a rate-limited or refused restart
-              happens once allowed, or is dropped once someone restarted k3s
+    key       the k3s unit drop-in keeping flannel's WireGuard key (k3s.persistent_wireguard_key),
+              written on change; it rides along with the next restart, never causes one
+    scan      scan_config() over k3s's config files with the new drop-in, scan_unit() over
+              k3s's ExecStart (command-line flags beat config files; an agent exits on a
+              server-only flag)
+    restart   a value k3s reads changed: Restarter.need("config", ...); then Restarter.serve()
+              restarts k3s once for every need of every part (the annotation's too), when it
+              runs and the rate limit allows
 
 The ``k3s_config`` check fails on a write error (the old file stays), on a finding that
-defeats the drop-in or stops k3s from starting, and while a restart is pending; its detail
-is the first of those, one line. ``/status`` gets the whole picture under ``parts.k3s``.
+defeats the drop-in or stops k3s from starting, on a disputed role, and while a restart is
+pending; its detail is the first of those, one line. ``/status`` gets the whole picture
+under ``parts.k3s``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
-from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
+from wgagent.families import Families
+from wgagent.k3s import wgkey
+from wgagent.k3s.dropin import (
+    addresses_from_dropin,
+    dropin_path,
+    dropin_values,
+    read_dropin_values,
+    render_dropin,
+)
+from wgagent.k3s.install import read_unit
 from wgagent.k3s.restart import Restarter
-from wgagent.k3s.role import UNIT_DIRS, Role, detect_role, role_missing_detail
+from wgagent.k3s.role import UNIT_DIRS, Identity, Role, detect_role, role_missing_detail
 from wgagent.k3s.scan import (
     DROPIN_DIR,
     DROPIN_NAME,
@@ -34,20 +52,34 @@ from wgagent.k3s.scan import (
     NODE_EXTERNAL_IP,
     Finding,
     Value,
-    owned_keys,
-    parse_file,
     read_config_files,
     scan_config,
 )
-from wgagent.k3s.unit import read_unit, scan_unit
+from wgagent.k3s.unit import scan_unit
 from wgagent.model import PublicAddresses, RestartResult
-from wgagent.part import Part
+from wgagent.part import Part, Signal
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
 
 CHECK = "k3s_config"
 _OWN_REL = f"{DROPIN_DIR}/{DROPIN_NAME}"
+
+
+def _ipv4_only() -> Families:
+    return Families(True, False, "no evidence of the cluster's families wired")
+
+
+@dataclass(frozen=True)
+class Written:
+    """One pass's write of the drop-in."""
+
+    content: bytes
+    changed: bool
+    diff: str
+    error: str | None
+    addresses: PublicAddresses | None
+    address_from: str | None
 
 
 class K3sPart(Part):
@@ -59,114 +91,117 @@ class K3sPart(Part):
         self,
         state: State,
         cfg: K3sConfig,
+        identity: Identity,
         *,
         public_ip: Callable[[], PublicAddresses | None],
-        role: Role | None,
         restarter: Restarter,
-        detect: Callable[[], Role | None] | None = None,
-        missing_detail: Callable[[], str] | None = None,
+        families: Callable[[], Families] = _ipv4_only,
         unit_dirs: Sequence[str] = UNIT_DIRS,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
-        self.role = role
+        self.identity = identity
+        self.role = identity.role
         self.restarter = restarter
+        self.role_found: Signal[Role] = Signal("k3s.role_found")
+        """k3s turned up after the daemon was built without it: the identity must be decided again."""
         self._public_ip = public_ip
+        self._families = families
         self._unit_dirs = tuple(unit_dirs)
-        self._detect = detect or (lambda: detect_role(cfg, unit_dirs=self._unit_dirs))
-        self._missing_detail = missing_detail or (lambda: role_missing_detail(cfg, self._unit_dirs))
         self._reported: tuple[str, ...] = ()
-        if role is not None and restarter.unit is None:
-            restarter.unit = role.unit
+
+    @property
+    def dropin(self) -> str:
+        return dropin_path(self.identity.config)
 
     async def reconcile(self) -> None:
-        role = self._current_role()
-        path = dropin_path(self.cfg)
-        if role is None:
-            detail = self._missing_detail()
-            self.state.role = None
-            self.state.set_check(CHECK, False, detail)
-            self.state.set_part(self.name, {"role": None, "dropin": path, "error": detail})
-            return
-        self.state.role = role.name
-
-        files = read_config_files(self.cfg.config_dir)
-        old = files.get(_OWN_REL)
-        old_bytes = old if isinstance(old, bytes) else None
-        adopted = self._public_ip()
-        addresses = adopted or addresses_from_dropin(old_bytes)
-        content = render_dropin(role.name, addresses, self.cfg).encode()
-
-        write_error: str | None = None
-        changed = False
-        try:
-            changed = fsutil.atomic_write(path, content, mode=0o600)
-        except WriteError as exc:
-            write_error = str(exc)
-            log.error("%s; k3s keeps the previous %s", exc, DROPIN_NAME)
-        else:
-            files[_OWN_REL] = content
-        scan = scan_config(self.cfg.config_dir, files, role=role.name)
-        unit_files = read_unit(role.unit, self._unit_dirs)
-        errors = [*scan.errors, *scan_unit(unit_files, role=role.name, config_dir=self.cfg.config_dir)]
-
-        diff = _diff(_values(old_bytes, role.name), _values(content, role.name)) if changed else ""
-        if changed:
-            log.info("wrote %s: %s", path, diff or "comments only")
-        restart: RestartResult | None
-        if diff:
-            restart = await self.restarter.request(f"{DROPIN_NAME} changed: {diff}")
-        else:
-            restart = await self.restarter.retry_pending()
+        if self.role is None and not self.identity.conflict:
+            return self._no_k3s()
+        role_name = "server" if self.identity.server_keys_safe else "agent"  # agent-safe unless sure
+        files = read_config_files(self.identity.config)
+        written = self._write(role_name, files)
+        key_note = self._keep_wireguard_key()
+        if written.error is None:
+            files[_OWN_REL] = written.content
+        scan = scan_config(self.identity.config, files, role=self.role.name if self.role else None)
+        errors = [*scan.errors, *self._unit_findings()]
+        if written.diff and self.role is not None:
+            self.restarter.need("config", _fingerprint(dropin_values(role_name, written.addresses, self.cfg)),
+                                f"{DROPIN_NAME} changed: {written.diff}")  # fmt: skip
+        restart = await self.restarter.serve() if self.role is not None else None
         if restart is not None and restart.restarted:
             log.info("%s", restart.detail)
         self._log_findings(errors)
-
-        ok, detail = self._verdict(path, role, addresses, changed, write_error, errors, restart)
+        ok, detail = self._verdict(role_name, written, errors, restart)
         self.state.set_check(CHECK, ok, detail)
         self.state.set_part(
-            self.name,
-            {
-                "role": role.name,
-                "role_from": role.how,
-                "unit": role.unit,
-                "dropin": path,
-                "dropin_state": "error" if write_error else "written" if changed else "unchanged",
-                "write_error": write_error,
-                "node_external_ip": [str(ip) for ip in (addresses.ipv4, addresses.ipv6) if ip] if addresses else [],
-                "address_from": "public_ip" if adopted else "existing drop-in" if addresses else None,
-                "files": list(scan.files),
-                "unit_files": [p for p, _ in unit_files],
-                "findings": [str(f) for f in errors],
-                "notes": [str(f) for f in scan.notes],
-                "restart": {
-                    "result": None if restart is None else restart.detail,
-                    **self.restarter.status(),
-                },
-            },
+            self.name, self._status(role_name, written, scan.files, errors, scan.notes, restart, key_note)
         )
+        return None
 
-    def _current_role(self) -> Role | None:
+    # --- steps ---------------------------------------------------------------------------
+
+    def _no_k3s(self) -> None:
+        found = detect_role(self.cfg, unit_dirs=self._unit_dirs)
+        if found is not None:
+            log.info("k3s found: %s (%s), unit %s; rebuilding", found.name, found.how, found.unit)
+            self.role_found.emit(found)
+        detail = role_missing_detail(self.cfg, self._unit_dirs, self.identity)
+        self.state.set_check(CHECK, False, detail)
+        self.state.set_part(self.name, {"role": None, "dropin": self.dropin, "error": detail})
+
+    def _write(self, role_name: str, files: Mapping[str, object]) -> Written:
+        old = files.get(_OWN_REL)
+        old_bytes = old if isinstance(old, bytes) else None
+        families = self._families()
+        adopted = families.keep(self._public_ip())
+        addresses = adopted or families.keep(addresses_from_dropin(old_bytes))
+        content = render_dropin(role_name, addresses, self.cfg).encode()
+        address_from = "public_ip" if adopted else "existing drop-in" if addresses else None
+        try:
+            changed = fsutil.atomic_write(self.dropin, content, mode=0o600)
+        except WriteError as exc:
+            log.error("%s; k3s keeps the previous %s", exc, DROPIN_NAME)
+            return Written(content, False, "", str(exc), addresses, address_from)
+        new_values = dropin_values(role_name, addresses, self.cfg)
+        diff = _diff(read_dropin_values(old_bytes), new_values) if changed else ""
+        if changed:
+            log.info("wrote %s: %s", self.dropin, diff or "comments only")
+        return Written(content, changed, diff, None, addresses, address_from)
+
+    def _unit_findings(self) -> list[Finding]:
+        """ExecStart as it is now (someone may edit the unit while wgagent runs)."""
         if self.role is None:
-            self.role = self._detect()
-            if self.role is not None:
-                log.info("k3s role: %s (%s), unit %s", self.role.name, self.role.how, self.role.unit)
-                self.restarter.unit = self.role.unit
-        return self.role
+            return []
+        unit = read_unit(self.role.unit, self._unit_dirs)
+        if unit is None:
+            return []
+        return scan_unit(unit.files, role=self.role.name, config_dir=self.identity.config)
+
+    def _keep_wireguard_key(self) -> str | None:
+        """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted)."""
+        unit = self.role.unit if self.role is not None else None
+        if not self.cfg.persistent_wireguard_key or unit is None:
+            return None
+        path = wgkey.unit_dropin_path(unit, *self._unit_dirs[:1])
+        try:
+            changed = fsutil.atomic_write(path, wgkey.render(self.identity.data_dir).encode(), mode=0o644)
+        except WriteError as exc:
+            return f"cannot write {path} ({exc}); flannel's key stays on tmpfs (/run/flannel/wgkey)"
+        if changed:
+            log.info("wrote %s: flannel keeps its WireGuard key in %s from k3s's next start", path,
+                     wgkey.key_file(self.identity.data_dir))  # fmt: skip
+            self.restarter.need("wireguard-key", path, f"{path} changed", alone=False)
+        return f"{path}: {wgkey.VARIABLE}={wgkey.key_file(self.identity.data_dir)}"
 
     def _verdict(
-        self,
-        path: str,
-        role: Role,
-        addresses: PublicAddresses | None,
-        changed: bool,
-        write_error: str | None,
-        errors: Sequence[Finding],
-        restart: RestartResult | None,
+        self, role_name: str, written: Written, errors: Sequence[Finding], restart: RestartResult | None
     ) -> tuple[bool, str]:
         problems: list[str] = []
-        if write_error:
-            problems.append(f"{write_error}; k3s keeps the previous {DROPIN_NAME}")
+        if self.identity.conflict:
+            problems.append(role_missing_detail(self.cfg, self._unit_dirs, self.identity))
+        if written.error:
+            problems.append(f"{written.error}; k3s keeps the previous {DROPIN_NAME}")
         if errors:
             more = f" (and {len(errors) - 1} more, see 'wgagent status')" if len(errors) > 1 else ""
             problems.append(f"{errors[0]}{more}")
@@ -174,13 +209,52 @@ class K3sPart(Part):
             problems.append(restart.detail)
         if problems:
             return False, "; ".join(problems)
+        addresses = written.addresses
         what = f"{NODE_EXTERNAL_IP} {addresses}" if addresses else f"no {NODE_EXTERNAL_IP} yet (no public IP)"
-        if role.name == "server":
+        if role_name == "server":
             what += f", {FLANNEL_BACKEND} {self.cfg.flannel_backend}"
-        detail = f"{path} {'written' if changed else 'up to date'} ({role.name}): {what}"
+        detail = f"{self.dropin} {'written' if written.changed else 'up to date'} ({role_name}): {what}"
         if restart is not None:
             detail += f"; {restart.detail}"
         return True, detail
+
+    def _status(
+        self,
+        role_name: str,
+        written: Written,
+        files: Sequence[str],
+        errors: Sequence[Finding],
+        notes: Sequence[Finding],
+        restart: RestartResult | None,
+        key_note: str | None,
+    ) -> dict[str, Any]:
+        role, ident = self.role, self.identity
+        addresses = written.addresses
+        return {
+            "role": role.name if role else None,
+            "role_from": role.how if role else None,
+            "role_conflict": ident.conflict or None,
+            "role_notes": list(ident.notes),
+            "dropin_keys": role_name,
+            "unit": role.unit if role else None,
+            "config": {"main": ident.config.main, "from": ident.config.source},
+            "dropin": self.dropin,
+            "dropin_state": "error" if written.error else "written" if written.changed else "unchanged",
+            "write_error": written.error,
+            "families": self._families().to_json(),
+            "node_external_ip": [str(ip) for ip in (addresses.ipv4, addresses.ipv6) if ip] if addresses else [],
+            "address_from": written.address_from,
+            "files": list(files),
+            "unit_files": self._unit_paths(),
+            "findings": [str(f) for f in errors],
+            "notes": [str(f) for f in notes],
+            "wireguard_key": key_note,
+            "restart": {"result": None if restart is None else restart.detail, **self.restarter.status()},
+        }
+
+    def _unit_paths(self) -> list[str]:
+        unit = read_unit(self.role.unit, self._unit_dirs) if self.role is not None else None
+        return [p for p, _ in unit.files] if unit is not None else []
 
     def _log_findings(self, errors: Sequence[Finding]) -> None:
         texts = tuple(str(f) for f in errors)
@@ -191,19 +265,13 @@ class K3sPart(Part):
             self._reported = texts
 
 
-def _values(content: bytes | None, role: str) -> dict[str, Value]:
-    """What a drop-in tells k3s: the owned keys' values (comments do not count)."""
-    if content is None:
-        return {}
-    entries, problem = parse_file(DROPIN_NAME, content)
-    if problem is not None:
-        return {"<unparsable>": problem.message}
-    keys = owned_keys(role)
-    return {e.key: e.value for e in entries if e.key in keys}
+def _fingerprint(values: Mapping[str, Value]) -> str:
+    """A need's ``want``: the drop-in's values, one string (``key=value;...``)."""
+    return ";".join(f"{k}={_fmt(v)}" for k, v in sorted(values.items()))
 
 
-def _diff(old: dict[str, Value], new: dict[str, Value]) -> str:
-    """``node-external-ip ['198.51.100.1'] -> ['203.0.113.7']``; empty when equal."""
+def _diff(old: Mapping[str, Value], new: Mapping[str, Value]) -> str:
+    """``node-external-ip 198.51.100.1 -> 203.0.113.7``; empty when equal."""
     parts = []
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):

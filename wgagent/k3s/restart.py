@@ -1,50 +1,74 @@
-"""Restarting k3s so that it re-reads its config (and flannel its annotation): rarely, and safely.
+"""Restarting k3s so that it re-reads its config (and flannel its annotations): rarely, once per change, safely.
 
-    should_restart(history, now, min_interval_s, enabled) -> RestartDecision     pure
-    Restarter.request(reason) -> model.RestartResult                             systemctl
+    should_restart(history, now, min_interval_s, enabled) -> RestartDecision      pure
+    Restarter.need(kind, want, why) -> RestartResult    a part: k3s must restart for this
+    Restarter.drop(kind)                                a part: ... not any more
+    Restarter.serve() -> RestartResult | None           the k3s part, each pass: one restart for every need
 
-A restart happens only when k3s is running (``systemctl is-active``: a stopped k3s reads
-the new config when it starts, so boot needs none), and at most once per
-``k3s.min_restart_interval_s``. The history lives in ``<state_dir>/k3s-restarts.json`` and
-each restart is recorded *before* ``systemctl`` runs, so a crash-looping wgagent cannot
-restart k3s over and over; if the record cannot be written, k3s is not restarted.
+A need is keyed by its *kind* (a stable id, :data:`KINDS`) and says what k3s or flannel
+should have after the restart (``want``, e.g. ``node-external-ip=203.0.113.7``): parts never
+compare sentences. The needs and the history live in memory; every change is also written to
+``<state_dir>/k3s-restarts.json``, which is read once at start, so the rate limit and a
+pending need survive a restart (or a crash loop) of wgagent.
 
-A request that cannot be served now (rate limit, ``k3s.restart: false``, a failing
-``systemctl``) is kept as *pending*, persisted with the history; the k3s part calls
-:meth:`Restarter.retry_pending` on every pass, which drops it once k3s has been
-(re)started by anyone after the need arose (``ExecMainStartTimestampMonotonic``), and
-otherwise asks again. So ``k3s.restart: false`` plus a manual ``systemctl restart k3s``
-clears the pending state, and a rate-limited restart happens when it is allowed.
+Rules:
 
-``systemctl`` runs through a :class:`Runner`; unit tests pass a fake, lab tests put a
-fake ``systemctl`` first on PATH. ``try-restart --no-block`` queues the job and returns:
+- k3s is restarted only while it runs (``systemctl is-active``): a stopped k3s reads its
+  config when it starts, so boot needs no restart;
+- at most once per ``k3s.min_restart_interval_s``, recorded *before* ``systemctl`` runs;
+  a restart that cannot be recorded does not happen;
+- one restart serves every need at once; a need is met when k3s (re)started after it
+  arose, whoever restarted it (``ExecMainStartTimestampMonotonic``), so a manual restart
+  clears it and ``k3s.restart: false`` waits for one;
+- a *passenger* need (``alone=False``) never causes a restart: it rides along with the next;
+- a restart converges or is not repeated: when a part needs the same (kind, want) again
+  after a restart wgagent made for it, restarting again would not change what flannel
+  published (something else decides it); the need is reported as ``stuck``, with the
+  part's own explanation, and never served again until its ``want`` changes.
+
+``systemctl`` runs through a :class:`~wgagent.proc.Runner`; unit tests pass a fake, lab
+tests a fake ``systemctl`` on PATH. ``try-restart --no-block`` queues the job and returns:
 k3s can take minutes to start and wgagent's pass must not wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
 from wgagent.metrics import Registry
 from wgagent.model import RestartResult
+from wgagent.part import Signal
+from wgagent.proc import Runner, SubprocessRunner
+from wgagent.timefmt import utc_text
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "k3s-restarts.json"
 HISTORY_KEEP = 20
+SETTLE_S = 120.0
+"""After k3s started, how long flannel may take to publish before a need that the restart was
+for counts as not fixed by it (k3s starts flannel within seconds; registering can take longer)."""
 RUNNING_STATES = frozenset({"active", "activating", "reloading", "refreshing"})
 """``systemctl is-active`` words for a k3s that has read (or is reading) its config."""
+
+KINDS = {
+    "config": "wgagent's k3s drop-in changed a value k3s reads at start",
+    "overwrite": "the public-ip-overwrite annotation changed; flannel reads it only at start",
+    "backend": "flannel on this node runs another backend than the servers",
+    "wireguard-key": "the k3s unit drop-in that keeps flannel's WireGuard key changed",
+}
+"""Every kind of need, and what it means (for ``/status`` and the docs)."""
+UNIT_FILE_KINDS = frozenset({"wireguard-key"})
+"""Needs that changed a unit file: ``systemctl daemon-reload`` runs before the restart."""
 
 
 # --- the policy (pure) -----------------------------------------------------------------------
@@ -83,57 +107,18 @@ def should_restart(history: Sequence[float], now: float, min_interval_s: float, 
     return RestartDecision(True, f"last restart {now - last:.0f} s ago")
 
 
-# --- running systemctl -----------------------------------------------------------------------
+# --- the state, kept in memory and on disk ----------------------------------------------------
 
 
 @dataclass(frozen=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def first_line(self) -> str:
-        for text in (self.stderr, self.stdout):
-            for line in text.splitlines():
-                if line.strip():
-                    return line.strip()
-        return f"exit status {self.returncode}"
-
-
-class Runner(Protocol):
-    async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
-        """Run ``argv`` to completion; never raises for a failing or missing program."""
-        ...
-
-
-class SubprocessRunner:
-    """Runs programs for real (``systemctl`` from PATH)."""
-
-    async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            return CommandResult(127, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except BaseException as exc:  # timeout or cancellation: do not leave it running
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 1.0)
-            if isinstance(exc, TimeoutError):
-                return CommandResult(124, "", f"{argv[0]} did not finish within {timeout_s:g} s")
-            raise
-        code = proc.returncode if proc.returncode is not None else -1
-        return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-
-
-# --- the persisted history ------------------------------------------------------------------
+class Need:
+    kind: str
+    want: str
+    """What k3s or flannel should have after the restart; the same need asked again keeps its ``since``."""
+    why: str
+    since: float
+    alone: bool = True
+    """False: a passenger, served only together with another need."""
 
 
 @dataclass(frozen=True)
@@ -141,58 +126,82 @@ class Restart:
     at: float
     unit: str
     reason: str
+    served: Mapping[str, str] = field(default_factory=dict)
+    """kind -> want of the needs this restart was for."""
 
 
 @dataclass(frozen=True)
-class Pending:
-    reason: str
-    since: float
-    """When the latest unmet need arose: a k3s started after this has what was asked for."""
+class Served:
+    """What wgagent's last restart for a kind was for, and when."""
+
+    want: str
+    at: float
 
 
 @dataclass
-class History:
+class Book:
+    """What the restarter remembers: past restarts, open needs, and what each kind's last
+    restart was for (to tell a restart that did not converge)."""
+
     restarts: list[Restart] = field(default_factory=list)
-    pending: Pending | None = None
+    needs: dict[str, Need] = field(default_factory=dict)
+    served: dict[str, Served] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "restarts": [{"at": r.at, "unit": r.unit, "reason": r.reason} for r in self.restarts[-HISTORY_KEEP:]],
-            "pending": None if self.pending is None else {"reason": self.pending.reason, "since": self.pending.since},
+            "version": 2,
+            "restarts": [
+                {"at": r.at, "unit": r.unit, "reason": r.reason, "served": dict(r.served)}
+                for r in self.restarts[-HISTORY_KEEP:]
+            ],
+            "needs": {
+                k: {"want": n.want, "why": n.why, "since": n.since, "alone": n.alone} for k, n in self.needs.items()
+            },
+            "served": {k: {"want": s.want, "at": s.at} for k, s in self.served.items()},
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> History:
-        """Whatever parses; a malformed entry is dropped, never fatal."""
-        history = cls()
+    def from_json(cls, data: Any) -> Book:
+        """Whatever parses; a malformed entry is dropped, never fatal. A version 1 file's
+        pending request becomes a ``config`` need (what it nearly always was)."""
+        book = cls()
         if not isinstance(data, dict):
-            return history
+            return book
         for item in data.get("restarts") or []:
             if isinstance(item, dict) and _is_time(item.get("at")):
-                unit, reason = str(item.get("unit", "")), str(item.get("reason", ""))
-                history.restarts.append(Restart(float(item["at"]), unit, reason))
-        pending = data.get("pending")
-        if isinstance(pending, dict) and _is_time(pending.get("since")):
-            history.pending = Pending(str(pending.get("reason", "")), float(pending["since"]))
-        return history
+                raw = item.get("served")
+                served = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+                book.restarts.append(
+                    Restart(float(item["at"]), str(item.get("unit", "")), str(item.get("reason", "")), served)
+                )
+        for kind, n in (data.get("needs") or {}).items():
+            if isinstance(n, dict) and _is_time(n.get("since")):
+                book.needs[str(kind)] = Need(
+                    str(kind),
+                    str(n.get("want", "")),
+                    str(n.get("why", "")),
+                    float(n["since"]),
+                    bool(n.get("alone", True)),
+                )
+        old = data.get("pending")
+        if isinstance(old, dict) and _is_time(old.get("since")):
+            book.needs["config"] = Need("config", "", str(old.get("reason", "")), float(old["since"]))
+        for kind, s in (data.get("served") or {}).items():
+            if isinstance(s, dict) and _is_time(s.get("at")):
+                book.served[str(kind)] = Served(str(s.get("want", "")), float(s["at"]))
+        return book
 
 
 def _is_time(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value and value >= 0
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 # --- the adapter ---------------------------------------------------------------------------
 
 
 class Restarter:
-    """Restarts k3s's unit on request, within the policy; shared by the k3s and annotation parts.
-
-    ``unit`` may be None (no k3s found yet) and be set later by the k3s part.
-    """
+    """The one place k3s is restarted from. Parts call :meth:`need` / :meth:`drop`; the k3s
+    part calls :meth:`serve` at the end of each pass. ``unit`` is None while no k3s is known."""
 
     def __init__(
         self,
@@ -209,135 +218,203 @@ class Restarter:
         self.cfg = cfg
         self.unit = unit
         self.path = os.path.join(state_dir, HISTORY_FILE)
+        self.needed: Signal[str] = Signal("k3s.restart_needed")
+        """Emitted with the kind when a new need arises (the wiring wakes the k3s part)."""
         self._runner: Runner = runner or SubprocessRunner()
         self._clock = clock
         self._monotonic = monotonic
         self._timeout_s = timeout_s
         self._lock = asyncio.Lock()
+        self._book = Book.from_json(fsutil.load_json(self.path))
+        self._stuck: dict[str, str] = {}
+        """kind -> the need that a restart did not fix (not served again)."""
+        self._logged: str | None = None
         self._restarts = metrics.counter(
             "wgagent_k3s_restarts_total", "k3s restarts wgagent asked systemd for (systemctl try-restart)."
         )
         self._pending_gauge = metrics.gauge(
             "wgagent_k3s_restart_pending", "1 while k3s runs without a restart it needs (rate limit, restarts off)."
         )
-        self._logged_pending: str | None = None
 
-    # --- public --------------------------------------------------------------------------
+    # --- what parts call -----------------------------------------------------------------
 
-    async def request(self, reason: str) -> RestartResult:
-        """Restart k3s for ``reason`` if it is running and the policy allows; else say why not."""
-        async with self._lock:
-            return await self._request(reason)
+    def need(self, kind: str, want: str, why: str, *, alone: bool = True) -> RestartResult:
+        """k3s must restart so that ``want`` takes effect; what will become of it, now.
 
-    async def defer(self, reason: str) -> RestartResult:
-        """Record that k3s needs a restart for ``reason``, without restarting now.
-
-        The annotation part defers: the k3s part's pass, which the daemon runs right after it,
-        serves the need together with its own drop-in change (:meth:`retry_pending` or
-        :meth:`request`), so k3s restarts once, after both are written. Restarting for the
-        annotation alone could restart k3s before its new drop-in is in place.
+        The same (kind, want) again keeps its place; a new ``want`` replaces the old need.
         """
-        async with self._lock:
-            history = self._load()
-            now = self._clock()
-            if history.pending is None or history.pending.reason != reason:
-                self._set_pending(history, Pending(reason, now))
-            times = [r.at for r in history.restarts]
-            decision = should_restart(times, now, self.cfg.min_restart_interval_s, self.cfg.restart)
-            unit = self.unit or "k3s"
-            if decision.allowed:
-                return RestartResult(False, f"restart of {unit} queued ({reason})", pending=True)
-            if decision.next_allowed_at is None:
-                todo = f"to apply it: systemctl restart {unit}"
-            else:
-                todo = f"next at {_when(decision.next_allowed_at)}"
-            return RestartResult(False, f"restart pending: {decision.why}; {todo} ({reason})", pending=True)
+        if kind not in KINDS:
+            raise ValueError(f"unknown restart kind {kind!r}")
+        if self._stuck.get(kind) == want:
+            return RestartResult(False, f"a k3s restart for this did not help; not restarting again ({why})")
+        self._stuck.pop(kind, None)  # another want: a new need
+        old = self._book.needs.get(kind)
+        if old is None or old.want != want or old.alone != alone:
+            since = old.since if old is not None and old.want == want else self._clock()
+            self._book.needs[kind] = Need(kind, want, why, since, alone)
+            self._save()
+            if old is None or old.want != want:
+                self.needed.emit(kind)
+        served = self._book.served.get(kind)
+        if served is not None and served.want == want:
+            return RestartResult(False, f"k3s was restarted for this at {utc_text(served.at)}; waiting for it ({why})")
+        return self._outlook(why)
 
-    async def retry_pending(self) -> RestartResult | None:
-        """Serve a pending request if still needed; None when nothing is pending."""
+    def drop(self, kind: str) -> None:
+        """The need of this kind is gone (fixed another way, or no longer wanted)."""
+        self._stuck.pop(kind, None)
+        self._drop_need(kind)
+
+    @property
+    def open_needs(self) -> frozenset[str]:
+        """The kinds still waiting for a restart."""
+        return frozenset(self._book.needs)
+
+    @property
+    def stuck(self) -> Mapping[str, str]:
+        """kind -> want of the needs a restart did not fix (reported, never served again)."""
+        return dict(self._stuck)
+
+    # --- what the k3s part calls -----------------------------------------------------------
+
+    async def serve(self) -> RestartResult | None:
+        """Restart k3s once for every open need, if it runs and the policy allows; None when
+        nothing is needed."""
         async with self._lock:
-            history = self._load()
-            if history.pending is None:
+            needs = self._book.needs
+            if not needs:
                 self._pending_gauge.set(0)
                 return None
             unit = self.unit
             if unit is None:
-                return None
+                return RestartResult(False, "no k3s unit known: nothing to restart")
             started = await self._main_started_at(unit)
-            if started is not None and started > history.pending.since:
-                log.info(
-                    "%s started at %s, after its restart was needed (%s): nothing left to do",
-                    unit,
-                    _when(started),
-                    history.pending.reason,
-                )
-                self._set_pending(history, None)
-                return RestartResult(False, f"{unit} restarted at {_when(started)}; no restart needed")
-            return await self._request(history.pending.reason)
+            met = self._met_by_a_start(unit, started)
+            if met is not None:
+                return met
+            waiting = self._sort_out_served(started)
+            if not any(n.alone for k, n in self._book.needs.items() if k not in waiting):
+                # passengers wait for a restart someone else needs; served ones for it to settle
+                return RestartResult(False, "waiting for the last k3s restart to take effect") if waiting else None
+            return await self._restart_if_running(unit)
 
     def status(self) -> dict[str, Any]:
-        """For /status: the last restart and what is pending."""
-        history = self._load()
-        last = history.restarts[-1] if history.restarts else None
+        """For /status: the last restart, the open needs, the stuck ones."""
+        last = self._book.restarts[-1] if self._book.restarts else None
         return {
             "enabled": self.cfg.restart,
             "min_interval_s": self.cfg.min_restart_interval_s,
-            "last": None if last is None else {"at": _when(last.at), "unit": last.unit, "reason": last.reason},
-            "pending": None if history.pending is None else history.pending.reason,
+            "last": None
+            if last is None
+            else {"at": utc_text(last.at), "unit": last.unit, "reason": last.reason, "for": sorted(last.served)},
+            "needs": {
+                k: {"want": n.want, "why": n.why, "since": utc_text(n.since)} for k, n in self._book.needs.items()
+            },
+            "stuck": dict(self._stuck),
         }
 
     # --- the steps ------------------------------------------------------------------------
 
-    async def _request(self, reason: str) -> RestartResult:
-        unit = self.unit
-        if unit is None:
-            return RestartResult(False, "no k3s unit known: nothing to restart")
-        history = self._load()
+    def _met_by_a_start(self, unit: str, started: float | None) -> RestartResult | None:
+        """Drop the needs a k3s start after they arose has met; a result when none is left."""
+        if started is None:
+            return None
+        met = [k for k, n in self._book.needs.items() if started > n.since]
+        if not met:
+            return None
+        for kind in met:
+            log.info("%s started at %s, after it needed a restart (%s)", unit, utc_text(started), kind)
+            del self._book.needs[kind]
+        self._save()
+        if self._book.needs:
+            return None
+        self._pending_gauge.set(0)
+        return RestartResult(False, f"{unit} restarted at {utc_text(started)}; no restart needed")
+
+    def _sort_out_served(self, started: float | None) -> set[str]:
+        """The open needs wgagent's last restart was already for. While that restart may still
+        be settling they wait; once it has settled they are stuck: dropped, never served again."""
         now = self._clock()
-        # The same need asked again keeps its time (fewer writes; see retry_pending()).
-        old = history.pending
-        need = old if old is not None and old.reason == reason else Pending(reason, now)
+        waiting = set()
+        for kind, need in list(self._book.needs.items()):
+            served = self._book.served.get(kind)
+            if served is None or served.want != need.want:
+                continue
+            settled = started is not None and started >= served.at and now - started >= SETTLE_S
+            if settled or now - served.at >= SETTLE_S * 5:
+                log.warning("k3s was restarted for %s at %s and it did not help; not again: %s", kind,
+                            utc_text(served.at), need.why)  # fmt: skip
+                self._stuck[kind] = need.want
+                del self._book.needs[kind]
+                self._save()
+            else:
+                waiting.add(kind)
+        return waiting
+
+    async def _restart_if_running(self, unit: str) -> RestartResult:
+        reason = "; ".join(f"{n.kind}: {n.why}" for n in self._book.needs.values())
         state = await self._runner.run(["systemctl", "is-active", unit], timeout_s=self._timeout_s)
         word = state.stdout.strip().splitlines()[0] if state.stdout.strip() else ""
         if not word:
-            text = f"restart pending: cannot ask systemd whether {unit} runs: {state.first_line()} ({reason})"
-            self._set_pending(history, need)
-            self._log_pending("systemctl", text)
-            return RestartResult(False, text, pending=True)
+            return self._pending("systemctl", f"cannot ask systemd whether {unit} runs: {state.first_line()}", reason)
         if word not in RUNNING_STATES:
-            self._set_pending(history, None)
+            if UNIT_FILE_KINDS & self._book.needs.keys():  # so its next start reads the new unit
+                await self._runner.run(["systemctl", "daemon-reload"], timeout_s=self._timeout_s)
+            self._book.needs.clear()
+            self._save()
+            self._pending_gauge.set(0)
             return RestartResult(False, f"{unit} is {word}: k3s reads its new config when it starts")
-        if any(r.at > now for r in history.restarts):  # the clock was set back: see should_restart()
-            history.restarts = [Restart(min(r.at, now), r.unit, r.reason) for r in history.restarts]
-        times = [r.at for r in history.restarts]
-        decision = should_restart(times, now, self.cfg.min_restart_interval_s, self.cfg.restart)
+        now = self._clock()
+        self._book.restarts = [replace(r, at=min(r.at, now)) for r in self._book.restarts]  # clock set back
+        decision = should_restart([r.at for r in self._book.restarts], now, self.cfg.min_restart_interval_s,
+                                  self.cfg.restart)  # fmt: skip
         if not decision.allowed:
-            self._set_pending(history, need)
-            if decision.next_allowed_at is None:
-                text = f"restart pending: {decision.why}; to apply it: systemctl restart {unit} ({reason})"
-            else:
-                text = f"restart pending: {decision.why}; next at {_when(decision.next_allowed_at)} ({reason})"
-            self._log_pending("off" if decision.next_allowed_at is None else "rate", text)
-            return RestartResult(False, text, pending=True)
-        history.restarts = [*history.restarts, Restart(now, unit, reason)][-HISTORY_KEEP:]
-        history.pending = need
+            return self._pending(
+                "off" if decision.next_allowed_at is None else "rate", _wait_text(decision, unit), reason
+            )
+        return await self._restart(unit, now, reason)
+
+    async def _restart(self, unit: str, now: float, reason: str) -> RestartResult:
+        served = {k: n.want for k, n in self._book.needs.items()}
+        self._book.restarts = [*self._book.restarts, Restart(now, unit, reason, served)][-HISTORY_KEEP:]
         try:
-            self._save(history)  # before systemctl: a crash loop must still see this restart
+            fsutil.save_json(self.path, self._book.to_json())  # before systemctl: a crash loop must see it
         except WriteError as exc:
-            text = f"restart pending: cannot record it ({exc}); k3s is not restarted without its rate limit"
-            self._pending_gauge.set(1)
-            self._log_pending("record", text)
-            return RestartResult(False, text, pending=True)
+            self._book.restarts.pop()
+            return self._pending("record", f"cannot record it ({exc}); k3s is not restarted without its rate limit",
+                                 reason)  # fmt: skip
+        if UNIT_FILE_KINDS & served.keys():
+            reload = await self._runner.run(["systemctl", "daemon-reload"], timeout_s=self._timeout_s)
+            if reload.returncode != 0:
+                return self._pending("systemctl", f"systemctl daemon-reload failed: {reload.first_line()}", reason)
         log.info("restarting %s: %s", unit, reason)
         done = await self._runner.run(["systemctl", "--no-block", "try-restart", unit], timeout_s=self._timeout_s)
         if done.returncode != 0:
-            text = f"restart pending: systemctl try-restart {unit} failed: {done.first_line()} ({reason})"
-            log.warning("%s", text)
-            self._pending_gauge.set(1)
-            return RestartResult(False, text, pending=True)
+            return self._pending("systemctl", f"systemctl try-restart {unit} failed: {done.first_line()}", reason)
         self._restarts.inc()
-        self._set_pending(history, None)
+        self._book.served.update({k: Served(w, now) for k, w in served.items()})
+        self._book.needs.clear()
+        self._save()
+        self._pending_gauge.set(0)
+        self._logged = None
         return RestartResult(True, f"restarted {unit}: {reason}")
+
+    def _pending(self, kind: str, why: str, reason: str) -> RestartResult:
+        text = f"restart pending: {why} ({reason})"
+        self._pending_gauge.set(1)
+        if kind != self._logged:  # once per kind of wait, not every pass
+            self._logged = kind
+            log.info("%s", text)
+        return RestartResult(False, text, pending=True)
+
+    def _outlook(self, why: str) -> RestartResult:
+        """What :meth:`need` tells its caller: when the restart will come (no systemctl asked)."""
+        unit = self.unit or "k3s"
+        times = [r.at for r in self._book.restarts]
+        decision = should_restart(times, self._clock(), self.cfg.min_restart_interval_s, self.cfg.restart)
+        if decision.allowed:
+            return RestartResult(False, f"restart of {unit} queued ({why})", pending=True)
+        return RestartResult(False, f"restart pending: {_wait_text(decision, unit)} ({why})", pending=True)
 
     async def _main_started_at(self, unit: str) -> float | None:
         """When k3s's main process last started (epoch seconds), or None if unknown."""
@@ -350,25 +427,18 @@ class Restarter:
             return None
         return self._clock() - (self._monotonic() - int(text) / 1e6)
 
-    def _set_pending(self, history: History, pending: Pending | None) -> None:
-        self._pending_gauge.set(0 if pending is None else 1)
-        if pending is None:
-            self._logged_pending = None
-        if history.pending != pending:
-            history.pending = pending
-            try:
-                self._save(history)
-            except WriteError as exc:
-                log.warning("cannot save the k3s restart state: %s", exc)
+    def _drop_need(self, kind: str) -> None:
+        if self._book.needs.pop(kind, None) is not None:
+            self._save()
 
-    def _log_pending(self, kind: str, text: str) -> None:
-        # once per kind of wait, not every pass
-        if kind != self._logged_pending:
-            self._logged_pending = kind
-            log.info("%s", text)
+    def _save(self) -> None:
+        try:
+            fsutil.save_json(self.path, self._book.to_json())
+        except WriteError as exc:
+            log.warning("cannot save the k3s restart state: %s", exc)
 
-    def _load(self) -> History:
-        return History.from_json(fsutil.load_json(self.path))
 
-    def _save(self, history: History) -> None:
-        fsutil.save_json(self.path, history.to_json())
+def _wait_text(decision: RestartDecision, unit: str) -> str:
+    if decision.next_allowed_at is None:
+        return f"{decision.why}; to apply it: systemctl restart {unit}"
+    return f"{decision.why}; next at {utc_text(decision.next_allowed_at)}"

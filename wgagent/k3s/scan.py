@@ -29,6 +29,9 @@ from typing import Any
 
 import yaml
 
+from wgagent import fsutil, yamlerr
+from wgagent.k3s.flags import agent_accepts
+
 MAIN = "config.yaml"
 DROPIN_DIR = "config.yaml.d"
 DROPIN_NAME = "50-wgagent.yaml"
@@ -38,6 +41,54 @@ NODE_EXTERNAL_IP = "node-external-ip"
 FLANNEL_BACKEND = "flannel-backend"
 FLANNEL_EXTERNAL_IP = "flannel-external-ip"
 WIREGUARD_BACKEND = "wireguard-native"
+
+
+@dataclass(frozen=True)
+class ConfigLocation:
+    """Where k3s reads its config: the main file and its ``.d`` directory.
+
+    ``/etc/rancher/k3s/config.yaml`` unless ``K3S_CONFIG_FILE`` or ``--config`` names another
+    (k3s ``pkg/configfilearg`` ``DefaultParser``: ``ConfigFlags: ["--config", "-c"]``,
+    ``EnvName: "K3S_CONFIG_FILE"``, ``DefaultConfig: "/etc/rancher/k3s/config.yaml"``); the
+    drop-ins are always ``<main>.d/``. Files are named in a scan by their logical names
+    (``config.yaml``, ``config.yaml.d/50-x.yaml``) and mapped here to real paths.
+
+    >>> loc = ConfigLocation("/etc/k3s/main.yml", "K3S_CONFIG_FILE")
+    >>> loc.path("config.yaml"), loc.path("config.yaml.d/50-wgagent.yaml")
+    ('/etc/k3s/main.yml', '/etc/k3s/main.yml.d/50-wgagent.yaml')
+    """
+
+    main: str
+    source: str = "the default"
+    """Why this file: "the default", "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1"..."""
+
+    @classmethod
+    def in_dir(cls, config_dir: str) -> ConfigLocation:
+        return cls(os.path.join(config_dir, MAIN), "k3s.config_dir")
+
+    @property
+    def dropin_dir(self) -> str:
+        return self.main + ".d"
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.main)
+
+    def path(self, rel: str) -> str:
+        """The real path of a logical name."""
+        if rel == MAIN:
+            return self.main
+        if rel == DROPIN_DIR:
+            return self.dropin_dir
+        if rel.startswith(DROPIN_DIR + "/"):
+            return os.path.join(self.dropin_dir, rel[len(DROPIN_DIR) + 1 :])
+        return os.path.join(self.directory, rel)
+
+
+def as_location(where: str | ConfigLocation) -> ConfigLocation:
+    """A location from a config directory (``k3s.config_dir``) or a location."""
+    return where if isinstance(where, ConfigLocation) else ConfigLocation.in_dir(where)
+
 
 _OWNED_BY_KEY = {
     NODE_EXTERNAL_IP: "the public IP it discovers (public_ip.static pins one)",
@@ -50,7 +101,7 @@ Value = str | tuple[str, ...] | None
 
 
 def owned_keys(role: str | None) -> tuple[str, ...]:
-    """The keys wgagent's drop-in sets: flannel options are server flags (agents skip them)."""
+    """The keys wgagent's drop-in sets: the flannel options are server flags, fatal on an agent."""
     if role == "server":
         return (NODE_EXTERNAL_IP, FLANNEL_BACKEND, FLANNEL_EXTERNAL_IP)
     return (NODE_EXTERNAL_IP,)
@@ -217,11 +268,8 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
             )
         return entries, None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        message = f"not valid YAML ({problem}); k3s will not start until it is fixed"
-        return [], Finding(path, line, message, code="invalid")
+        message = f"not valid YAML ({yamlerr.problem(exc)}); k3s will not start until it is fixed"
+        return [], Finding(path, yamlerr.line_of(exc), message, code="invalid")
     except (TypeError, ValueError) as exc:  # e.g. an unhashable key: still "does not parse"
         return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed", code="invalid")
     finally:
@@ -229,7 +277,7 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
 
 
 def scan_config(
-    config_dir: str,
+    where: str | ConfigLocation,
     files: Mapping[str, FileContent],
     *,
     role: str | None,
@@ -237,107 +285,155 @@ def scan_config(
 ) -> Scan:
     """Merge k3s's config files like k3s and report what defeats wgagent's drop-in.
 
-    ``files`` maps paths relative to ``config_dir`` (``config.yaml``,
-    ``config.yaml.d/10-x.yaml``) to their content; names k3s does not read are ignored, so
-    a caller may pass a whole directory listing. ``role`` is ``server``, ``agent`` or None
-    (unknown: only ``node-external-ip`` is checked). Errors (they fail the check):
+    ``where`` is the config location (or ``k3s.config_dir``); ``files`` maps logical names
+    (``config.yaml``, ``config.yaml.d/10-x.yaml``) to their content; names k3s does not read
+    are ignored, so a caller may pass a whole directory listing. ``role`` is ``server``,
+    ``agent`` or None (unknown: only ``node-external-ip`` is checked). Errors (they fail the check):
 
     - a file k3s cannot parse or read (named, with the YAML error's line);
     - a file after wgagent's that sets (``key:``) or extends (``key+:``) a key wgagent owns;
+    - on agents, every key ``k3s agent`` does not define (it exits on them: :mod:`flags`);
     - on servers, an effective ``flannel-backend`` that is not ``wireguard-native``
       (``wireguard`` gets its own message: removed in k3s 1.26).
 
     Notes (shown, never failing): an earlier file's value of an owned key that wgagent's
     drop-in replaces.
     """
-    own_rel = f"{DROPIN_DIR}/{own}"
+    loc = as_location(where)
     order = k3s_order(files)
-    findings: list[Finding] = []
-    if isinstance(files.get(DROPIN_DIR), Unreadable):
-        reason = files[DROPIN_DIR]
-        assert isinstance(reason, Unreadable)
-        findings.append(
+    merged = _merge(loc, files, order, f"{DROPIN_DIR}/{own}")
+    findings = list(merged.problems)
+    owned = _owned_key_findings(merged, role, own)
+    findings += owned
+    if role == "agent":
+        findings += _agent_key_findings(merged)
+    if role == "server":
+        findings += _backend_findings(loc, merged, {(f.path, f.line) for f in owned}, own)
+    rank = {loc.path(rel): index for index, rel in enumerate(order)}
+    findings.sort(key=lambda f: (rank.get(f.path, -1), f.line or 0))
+    return Scan(tuple(loc.path(r) for r in order), merged.settings, tuple(findings), merged.own_values)
+
+
+@dataclass
+class _Merged:
+    """k3s's config files merged as k3s merges them, and where each key was set."""
+
+    settings: dict[str, Setting] = field(default_factory=dict)
+    own_values: dict[str, Setting] = field(default_factory=dict)
+    occurrences: dict[str, list[tuple[int, str, _Entry]]] = field(default_factory=dict)
+    own_index: int | None = None
+    problems: list[Finding] = field(default_factory=list)
+
+
+def _merge(loc: ConfigLocation, files: Mapping[str, FileContent], order: list[str], own_rel: str) -> _Merged:
+    merged = _Merged()
+    listing = files.get(DROPIN_DIR)
+    if isinstance(listing, Unreadable):
+        merged.problems.append(
             Finding(
-                os.path.join(config_dir, DROPIN_DIR),
+                loc.dropin_dir,
                 None,
-                f"cannot list the directory ({reason.reason}); k3s will not start while it cannot",
+                f"cannot list the directory ({listing.reason}); k3s will not start while it cannot",
                 code="unreadable",
             )
         )
-    settings: dict[str, Setting] = {}
-    own_values: dict[str, Setting] = {}
-    occurrences: dict[str, list[tuple[int, str, _Entry]]] = {}
-    own_index: int | None = None
     for index, rel in enumerate(order):
-        path = os.path.join(config_dir, rel)
+        path = loc.path(rel)
         entries, problem = parse_file(path, files[rel])
         if problem is not None:
-            findings.append(problem)
+            merged.problems.append(problem)
             continue
         if rel == own_rel:
-            own_index = index
+            merged.own_index = index
         for entry in entries:
-            old = settings.get(entry.key)
+            old = merged.settings.get(entry.key)
             value = _as_list(old.value) + _as_list(entry.value) if entry.append and old is not None else entry.value
-            settings[entry.key] = Setting(value, path, entry.line)
-            occurrences.setdefault(entry.key, []).append((index, path, entry))
+            merged.settings[entry.key] = Setting(value, path, entry.line)
+            merged.occurrences.setdefault(entry.key, []).append((index, path, entry))
             if rel == own_rel:
-                own_values[entry.key] = Setting(entry.value, path, entry.line)
+                merged.own_values[entry.key] = Setting(entry.value, path, entry.line)
+    return merged
 
-    reported: set[tuple[str, int]] = set()
-    owned = owned_keys(role)
-    if own_index is not None:
-        for key in owned:
-            ours = own_values.get(key)
-            for index, path, entry in occurrences.get(key, []):
-                if index > own_index:
-                    message = _override_message(key, entry, ours, own)
-                    findings.append(Finding(path, entry.line, message, code="override", key=key, value=entry.value))
-                    reported.add((path, entry.line))
-                elif index < own_index and ours is not None:
-                    findings.append(
-                        Finding(
-                            path,
-                            entry.line,
-                            f"{key}{'+' if entry.append else ''}: {_show(entry.value)} is replaced by wgagent's "
-                            f"{own} ({_show(ours.value)})",
-                            error=False,
-                            code="replaced",
-                            key=key,
-                            value=entry.value,
-                        )
+
+def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[Finding]:
+    """A later file overriding (error) or an earlier one replaced by (note) a key wgagent owns."""
+    if merged.own_index is None:
+        return []
+    out = []
+    for key in owned_keys(role):
+        ours = merged.own_values.get(key)
+        for index, path, entry in merged.occurrences.get(key, []):
+            if index > merged.own_index:
+                message = _override_message(key, entry, ours, own)
+                out.append(Finding(path, entry.line, message, code="override", key=key, value=entry.value))
+            elif index < merged.own_index and ours is not None:
+                out.append(
+                    Finding(
+                        path,
+                        entry.line,
+                        f"{key}{'+' if entry.append else ''}: {_show(entry.value)} is replaced by wgagent's "
+                        f"{own} ({_show(ours.value)})",
+                        error=False,
+                        code="replaced",
+                        key=key,
+                        value=entry.value,
                     )
-    if role == "server":
-        backend = settings.get(FLANNEL_BACKEND)
-        if backend is None:
-            findings.append(
+                )
+    return out
+
+
+def _agent_key_findings(merged: _Merged) -> list[Finding]:
+    """Every key an agent's ``k3s agent`` does not define: it exits at start on the first one."""
+    out = []
+    for key, places in merged.occurrences.items():
+        if agent_accepts(key):
+            continue
+        for _, path, entry in places:
+            out.append(
                 Finding(
-                    os.path.join(config_dir, MAIN),
-                    None,
-                    "no file sets flannel-backend, so k3s uses vxlan: flannel does not use WireGuard",
-                    code="no_backend",
-                    key=FLANNEL_BACKEND,
+                    path,
+                    entry.line,
+                    f"{key}{'+' if entry.append else ''}: is not a k3s agent flag: k3s agent will not start "
+                    f'("flag provided but not defined: -{key}"); remove it from this file (it belongs in the '
+                    "servers' config)",
+                    code="agent_key",
+                    key=key,
+                    value=entry.value,
                 )
             )
-        elif (backend.path, backend.line) not in reported:
-            problem_text = backend_problem(backend.value)
-            if problem_text is not None:
-                ours_text = " (wgagent's k3s.flannel_backend)" if backend.path.endswith("/" + own_rel) else ""
-                text = f"{FLANNEL_BACKEND}: {problem_text}{ours_text}"
-                findings.append(
-                    Finding(
-                        backend.path,
-                        backend.line,
-                        text,
-                        error=not ours_text,
-                        code="backend",
-                        key=FLANNEL_BACKEND,
-                        value=backend.value,
-                    )
-                )
-    rank = {os.path.join(config_dir, rel): index for index, rel in enumerate(order)}
-    findings.sort(key=lambda f: (rank.get(f.path, -1), f.line or 0))
-    return Scan(tuple(os.path.join(config_dir, r) for r in order), settings, tuple(findings), own_values)
+    return out
+
+
+def _backend_findings(
+    loc: ConfigLocation, merged: _Merged, reported: set[tuple[str, int | None]], own: str
+) -> list[Finding]:
+    """On a server: flannel-backend must be wireguard-native (unless an override already says so)."""
+    backend = merged.settings.get(FLANNEL_BACKEND)
+    if backend is None:
+        return [
+            Finding(
+                loc.main,
+                None,
+                "no file sets flannel-backend, so k3s uses vxlan: flannel does not use WireGuard",
+                code="no_backend",
+                key=FLANNEL_BACKEND,
+            )
+        ]
+    problem_text = backend_problem(backend.value)
+    if (backend.path, backend.line) in reported or problem_text is None:
+        return []
+    ours_text = " (wgagent's k3s.flannel_backend)" if backend.path.endswith(f"/{DROPIN_DIR}/{own}") else ""
+    return [
+        Finding(
+            backend.path,
+            backend.line,
+            f"{FLANNEL_BACKEND}: {problem_text}{ours_text}",
+            error=not ours_text,
+            code="backend",
+            key=FLANNEL_BACKEND,
+            value=backend.value,
+        )
+    ]
 
 
 def backend_problem(value: Value) -> str | None:
@@ -373,14 +469,15 @@ def _show(value: Value) -> str:
     return repr(value)
 
 
-def read_config_files(config_dir: str, *, max_bytes: int = MAX_FILE_BYTES) -> dict[str, FileContent]:
-    """The files :func:`scan_config` needs, read from disk; never raises.
+def read_config_files(where: str | ConfigLocation, *, max_bytes: int = MAX_FILE_BYTES) -> dict[str, FileContent]:
+    """The files :func:`scan_config` needs, read from disk, by logical name; never raises.
 
-    ``config.yaml`` when it exists, and every ``config.yaml.d/`` entry k3s would read.
+    The main file when it exists, and every entry of its ``.d`` directory k3s would read.
     """
+    loc = as_location(where)
     files: dict[str, FileContent] = {}
     candidates = [MAIN]
-    dropin_dir = os.path.join(config_dir, DROPIN_DIR)
+    dropin_dir = loc.dropin_dir
     try:
         with os.scandir(dropin_dir) as it:
             for entry in it:
@@ -392,7 +489,7 @@ def read_config_files(config_dir: str, *, max_bytes: int = MAX_FILE_BYTES) -> di
     except OSError as exc:
         files[DROPIN_DIR] = Unreadable(exc.strerror or str(exc))
     for rel in candidates:
-        content = _read(os.path.join(config_dir, rel), max_bytes)
+        content = _read(loc.path(rel), max_bytes)
         if content is not None:
             files[rel] = content
     return files
@@ -400,12 +497,8 @@ def read_config_files(config_dir: str, *, max_bytes: int = MAX_FILE_BYTES) -> di
 
 def _read(path: str, max_bytes: int) -> FileContent | None:
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        return None
+        return fsutil.read_capped(path, max_bytes)
+    except fsutil.FileTooLarge as exc:
+        return Unreadable(exc.strerror or "too large", fatal=False)
     except OSError as exc:
         return Unreadable(exc.strerror or str(exc))
-    if len(data) > max_bytes:
-        return Unreadable(f"larger than {max_bytes} bytes", fatal=False)
-    return data

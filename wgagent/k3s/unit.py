@@ -15,20 +15,20 @@ command line (``--flannel-backend``) wins over wgagent's drop-in, and a list fla
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Sequence
 
+from wgagent.k3s import install
+from wgagent.k3s.flags import agent_accepts
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
-    MAIN,
     NODE_EXTERNAL_IP,
+    ConfigLocation,
     Finding,
+    as_location,
     backend_problem,
     owned_keys,
 )
-
-MAX_UNIT_BYTES = 256 << 10
 
 
 def read_unit(unit: str, unit_dirs: Sequence[str]) -> list[tuple[str, str]]:
@@ -36,130 +36,102 @@ def read_unit(unit: str, unit_dirs: Sequence[str]) -> list[tuple[str, str]]:
 
     Never raises: unreadable files are left out (the scan is advice, not a gate).
     """
-    files: list[tuple[str, str]] = []
-    for directory in unit_dirs:
-        text = _read(os.path.join(directory, unit))
-        if text is not None:
-            files.append((os.path.join(directory, unit), text))
-            break
-    dropins: dict[str, str] = {}
-    for directory in unit_dirs:  # a name in a higher-priority dir hides the same name below
-        try:
-            names = os.listdir(os.path.join(directory, unit + ".d"))
-        except OSError:
-            continue
-        for name in names:
-            if name.endswith(".conf") and name not in dropins:
-                dropins[name] = os.path.join(directory, unit + ".d", name)
-    for name in sorted(dropins):
-        text = _read(dropins[name])
-        if text is not None:
-            files.append((dropins[name], text))
-    return files
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(MAX_UNIT_BYTES)
-    except OSError:
-        return None
+    found = install.read_unit(unit, unit_dirs)
+    return list(found.files) if found is not None else []
 
 
 def exec_start(files: Sequence[tuple[str, str]]) -> tuple[str, list[str]] | None:
-    """The effective ``ExecStart=`` (the file that set it, its argv), or None.
-
-    An empty ``ExecStart=`` in a drop-in clears the ones before it, as in systemd.
-    """
-    found: tuple[str, list[str]] | None = None
-    for path, text in files:
-        section = ""
-        for line in _logical_lines(text):
-            if line.startswith("[") and line.endswith("]"):
-                section = line
-                continue
-            key, sep, value = line.partition("=")
-            if not sep or section != "[Service]" or key.strip() != "ExecStart":
-                continue
-            value = value.strip().lstrip("-@+!:")
-            if not value:
-                found = None
-                continue
-            try:
-                found = (path, shlex.split(value))
-            except ValueError:
-                found = (path, value.split())
-    return found
+    """The effective ``ExecStart=`` (the file that set it, its argv), or None."""
+    return install.exec_start(files)
 
 
-def _logical_lines(text: str) -> list[str]:
-    lines: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped[0] in "#;"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        lines.append(pending + stripped)
-        pending = ""
-    if pending:
-        lines.append(pending)
-    return lines
-
-
-def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str) -> list[Finding]:
-    """Findings about k3s's command line that defeat wgagent's drop-in."""
+def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str | ConfigLocation) -> list[Finding]:
+    """Findings about k3s's command line: flags that defeat wgagent's drop-in, a ``--config``
+    elsewhere, and on an agent every flag ``k3s agent`` does not define (it will not start)."""
     found = exec_start(files)
     if found is None:
         return []
     path, argv = found
+    loc = as_location(config_dir)
     findings: list[Finding] = []
-    owned = owned_keys(role)
+    for name, value, shown in _flags(argv):
+        if name in ("config", "c"):
+            findings += _config_elsewhere(path, value, loc)
+        elif role == "agent" and not agent_accepts(name):
+            findings.append(_agent_flag(path, name, shown))
+        elif name in owned_keys(role):
+            findings.append(_owned_flag(path, name, value, shown))
+    return findings
+
+
+def _flags(argv: Sequence[str]) -> list[tuple[str, str | None, str]]:
+    """(name, value or None, as written) of each flag after the subcommand."""
+    out: list[tuple[str, str | None, str]] = []
+    args = list(argv[1:])
+    while args and not args[0].startswith("-"):
+        args.pop(0)  # the subcommand (server, agent)
     i = 0
-    while i < len(argv):
-        arg = argv[i]
+    while i < len(args):
+        arg = args[i]
         i += 1
         if not arg.startswith("-"):
             continue
         name, eq, value = arg.lstrip("-").partition("=")
-        if name in ("config", "c"):
-            if not eq and i < len(argv):
-                value, i = argv[i], i + 1
-            if os.path.normpath(value) != os.path.join(config_dir, MAIN):
-                findings.append(
-                    Finding(
-                        path,
-                        None,
-                        f"ExecStart makes k3s read {value} (--config), so it never reads {config_dir}/config.yaml.d/;"
-                        f" set k3s.config_dir to {os.path.dirname(value)}",
-                        code="exec_config",
-                        value=value,
-                    )
-                )
-            continue
-        if name not in owned:
-            continue
-        if not eq and name != FLANNEL_EXTERNAL_IP and i < len(argv) and not argv[i].startswith("-"):
-            value, i = argv[i], i + 1
-        shown = f"--{name}={value}" if eq or value else f"--{name}"
-        if name == NODE_EXTERNAL_IP:
-            effect = "k3s adds it to the drop-in's node-external-ip"
-        else:
-            effect = f"it overrides the drop-in's {name} (command-line flags beat config files)"
-            if name == FLANNEL_BACKEND and (problem := backend_problem(value)) is not None:
-                effect += f" ({problem})"
-        where = "wgagent's k3s.flannel_backend" if name == FLANNEL_BACKEND else "wgagent"
-        findings.append(
-            Finding(
-                path,
-                None,
-                f"ExecStart sets {shown}: {effect}; remove it from ExecStart (INSTALL_K3S_EXEC) and let {where} "
-                "set it, then systemctl daemon-reload",
-                code="exec_flag",
-                key=name,
-                value=value if eq or value else None,
-            )
+        takes_next = not eq and name != FLANNEL_EXTERNAL_IP and not _boolean(name)
+        if takes_next and i < len(args) and not args[i].startswith("-"):
+            value, i = args[i], i + 1
+        shown = f"--{name}={value}" if value else f"--{name}"
+        out.append((name, value or None, shown))
+    return out
+
+
+def _boolean(name: str) -> bool:
+    return name in ("debug", "cluster-init", "with-node-id", "selinux", "rootless", "docker", "prefer-bundled-bin",
+                    "protect-kernel-defaults", "disable-default-registry-endpoint", "enable-pprof",
+                    "disable-apiserver-lb", "alsologtostderr")  # fmt: skip
+
+
+def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list[Finding]:
+    if value is None or os.path.normpath(value) == loc.main:
+        return []
+    return [
+        Finding(
+            path,
+            None,
+            f"ExecStart makes k3s read {value} (--config), so it never reads {loc.dropin_dir}/; "
+            f"wgagent follows it when it finds the unit (k3s.unit), or set k3s.config_dir to {os.path.dirname(value)}",
+            code="exec_config",
+            value=value,
         )
-    return findings
+    ]
+
+
+def _agent_flag(path: str, name: str, shown: str) -> Finding:
+    return Finding(
+        path,
+        None,
+        f"ExecStart gives k3s agent {shown}, which it does not define: k3s agent will not start "
+        f'("flag provided but not defined: -{name}"); remove it from ExecStart (INSTALL_K3S_EXEC), then '
+        "systemctl daemon-reload",
+        code="agent_key",
+        key=name,
+    )
+
+
+def _owned_flag(path: str, name: str, value: str | None, shown: str) -> Finding:
+    if name == NODE_EXTERNAL_IP:
+        effect = "k3s adds it to the drop-in's node-external-ip"
+    else:
+        effect = f"it overrides the drop-in's {name} (command-line flags beat config files)"
+        if name == FLANNEL_BACKEND and (problem := backend_problem(value)) is not None:
+            effect += f" ({problem})"
+    where = "wgagent's k3s.flannel_backend" if name == FLANNEL_BACKEND else "wgagent"
+    return Finding(
+        path,
+        None,
+        f"ExecStart sets {shown}: {effect}; remove it from ExecStart (INSTALL_K3S_EXEC) and let {where} "
+        "set it, then systemctl daemon-reload",
+        code="exec_flag",
+        key=name,
+        value=value,
+    )

@@ -1,21 +1,32 @@
-"""The ``public-ip-overwrite`` annotation on this node's own Node, and whether flannel uses it.
+"""The ``annotation`` check: flannel publishes the decided address, and wgagent never fights k3s.
 
-Flannel copies ``flannel.alpha.coreos.com/public-ip-overwrite`` into ``public-ip`` only
-when it starts; the other nodes follow ``public-ip``. So the ``annotation`` check is ok
-only when both equal the decided address (per family: ``public-ipv6-overwrite`` and
-``public-ipv6`` for IPv6), and each pass does the least that gets there:
+flannel copies ``flannel.alpha.coreos.com/public-ip-overwrite`` into ``public-ip`` only when
+it starts (flannel ``pkg/subnet/kube/kube.go`` ``AcquireLease``); the other nodes follow
+``public-ip``. And k3s itself manages the overwrite at every start, by version
+(``k3s/versions.py``): with ``flannel-external-ip`` on it sets it from ``node-external-ip``;
+with it off, releases since k3s PR #13431 remove it, older ones leave it alone. So wgagent's
+drop-in (``node-external-ip``) is the way, and the annotation part patches the overwrite only
+where k3s will leave it be. Per managed family (``families.py``: only the families the
+cluster uses), :func:`decide_family` picks the first rule that applies:
 
-    decided address   (public_ip(); None -> nothing to do yet)
-    the watch's view  (cluster(); already right -> done, no request at all)
-    GET own Node      (404 -> wait for k3s to register it; 403 -> say which credential)
-    merge-patch       only the overwrites that differ; a removed or changed overwrite is
-                      put back, and the log says so
-    public-ip stale   -> request_restart(reason); its RestartResult.detail goes into the
-                      check detail, which says which of the two annotations is wrong
+    ok          flannel publishes the decided address
+    shared      another Node already publishes it: two nodes behind one public IP break
+                each other's tunnels; not advertised here (the k3s part leaves it out too)
+    override    k3s will take another node-external-ip (a later config file, ExecStart, a
+                K3S_CONFIG_FILE elsewhere): say where and how to fix it; no patch, no restart
+    drop-in     wgagent's drop-in is about to say it: the k3s part writes it and restarts k3s
+    restart     k3s has not restarted since: the k3s part's restart is pending
+    wiped       k3s runs with it but did not set the overwrite, and this k3s removes it at
+                every start: flannel-external-ip is off on the servers; the fix says so
+    patch       k3s runs with it, did not set the overwrite, and leaves it alone: set it,
+                and ask for one restart (Restarter kind ``overwrite``)
+    flannel     the overwrite is right, flannel published an older address: one restart
+    stuck       a restart for this already happened and did not change it: report, never again
 
-A family that was not decided (``PublicAddresses.ipv6`` None) is left alone: its overwrite
-may have been set by someone on purpose. Failures are logged once when they start, not on
-every retry; the next pass comes sooner (backoff) while something is failing.
+The own Node is read from the node watch when it shows all is well (no request); otherwise
+with one GET (its annotations, ``spec.podCIDRs``, ``status.nodeInfo.kubeletVersion``,
+``spec.providerID``). Failures are logged once when they start; the next pass comes sooner
+(backoff) while something is failing.
 """
 
 from __future__ import annotations
@@ -23,47 +34,451 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, NotFound, Unauthorized
+from wgagent.families import Families
+from wgagent.k3s.versions import K3sVersion, wipes_overwrite_when_off
+from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
+    ANN_K3S_EXTERNAL_IP,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IPV6,
     ANN_PUBLIC_IPV6_OVERWRITE,
-    ANN_SUBNET_MANAGER,
     FLANNEL,
     ClusterView,
     PublicAddresses,
-    RestartResult,
+    RestartRequests,
 )
-from wgagent.part import Part
+from wgagent.part import Part, Signal
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
 
-PUBLISHED = {ANN_PUBLIC_IP_OVERWRITE: ANN_PUBLIC_IP, ANN_PUBLIC_IPV6_OVERWRITE: ANN_PUBLIC_IPV6}
-"""Each overwrite and the annotation flannel copies it into when it starts."""
+OVERWRITE = {4: ANN_PUBLIC_IP_OVERWRITE, 6: ANN_PUBLIC_IPV6_OVERWRITE}
+PUBLISHED = {4: ANN_PUBLIC_IP, 6: ANN_PUBLIC_IPV6}
 
 STEADY_INTERVAL_S = 300.0
 """Between passes when all is well. A pass then reads only the watch's memory; the watch
-wakes this part as soon as the own Node's flannel annotations change."""
+wakes this part as soon as the own Node's annotations change."""
 PENDING_INTERVAL_S = 60.0
-"""While waiting for flannel to re-read the overwrite (a k3s restart pending or under way)."""
-
+"""While waiting for k3s or flannel (a restart pending or under way)."""
 CREDENTIAL_FILE_RETRY_S = 15.0
 """A missing or unreadable kubeconfig (k3s writes the kubelet's at first start) is read again
 this often; it costs the API server nothing."""
 
-RequestRestart = Callable[[str], Awaitable[RestartResult]]
+SHARED_FIX = (
+    "give each node its own public IP (an elastic/1:1-NAT address per node), or put nodes behind one NAT in one "
+    "site and let only one of them advertise the shared address"
+)
 
 
 def short(key: str) -> str:
     return key[len(FLANNEL) :] if key.startswith(FLANNEL) else key
+
+
+def same_ip(have: str | None, want: str) -> bool:
+    """Equal as addresses ("2001:db8::1" is "2001:0db8:0:0:0:0:0:1")."""
+    if have is None:
+        return False
+    try:
+        return ipaddress.ip_address(have.strip()) == ipaddress.ip_address(want)
+    except ValueError:
+        return False
+
+
+def in_list(items: str | None, want: str) -> bool:
+    """Whether a comma-joined address list (``k3s.io/external-ip``) holds ``want``."""
+    return any(same_ip(item, want) for item in (items or "").split(","))
+
+
+@dataclass(frozen=True)
+class OwnNode:
+    """What one GET of the own Node tells."""
+
+    annotations: Mapping[str, str]
+    pod_cidrs: tuple[str, ...] = ()
+    version: K3sVersion | None = None
+    k3s_ccm: bool = True
+    """k3s's own cloud controller runs (``spec.providerID`` ``k3s://...``); older k3s set the
+    overwrite only then."""
+
+
+def own_node_of(obj: JSONObject) -> OwnNode:
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    anns = {k: v for k, v in (meta.get("annotations") or {}).items() if isinstance(k, str) and isinstance(v, str)}
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    info = (obj.get("status") or {}).get("nodeInfo") or {}
+    provider = spec.get("providerID")
+    return OwnNode(
+        anns,
+        tuple(c for c in cidrs if isinstance(c, str)),
+        K3sVersion.find(info.get("kubeletVersion") if isinstance(info.get("kubeletVersion"), str) else None),
+        not isinstance(provider, str) or not provider or provider.startswith("k3s://"),
+    )
+
+
+# --- the decision (pure) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """Everything :func:`decide_family` needs of one address family."""
+
+    family: int
+    want: str
+    annotations: Mapping[str, str]
+    k3s: ExternalIP
+    version: K3sVersion | None = None
+    k3s_restart_pending: bool = False
+    """The k3s part still needs a restart for its drop-in (k3s runs an older config)."""
+    shared_with: str | None = None
+    stuck: bool = False
+
+    @property
+    def overwrite(self) -> str | None:
+        return self.annotations.get(OVERWRITE[self.family])
+
+    @property
+    def published(self) -> str | None:
+        return self.annotations.get(PUBLISHED[self.family])
+
+    @property
+    def running(self) -> str | None:
+        """``k3s.io/external-ip``: what the running k3s took (absent with its cloud controller off)."""
+        return self.annotations.get(ANN_K3S_EXTERNAL_IP)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    patch: str | None = None
+    """Set this family's overwrite to this address."""
+    restart: bool = False
+    """k3s must restart so flannel re-reads the overwrite."""
+
+
+def decide_family(f: FamilyFacts) -> Verdict:
+    """The first rule of the module doc that applies to this family."""
+    ow, pub = short(OVERWRITE[f.family]), short(PUBLISHED[f.family])
+    if f.shared_with is not None:
+        return Verdict(
+            "shared", False,
+            f"{f.want} is already published by Node {f.shared_with}: two nodes behind one public IP break each "
+            f"other's WireGuard tunnels; wgagent does not advertise it here", SHARED_FIX,
+        )  # fmt: skip
+    if same_ip(f.published, f.want):
+        return Verdict("ok", True, f"{pub} is {f.want}")
+    return _k3s_rules(f, ow, pub) or _overwrite_rules(f, ow, pub)
+
+
+def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
+    """Rules on what k3s will use and whether it runs with it; None when it does."""
+    if not same_ip(f.k3s.value, f.want):
+        if f.k3s.ours:
+            return Verdict("drop-in", False, f"wgagent's drop-in is about to set node-external-ip {f.want}")
+        k3s_says = f.k3s.value or "nothing"
+        return Verdict(
+            "override", False,
+            f"k3s will use node-external-ip {k3s_says} from {f.k3s.source}, not {f.want}, so flannel publishes "
+            f"{f.published or 'no ' + pub}; not restarting k3s, which would not change it",
+            f"remove node-external-ip from {f.k3s.source} (wgagent's drop-in sets it), or pin the address with "
+            "public_ip.static",
+        )  # fmt: skip
+    if f.k3s_restart_pending or (f.running is not None and not in_list(f.running, f.want)):
+        return Verdict("restart", False, f"k3s has not restarted since node-external-ip became {f.want}")
+    return None
+
+
+def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict:
+    """k3s runs with the decided node-external-ip: only the overwrite or flannel can be behind."""
+    if f.stuck:
+        return Verdict(
+            "stuck", False,
+            f"{ow} is {f.overwrite or 'not set'} and flannel's {pub} is {f.published or 'not set'} even after a k3s "
+            f"restart for {f.want}; not restarting again",
+            "check that flannel runs on this node with the kube subnet manager (k3s's own flannel), and k3s's log",
+        )  # fmt: skip
+    if not same_ip(f.overwrite, f.want):
+        if f.version is None or wipes_overwrite_when_off(f.version):
+            return _wiped(f, ow)
+        return Verdict(
+            "patch", False,
+            f"k3s {f.version} runs with node-external-ip {f.want} but did not set {ow} (flannel-external-ip is off, or "
+            f"k3s's cloud controller is); setting it, which this k3s leaves alone", patch=f.want, restart=True,
+        )  # fmt: skip
+    return Verdict(
+        "flannel", False,
+        f"{ow} is {f.want} but flannel's {pub} is still {f.published or 'not set'} (flannel reads it only when it "
+        "starts)", restart=True,
+    )  # fmt: skip
+
+
+def _wiped(f: FamilyFacts, ow: str) -> Verdict:
+    version = f"k3s {f.version}" if f.version is not None else "this k3s (version unknown)"
+    return Verdict(
+        "wiped", False,
+        f"{version} runs with node-external-ip {f.want} but {ow} is {f.overwrite or 'not set'}: with "
+        "flannel-external-ip off, k3s removes the overwrite at every start (k3s PR #13431), so setting it is pointless",
+        "set flannel-external-ip: true on every server (wgagent does with k3s.flannel_external_ip: true, the default), "
+        "restart k3s on the servers, then on this node",
+    )  # fmt: skip
+
+
+def shared_with(own: str, address: str, family: int, cluster: ClusterView | None) -> str | None:
+    """Another Node that publishes ``address`` and keeps it: the one already publishing it while
+    this one does not, or, when both do, the one whose name sorts first (stable on both sides)."""
+    if cluster is None:
+        return None
+    key = PUBLISHED[family]
+    mine = cluster.nodes.get(own)
+    i_publish = mine is not None and same_ip(mine.annotations.get(key), address)
+    for name in sorted(cluster.nodes):
+        theirs = name != own and same_ip(cluster.nodes[name].annotations.get(key), address)
+        if theirs and (not i_publish or name < own):
+            return name
+    return None
+
+
+# --- the part --------------------------------------------------------------------------------
+
+
+def _ipv4_only() -> Families:
+    return Families(True, False, "no evidence of the cluster's families wired")
+
+
+@dataclass
+class _Seen:
+    """The last GET of the own Node, kept while nothing says it changed."""
+
+    node: OwnNode | None = None
+    confirmed: dict[str, str] = field(default_factory=dict)
+
+
+class AnnotationPart(Part):
+    name = "annotation"
+    checks = ("annotation",)
+    interval_s = STEADY_INTERVAL_S
+
+    def __init__(
+        self,
+        state: State,
+        node: str,
+        api: NodeAPI,
+        *,
+        public_ip: Callable[[], PublicAddresses | None],
+        k3s_view: Callable[[PublicAddresses], K3sView],
+        restarter: RestartRequests | None = None,
+        cluster: Callable[[], ClusterView | None] = lambda: None,
+        families: Callable[[], Families] = _ipv4_only,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(state)
+        self.node = node
+        self.api = api
+        self.done: Signal[None] = Signal("annotation.done")
+        """Emitted after every pass: the k3s part follows, so k3s restarts once for every need."""
+        self._public_ip = public_ip
+        self._k3s_view = k3s_view
+        self._restarter = restarter
+        self._cluster = cluster
+        self._families = families
+        self._retry = Backoff(rand, base_s=5.0, cap_s=OUTAGE_CAP_S)
+        self._slow = Backoff(rand, base_s=10.0, cap_s=600.0)
+        self._problem: str | None = None
+        self._seen = _Seen()
+        self._status: dict[str, Any] = {"node": node}
+        m = state.metrics
+        self._m_patches = m.counter(
+            "wgagent_annotation_patches_total", "Patches of the own Node's overwrite annotations.", ("reason",)
+        )
+        self._m_restarts = m.counter(
+            "wgagent_annotation_restart_requests_total", "k3s restarts requested so that flannel re-reads them."
+        )
+
+    def own_node(self) -> OwnNode | None:
+        """The own Node as last read (``spec.podCIDRs``, version): the families' best evidence."""
+        return self._seen.node
+
+    async def reconcile(self) -> float | None:
+        try:
+            return await self._pass()
+        finally:
+            self.done.emit(None)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _pass(self) -> float:
+        families = self._families()
+        addrs = families.keep(self._public_ip())
+        if addrs is None:
+            msg = f"no public IP decided yet; nothing to annotate on Node {self.node}"
+            return self._fail("waiting", msg, PENDING_INTERVAL_S, quiet=True)
+        want = {v: str(ip) for v, ip in ((4, addrs.ipv4), (6, addrs.ipv6)) if ip is not None}
+        if self._all_published(want):
+            return self._succeed(want, "watch", families)
+        try:
+            node = own_node_of(await self.api.get_node(self.node))
+            self._seen.node = node
+            verdicts = self._decide(node, want, addrs)
+            node = await self._patch(node, verdicts)
+        except KubeError as exc:
+            return self._api_failed(exc)
+        self._retry.reset()
+        self._slow.reset()
+        self._ask_restart(want, verdicts)
+        if all(v.ok for v in verdicts.values()):
+            return self._succeed(want, "api", families)
+        self._record(want, node.annotations, "api", families, verdicts)
+        kind = next(v.rule for v in verdicts.values() if not v.ok)
+        detail = f"Node {self.node}: " + "; ".join(_line(v) for v in verdicts.values() if not v.ok)
+        return self._fail(kind, detail, PENDING_INTERVAL_S)
+
+    # --- steps -------------------------------------------------------------------------
+
+    def _all_published(self, want: Mapping[int, str]) -> bool:
+        view = self._cluster()
+        info = view.nodes.get(self.node) if view is not None else None
+        if info is None:
+            return False
+        return all(
+            same_ip(info.annotations.get(PUBLISHED[v]), ip) and shared_with(self.node, ip, v, view) is None
+            for v, ip in want.items()
+        )
+
+    def _decide(self, node: OwnNode, want: Mapping[int, str], addrs: PublicAddresses) -> dict[int, Verdict]:
+        view = self._k3s_view(addrs)
+        cluster = self._cluster()
+        pending = self._restart_pending()
+        stuck = self._restarter.stuck.get("overwrite") if self._restarter is not None else None
+        out = {}
+        for v, ip in want.items():
+            facts = FamilyFacts(
+                v, ip, node.annotations, view.family(v), node.version, pending,
+                shared_with(self.node, ip, v, cluster), stuck == _want_key(want),
+            )  # fmt: skip
+            out[v] = decide_family(facts)
+        return out
+
+    def _restart_pending(self) -> bool:
+        return self._restarter is not None and "config" in self._restarter.open_needs
+
+    async def _patch(self, node: OwnNode, verdicts: Mapping[int, Verdict]) -> OwnNode:
+        changes = {OVERWRITE[v]: verdict.patch for v, verdict in verdicts.items() if verdict.patch is not None}
+        if not changes:
+            return node
+        for key, value in changes.items():
+            log.info("Node %s: setting %s to %s (was %s)", self.node, short(key), value, node.annotations.get(key))
+            self._m_patches.inc(reason="set")
+        patched = await self.api.patch_node(self.node, {"metadata": {"annotations": changes}})
+        return own_node_of(patched)
+
+    def _ask_restart(self, want: Mapping[int, str], verdicts: Mapping[int, Verdict]) -> None:
+        if self._restarter is None:
+            return
+        needing = [v for v in verdicts.values() if v.restart]
+        if not needing:
+            self._restarter.drop("overwrite")
+            return
+        self._m_restarts.inc()
+        keys = ", ".join(short(OVERWRITE[f]) for f, v in verdicts.items() if v.restart)
+        self._restarter.need("overwrite", _want_key(want), f"flannel re-reads {keys}")
+
+    def _api_failed(self, exc: KubeError) -> float:
+        if isinstance(exc, NotFound):
+            why = f"Node {self.node} does not exist yet (k3s not started or the node not registered); waiting for it"
+            return self._fail("missing", why, self._retry.next(), quiet=True)
+        if isinstance(exc, KubeConfigError):  # no request was made: look at the file again soon
+            return self._fail("credential", self._credential_problem(exc), CREDENTIAL_FILE_RETRY_S)
+        if isinstance(exc, Forbidden | Unauthorized):
+            return self._fail("credential", self._credential_problem(exc), self._slow.next())
+        why = f"cannot reach the API server to check Node {self.node}: {exc}"
+        return self._fail("api", why, self._retry.next())
+
+    def _credential_problem(self, exc: KubeError) -> str:
+        source = self.api.source
+        if isinstance(exc, Forbidden):
+            return (
+                f"the credential in {source} may not read or patch Node {self.node} ({exc}); "
+                "it must be this node's own (kube.kubeconfig), or node_name is wrong"
+            )
+        if isinstance(exc, Unauthorized):
+            return f"the API server does not accept the credential in {source} ({exc})"
+        return f"no usable credential for Node {self.node}: {exc}"
+
+    # --- reporting ---------------------------------------------------------------------
+
+    def _succeed(self, want: Mapping[int, str], source: str, families: Families) -> float:
+        if self._restarter is not None:
+            self._restarter.drop("overwrite")
+        self._retry.reset()
+        self._slow.reset()
+        detail = "; ".join(f"{short(PUBLISHED[v])} is {ip}" for v, ip in want.items())
+        if self._problem is not None:
+            log.info("Node %s: %s", self.node, detail)
+        self._problem = None
+        view = self._cluster()
+        info = view.nodes.get(self.node) if view is not None else None
+        if info is not None and source == "watch":
+            anns: Mapping[str, str] = info.annotations
+        else:
+            anns = self._seen.node.annotations if self._seen.node is not None else {}
+        self._record(want, anns, source, families, {})
+        self.state.set_check("annotation", True, f"Node {self.node}: {detail}")
+        return STEADY_INTERVAL_S
+
+    def _fail(self, kind: str, detail: str, retry_s: float, *, quiet: bool = False) -> float:
+        if kind != self._problem:  # once per kind of problem, not every retry
+            (log.info if quiet else log.warning)("%s", detail)
+        self._problem = kind
+        self._status["retry_in_s"] = round(retry_s, 1)
+        self.state.set_part(self.name, self._status)
+        self.state.set_check("annotation", False, detail)
+        return retry_s
+
+    def _record(
+        self,
+        want: Mapping[int, str],
+        current: Mapping[str, str],
+        source: str,
+        families: Families,
+        verdicts: Mapping[int, Verdict],
+    ) -> None:
+        self._status = {
+            "node": self.node,
+            "kubeconfig": self.api.source,
+            "families": families.to_json(),
+            "want": {OVERWRITE[v]: ip for v, ip in want.items()},
+            "have": {k: current.get(k) for v in want for k in (OVERWRITE[v], PUBLISHED[v])}
+            | {ANN_K3S_EXTERNAL_IP: current.get(ANN_K3S_EXTERNAL_IP)},
+            "k3s_version": str(self._seen.node.version) if self._seen.node and self._seen.node.version else None,
+            "rules": {f"ipv{v}": {"rule": r.rule, "fix": r.fix or None} for v, r in verdicts.items()},
+            "read_from": source,
+        }
+        self.state.set_part(self.name, self._status)
+
+
+def _want_key(want: Mapping[int, str]) -> str:
+    return ",".join(ip for _, ip in sorted(want.items()))
+
+
+def _line(verdict: Verdict) -> str:
+    return f"{verdict.detail}; fix: {verdict.fix}" if verdict.fix else verdict.detail
+
+
+# --- doctor's one-shot view (no k3s view, no restart): replaced when doctor follows decide_family ------
+
+_PUBLISHED_BY_OVERWRITE = {ANN_PUBLIC_IP_OVERWRITE: ANN_PUBLIC_IP, ANN_PUBLIC_IPV6_OVERWRITE: ANN_PUBLIC_IPV6}
+_SUBNET_MANAGER = FLANNEL + "kube-subnet-manager"
 
 
 def wanted(addrs: PublicAddresses) -> dict[str, str]:
@@ -79,26 +494,6 @@ def wanted(addrs: PublicAddresses) -> dict[str, str]:
     if addrs.ipv6 is not None:
         out[ANN_PUBLIC_IPV6_OVERWRITE] = str(addrs.ipv6)
     return out
-
-
-def same_ip(have: str | None, want: str) -> bool:
-    """Equal as addresses ("2001:db8::1" is "2001:0db8:0:0:0:0:0:1")."""
-    if have is None:
-        return False
-    try:
-        return ipaddress.ip_address(have.strip()) == ipaddress.ip_address(want)
-    except ValueError:
-        return False
-
-
-def overwrite_patch(current: Mapping[str, str], want: Mapping[str, str]) -> dict[str, Any] | None:
-    """The merge patch that sets the overwrites that differ, or None when none does.
-
-    >>> overwrite_patch({}, {"flannel.alpha.coreos.com/public-ip-overwrite": "203.0.113.7"})
-    {'metadata': {'annotations': {'flannel.alpha.coreos.com/public-ip-overwrite': '203.0.113.7'}}}
-    """
-    changes = {key: value for key, value in want.items() if not same_ip(current.get(key), value)}
-    return {"metadata": {"annotations": changes}} if changes else None
 
 
 @dataclass(frozen=True)
@@ -132,14 +527,14 @@ def assess(current: Mapping[str, str], want: Mapping[str, str]) -> Assessment:
     """
     wrong, stale, unpublished, good, problems = [], [], [], [], []
     for key, value in want.items():
-        published = PUBLISHED[key]
+        published = _PUBLISHED_BY_OVERWRITE[key]
         have, flannel = current.get(key), current.get(published)
         if not same_ip(have, value):
             wrong.append(key)
             problems.append(f"{short(key)} is {have or 'not set'}, should be {value}")
         elif flannel is None:
             unpublished.append(published)
-            managed = current.get(ANN_SUBNET_MANAGER) == "true"
+            managed = current.get(_SUBNET_MANAGER) == "true"
             hint = "" if managed else "; is flannel running with the kube subnet manager?"
             problems.append(f"{short(key)} is {value} but flannel has published no {short(published)} yet{hint}")
         elif not same_ip(flannel, value):
@@ -160,171 +555,4 @@ def annotations_of(node: JSONObject) -> dict[str, str]:
     return {k: v for k, v in anns.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-class AnnotationPart(Part):
-    name = "annotation"
-    checks = ("annotation",)
-    interval_s = STEADY_INTERVAL_S
-
-    def __init__(
-        self,
-        state: State,
-        node: str,
-        api: NodeAPI,
-        *,
-        public_ip: Callable[[], PublicAddresses | None],
-        request_restart: RequestRestart | None = None,
-        cluster: Callable[[], ClusterView | None] = lambda: None,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        super().__init__(state)
-        self.node = node
-        self.api = api
-        self._public_ip = public_ip
-        self._request_restart = request_restart
-        self._cluster = cluster
-        self._retry = Backoff(rand, base_s=5.0, cap_s=OUTAGE_CAP_S)
-        self._slow = Backoff(rand, base_s=10.0, cap_s=600.0)
-        self._problem: str | None = None
-        self._confirmed: dict[str, str] = {}
-        """Overwrites last seen right: one that goes missing was removed by someone."""
-        self._status: dict[str, Any] = {"node": node}
-        m = state.metrics
-        self._m_patches = m.counter(
-            "wgagent_annotation_patches_total", "Patches of the own Node's overwrite annotations.", ("reason",)
-        )
-        self._m_restarts = m.counter(
-            "wgagent_annotation_restart_requests_total", "k3s restarts requested so that flannel re-reads them."
-        )
-
-    async def reconcile(self) -> None:
-        addrs = self._public_ip()
-        want = wanted(addrs) if addrs else {}
-        if not want:
-            self._fail(
-                "waiting",
-                f"no public IP decided yet; nothing to annotate on Node {self.node}",
-                PENDING_INTERVAL_S,
-                quiet=True,
-            )
-            return
-        current = self._from_watch()
-        if current is not None and assess(current, want).ok:
-            self._succeed(assess(current, want), want, current, "watch")
-            return
-        try:
-            current = annotations_of(await self.api.get_node(self.node))
-            patch = overwrite_patch(current, want)
-            if patch is not None:
-                self._explain(current, want)
-                current = annotations_of(await self.api.patch_node(self.node, patch))
-        except NotFound:
-            self._fail(
-                "missing",
-                f"Node {self.node} does not exist yet (k3s not started or the node not registered); waiting for it",
-                self._retry.next(),
-                quiet=True,
-            )
-            return
-        except KubeConfigError as exc:  # no request was made: look at the file again soon
-            self._fail("credential", self._credential_problem(exc), CREDENTIAL_FILE_RETRY_S)
-            return
-        except (Forbidden, Unauthorized) as exc:
-            self._fail("credential", self._credential_problem(exc), self._slow.next())
-            return
-        except KubeError as exc:
-            self._fail("api", f"cannot reach the API server to check Node {self.node}: {exc}", self._retry.next())
-            return
-        self._retry.reset()
-        self._slow.reset()
-        verdict = assess(current, want)
-        if verdict.ok:
-            self._succeed(verdict, want, current, "api")
-            return
-        detail = f"Node {self.node}: {verdict.detail}"
-        if verdict.needs_restart:
-            detail += "; " + await self._restart(verdict)
-        self._record(want, current, "api")
-        self._fail("flannel" if not verdict.wrong_overwrites else "overwrite", detail, PENDING_INTERVAL_S)
-
-    async def close(self) -> None:
-        await self.api.close()
-
-    # --- steps -------------------------------------------------------------------------
-
-    def _from_watch(self) -> dict[str, str] | None:
-        view = self._cluster()
-        info = view.nodes.get(self.node) if view is not None else None
-        return dict(info.annotations) if info is not None else None
-
-    def _explain(self, current: Mapping[str, str], want: Mapping[str, str]) -> None:
-        """Log each overwrite about to be written: set for the first time, or put back."""
-        for key, value in want.items():
-            have = current.get(key)
-            if same_ip(have, value):
-                continue
-            confirmed = self._confirmed.get(key)
-            if confirmed is not None and same_ip(confirmed, value):
-                how = "removed" if have is None else f"changed to {have}"
-                log.warning(
-                    "Node %s: %s was %s by someone else (k3s does this at start when flannel-external-ip is off); "
-                    "putting back %s",
-                    self.node,
-                    short(key),
-                    how,
-                    value,
-                )
-                self._m_patches.inc(reason="restore")
-            else:
-                log.info("Node %s: setting %s to %s (was %s)", self.node, short(key), value, have or "not set")
-                self._m_patches.inc(reason="set")
-
-    async def _restart(self, verdict: Assessment) -> str:
-        reason = "flannel has not read the public-ip-overwrite annotation: " + verdict.detail
-        if self._request_restart is None:
-            return "no k3s restarter is wired to make flannel re-read it"
-        self._m_restarts.inc()
-        result = await self._request_restart(reason)
-        return result.detail
-
-    def _credential_problem(self, exc: KubeError) -> str:
-        source = self.api.source
-        if isinstance(exc, Forbidden):
-            return (
-                f"the credential in {source} may not read or patch Node {self.node} ({exc}); "
-                "it must be this node's own (kube.kubeconfig), or node_name is wrong"
-            )
-        if isinstance(exc, Unauthorized):
-            return f"the API server does not accept the credential in {source} ({exc})"
-        return f"no usable credential for Node {self.node}: {exc}"
-
-    # --- reporting ---------------------------------------------------------------------
-
-    def _succeed(self, verdict: Assessment, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
-        self._confirmed.update(want)
-        self._retry.reset()
-        self._slow.reset()
-        if self._problem is not None:
-            log.info("Node %s: %s", self.node, verdict.detail)
-        self._problem = None
-        self.interval_s = STEADY_INTERVAL_S
-        self._record(want, current, source)
-        self.state.set_check("annotation", True, f"Node {self.node}: {verdict.detail}")
-
-    def _fail(self, kind: str, detail: str, retry_s: float, *, quiet: bool = False) -> None:
-        if kind != self._problem:  # once per kind of problem, not every retry
-            (log.info if quiet else log.warning)("%s", detail)
-        self._problem = kind
-        self.interval_s = retry_s
-        self._status["retry_in_s"] = round(retry_s, 1)
-        self.state.set_part(self.name, self._status)
-        self.state.set_check("annotation", False, detail)
-
-    def _record(self, want: Mapping[str, str], current: Mapping[str, str], source: str) -> None:
-        self._status = {
-            "node": self.node,
-            "kubeconfig": self.api.source,
-            "want": dict(want),
-            "have": {k: current.get(k) for key in want for k in (key, PUBLISHED[key])},
-            "read_from": source,
-        }
-        self.state.set_part(self.name, self._status)
+__all__: Sequence[str] = ("AnnotationPart", "FamilyFacts", "OwnNode", "Verdict", "decide_family", "shared_with")

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from wgagent import logs
+from wgagent import fsutil, logs, yamlerr
 from wgagent.config import K3sConfig, KubeConfig
 from wgagent.errors import KubeConfigError
 
@@ -97,14 +97,13 @@ class Credential:
 def load(path: str) -> Credential:
     """Read and parse ``path``; a ``tokenFile`` is read now (and again on every load)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SIZE + 1)
-    except FileNotFoundError as exc:
-        raise KubeConfigError(f"{path}: kubeconfig not found") from exc
+        data = fsutil.read_capped(path, MAX_SIZE)
+    except fsutil.FileTooLarge as exc:
+        raise KubeConfigError(f"{path}: kubeconfig is larger than 1 MiB") from exc
     except OSError as exc:
         raise KubeConfigError(f"{path}: cannot read kubeconfig: {exc.strerror or exc}") from exc
-    if len(data) > MAX_SIZE:
-        raise KubeConfigError(f"{path}: kubeconfig is larger than 1 MiB")
+    if data is None:
+        raise KubeConfigError(f"{path}: kubeconfig not found")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -117,10 +116,11 @@ def load(path: str) -> Credential:
 
 def _read_token(token_file: str, source: str) -> str:
     try:
-        with open(token_file, "rb") as f:
-            raw = f.read(MAX_SIZE)
+        raw = fsutil.read_capped(token_file, MAX_SIZE)
     except OSError as exc:
         raise KubeConfigError(f"{source}: cannot read tokenFile {token_file}: {exc.strerror or exc}") from exc
+    if raw is None:
+        raise KubeConfigError(f"{source}: cannot read tokenFile {token_file}: No such file or directory")
     token = raw.decode("utf-8", "replace").strip()
     if not token:
         raise KubeConfigError(f"{source}: tokenFile {token_file} is empty")
@@ -133,10 +133,9 @@ def parse(text: str, path: str) -> Credential:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise KubeConfigError(f"{where}: kubeconfig is not valid YAML: {problem}") from exc
+        raise KubeConfigError(
+            f"{yamlerr.where(path, exc)}: kubeconfig is not valid YAML: {yamlerr.problem(exc)}"
+        ) from exc
     if not isinstance(doc, dict):
         raise KubeConfigError(f"{path}: kubeconfig must be a YAML mapping (apiVersion, clusters, contexts, users)")
     base = os.path.dirname(os.path.abspath(path))
@@ -291,8 +290,8 @@ def server_kubeconfig(k3s: K3sConfig) -> str:
     return os.path.join(k3s.config_dir, "k3s.yaml")
 
 
-def agent_kubeconfigs(k3s: K3sConfig) -> tuple[str, str]:
-    agent = os.path.join(k3s.data_dir, "agent")
+def agent_kubeconfigs(k3s: K3sConfig, data_dir: str | None = None) -> tuple[str, str]:
+    agent = os.path.join(data_dir or k3s.data_dir, "agent")
     return os.path.join(agent, "kubelet.kubeconfig"), os.path.join(agent, "k3scontroller.kubeconfig")
 
 
@@ -301,6 +300,9 @@ def credential_paths(
     k3s: K3sConfig,
     role: str | None,
     exists: Callable[[str], bool] = os.path.exists,
+    *,
+    data_dir: str | None = None,
+    admin_kubeconfig: str | None = None,
 ) -> CredentialPaths:
     """The kubeconfig for the own Node and the one for listing, by role.
 
@@ -312,12 +314,13 @@ def credential_paths(
     >>> paths.own, paths.list
     ('/var/lib/rancher/k3s/agent/kubelet.kubeconfig', '/var/lib/rancher/k3s/agent/k3scontroller.kubeconfig')
     """
+    admin = admin_kubeconfig or server_kubeconfig(k3s)
     if role not in ("server", "agent"):
-        role = "server" if exists(server_kubeconfig(k3s)) else "agent"
+        role = "server" if exists(admin) else "agent"
     if role == "server":
-        own = lister = server_kubeconfig(k3s)
+        own = lister = admin
     else:
-        own, lister = agent_kubeconfigs(k3s)
+        own, lister = agent_kubeconfigs(k3s, data_dir)
     own = kube.kubeconfig or own
     lister = kube.list_kubeconfig or (kube.kubeconfig if role == "server" and kube.kubeconfig else lister)
     return CredentialPaths(own=own, list=lister)

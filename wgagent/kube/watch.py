@@ -17,8 +17,10 @@ annotations are kept. ``view()`` is None until the first LIST succeeded, and aga
 the list credential is missing or refused (then nothing can be known about other nodes).
 
 The part has no check of its own: it reports in ``/status`` (``node_watch``) and metrics,
-and calls ``on_change(names)`` with the Nodes whose flannel annotations changed (or that
-appeared or went away), e.g. to wake the annotation part or peer GC.
+and emits ``changed`` with the names of the Nodes whose flannel annotations changed (or
+that appeared or went away); the wiring wakes the annotation part with it.
+
+:func:`list_once` is the same LIST, once, for a command (``wgagent gc``, ``doctor``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from typing import Any
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
 from wgagent.kube.protocol import NodeAPI, WatchEvent
-from wgagent.model import FLANNEL, ClusterView, NodeInfo
-from wgagent.part import StreamPart
+from wgagent.model import KEPT_ANNOTATIONS, ClusterView, NodeInfo
+from wgagent.part import Signal, StreamPart
 from wgagent.state import State
 
 log = logging.getLogger(__name__)
@@ -43,16 +45,18 @@ WATCH_TIMEOUT_S = (2700, 3600)
 """The range ``timeoutSeconds`` is drawn from (the API server honours what it is asked)."""
 CREDENTIAL_FILE_RETRY_S = 15.0
 """A missing or unreadable kubeconfig is read again this often."""
-AUTH_RETRY_CAP_S = 600.0
-"""A refused credential is retried from 10 s up to this rarely: each try is a request, and
-it changes only when someone fixes RBAC or the kubeconfig."""
+AUTH_RETRY_CAP_S = 60.0
+"""A refused credential is retried from 10 s up to this rarely: a fresh server may still be
+creating its RBAC (k3s applies ``rolebindings.yaml`` after the API server is up), so a refusal
+right after start must not cost minutes."""
 
 
 def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     """The NodeInfo of a Node or PartialObjectMetadata object, or None without a name.
 
-    Only flannel's annotations are kept. ``pod_cidrs`` come from ``spec`` and are therefore
-    empty for the metadata-only objects the watch receives.
+    Only flannel's, ``k3s.io/external-ip`` and wgagent's own annotations are kept
+    (``model.KEPT_ANNOTATIONS``). ``pod_cidrs`` come from ``spec`` and are therefore empty for
+    the metadata-only objects the watch receives.
 
     >>> node_info({"metadata": {"name": "n1", "annotations": {"flannel.alpha.coreos.com/public-ip": "203.0.113.1",
     ...                                                        "other": "x"}}}).annotations
@@ -62,10 +66,32 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return None
     anns = meta.get("annotations") or {}
-    flannel = {k: v for k, v in anns.items() if isinstance(k, str) and k.startswith(FLANNEL) and isinstance(v, str)}
+    flannel = {
+        k: v for k, v in anns.items() if isinstance(k, str) and k.startswith(KEPT_ANNOTATIONS) and isinstance(v, str)
+    }
     spec = obj.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     return NodeInfo(meta["name"], flannel, tuple(c for c in cidrs if isinstance(c, str)))
+
+
+def parse_node_list(lst: Mapping[str, Any], source: str) -> tuple[str, dict[str, NodeInfo]]:
+    """The resourceVersion and the NodeInfos of a (metadata) Node LIST answer."""
+    rv = (lst.get("metadata") or {}).get("resourceVersion")
+    items = lst.get("items")
+    if not isinstance(rv, str) or not rv or not isinstance(items, list):
+        raise KubeError(f"LIST of Nodes from {source}: the answer has no resourceVersion or items")
+    nodes = {}
+    for item in items:
+        info = node_info(item) if isinstance(item, dict) else None
+        if info is not None:
+            nodes[info.name] = info
+    return rv, nodes
+
+
+async def list_once(api: NodeAPI) -> ClusterView:
+    """Every Node's flannel annotations from one metadata LIST; KubeError when it fails."""
+    _, nodes = parse_node_list(await api.list_nodes_metadata(), api.source)
+    return ClusterView(types.MappingProxyType(nodes))
 
 
 class NodeWatch(StreamPart):
@@ -80,13 +106,20 @@ class NodeWatch(StreamPart):
         state: State,
         api: NodeAPI,
         *,
+        fallback: NodeAPI | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         watch_timeout_s: tuple[int, int] = WATCH_TIMEOUT_S,
     ) -> None:
         super().__init__(state)
         self.api = api
-        self.on_change: Callable[[frozenset[str]], None] | None = None
+        self._candidates = [api, *([fallback] if fallback is not None else [])]
+        """Credentials to list with, best first: k3s's controller credential, then the kubelet's.
+        Like k3s (``pkg/util/api.go`` ``CheckRBAC`` before using the controller credential,
+        PR #11569): the controller may list Nodes only on servers since v1.32.0 (and the
+        January 2025 back-ports); before, the node authorizer let the kubelet's list them."""
+        self._refused: set[int] = set()
+        self.changed: Signal[frozenset[str]] = Signal("node_watch.changed")
         self._sleep = sleep
         self._rand = rand
         self._watch_timeout_s = watch_timeout_s
@@ -133,10 +166,14 @@ class NodeWatch(StreamPart):
         if self._streaming:
             self._publish()
             return
-        try:
-            await self._list()
-        except KubeError as exc:
-            self._failed(exc)
+        for _ in self._candidates:
+            try:
+                await self._list()
+                break
+            except KubeError as exc:
+                self._failed(exc)
+                if not self._fall_back(exc):
+                    break
         self._publish()
 
     async def run(self) -> None:
@@ -160,6 +197,8 @@ class NodeWatch(StreamPart):
                         await self._wait(backoff_delay(self._gone_streak - 2, rand=self._rand))
                 except KubeError as exc:
                     self._failed(exc)
+                    if self._fall_back(exc):
+                        continue
                     if isinstance(exc, KubeConfigError):
                         # Reading a file costs the API nothing: look again soon (k3s writes
                         # its controller kubeconfig when it first starts, after us).
@@ -172,7 +211,28 @@ class NodeWatch(StreamPart):
             self._m_up.set(0)
 
     async def close(self) -> None:
-        await self.api.close()
+        for api in self._candidates:
+            await api.close()
+
+    def _fall_back(self, exc: KubeError) -> bool:
+        """After a refused or missing credential, switch to the next one not yet refused (at
+        once, listing again); when all were refused, start over from the best after the wait."""
+        if not isinstance(exc, Forbidden | Unauthorized | KubeConfigError):
+            return False
+        self._refused.add(self._candidates.index(self.api))
+        left = [i for i in range(len(self._candidates)) if i not in self._refused]
+        if not left:
+            self._refused.clear()
+            self._use(0)
+            return False
+        self._use(left[0])
+        log.info("node watch: trying %s instead", self.api.source)
+        return True
+
+    def _use(self, index: int) -> None:
+        if self._candidates[index] is not self.api:
+            self.api = self._candidates[index]
+            self._rv = None  # another credential: list again
 
     # --- LIST and WATCH ----------------------------------------------------------------
 
@@ -183,15 +243,7 @@ class NodeWatch(StreamPart):
         # The first LIST may come from the API server's cache (resourceVersion=0, cheap for
         # it); after a 410 a consistent one, as client-go's reflector does.
         lst = await self.api.list_nodes_metadata(resource_version=None if self._listed else "0")
-        rv = (lst.get("metadata") or {}).get("resourceVersion")
-        items = lst.get("items")
-        if not isinstance(rv, str) or not rv or not isinstance(items, list):
-            raise KubeError(f"LIST of Nodes from {self.api.source}: the answer has no resourceVersion or items")
-        nodes = {}
-        for item in items:
-            info = node_info(item) if isinstance(item, dict) else None
-            if info is not None:
-                nodes[info.name] = info
+        rv, nodes = parse_node_list(lst, self.api.source)
         changed = {n for n in nodes.keys() | self._nodes.keys() if nodes.get(n) != self._nodes.get(n)}
         first = not self._listed
         self._nodes = nodes
@@ -248,13 +300,10 @@ class NodeWatch(StreamPart):
         self._view = None
         self._m_nodes.set(len(self._nodes))
         self._publish()
-        if self.on_change is not None:
-            try:
-                self.on_change(frozenset(names))
-            except Exception:
-                log.exception("node watch: on_change failed")
+        self.changed.emit(frozenset(names))
 
     def _recovered(self) -> None:
+        self._refused.clear()
         if self._backoff.failures or self._slow.failures or not self._usable or self._error:
             if self._error:
                 log.info("node watch: working again (%d Nodes)", len(self._nodes))

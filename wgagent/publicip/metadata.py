@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wgagent import logs
+from wgagent import fsutil, logs
 from wgagent.errors import MalformedReply, SourceError
 from wgagent.publicip.echo import parse_ip, parse_ip_body
 from wgagent.publicip.model import Answer, IPAddress
@@ -69,11 +69,8 @@ def read_dmi(dmi_dir: str) -> DmiData:
     """Read the identity files under ``dmi_dir`` (``/sys/class/dmi/id``) once."""
 
     def read(name: str) -> str:
-        try:
-            with open(os.path.join(dmi_dir, name), "rb") as f:
-                return f.read(256).decode("utf-8", "replace").strip()
-        except OSError:
-            return ""  # product_uuid is root-only; no DMI at all on some ARM boards
+        # product_uuid is root-only; no DMI at all on some ARM boards: both read as ""
+        return (fsutil.peek_text(os.path.join(dmi_dir, name), 256) or "").strip()
 
     return DmiData(*(read(name) for name in ("sys_vendor", "product_name", "chassis_asset_tag", "product_uuid")))
 

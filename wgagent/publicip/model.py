@@ -12,7 +12,6 @@ Nothing here does I/O; every type turns into JSON with ``to_json()`` for ``/stat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -166,7 +165,3 @@ class Adoption:
 
 def _str(value: object | None) -> str | None:
     return None if value is None else str(value)
-
-
-def iso8601(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

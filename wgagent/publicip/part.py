@@ -1,8 +1,8 @@
 """``PublicIPPart``: every round, ask the sources, decide, adopt, persist, report.
 
-    part = PublicIPPart(state, cfg.public_ip, state_dir=cfg.state_dir)
-    part.on_change = wake_the_k3s_and_annotation_parts     # wired by the daemon
-    part.adopted()   # PublicAddresses | None: usable at once, from the state file
+    part = PublicIPPart(state, cfg.public_ip, cfg.state_dir, sources)    # built by the wiring
+    part.changed.connect(...)   # the wiring wakes the annotation and k3s parts
+    part.adopted()              # PublicAddresses | None: usable at once, from the state file
 
 The adopted address is saved atomically to ``<state_dir>/public_ip.json`` whenever it
 changes and loaded at construction, so the k3s drop-in can be written before READY=1
@@ -28,54 +28,18 @@ from wgagent.config import PublicIPConfig
 from wgagent.errors import WriteError
 from wgagent.fsutil import load_json, save_json
 from wgagent.model import PublicAddresses
-from wgagent.part import Part
+from wgagent.part import Part, Signal
 from wgagent.publicip.decide import adopt, decide, load_adoption
-from wgagent.publicip.echo import HttpEchoSource
-from wgagent.publicip.httpclient import AiohttpClient
-from wgagent.publicip.interface import InterfaceSource
-from wgagent.publicip.metadata import DmiData, MetadataSource, identify, read_dmi
-from wgagent.publicip.model import Adoption, Decision, Observation, iso8601
-from wgagent.publicip.sources import HttpClient, Source, StaticSource, observe_all
-from wgagent.publicip.stun import StunClient, StunSource
+from wgagent.publicip.model import Adoption, Decision, Observation
+from wgagent.publicip.sources import SourceSet, observe_all
 from wgagent.state import State
+from wgagent.timefmt import iso8601_or_none
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "public_ip.json"
 CONFIRM_INTERVAL_S = 30.0
 HINT = "run 'wgagent discover' to see every source's answer, or pin the address with public_ip.static"
-
-
-def build_sources(
-    cfg: PublicIPConfig,
-    *,
-    http: HttpClient,
-    stun: StunClient,
-    dmi_reader: Callable[[str], DmiData] = read_dmi,
-) -> list[Source]:
-    """The sources ``cfg`` enables, in report order; only ``static`` when it is set."""
-    if cfg.static:
-        return [StaticSource(cfg.static)]
-    enabled = set(cfg.sources)
-    sources: list[Source] = []
-    if "interface" in enabled:
-        sources.append(InterfaceSource(cfg.timeout_s))
-    if "metadata" in enabled and cfg.metadata_provider != "none":
-        if cfg.metadata_provider == "auto":
-            dmi = dmi_reader(cfg.dmi_dir)
-            provider = identify(dmi)
-            sources.append(MetadataSource(provider, cfg.metadata_endpoints, http, cfg.timeout_s, detected_from=dmi))
-        else:
-            sources.append(MetadataSource(cfg.metadata_provider, cfg.metadata_endpoints, http, cfg.timeout_s))
-    if "stun" in enabled:
-        sources.extend(StunSource(server, stun, cfg.timeout_s) for server in cfg.stun_servers)
-    if "http" in enabled:
-        sources.extend(HttpEchoSource(url, http, cfg.timeout_s) for url in cfg.http_echo_urls)
-    return sources
-
-
-def _nothing() -> None:
-    pass
 
 
 class PublicIPPart(Part):
@@ -86,26 +50,21 @@ class PublicIPPart(Part):
         self,
         state: State,
         cfg: PublicIPConfig,
-        *,
         state_dir: str,
-        sources: Sequence[Source] | None = None,
+        sources: SourceSet,
+        *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
         self.interval_s = cfg.interval_s
-        self.on_change: Callable[[], None] = _nothing
-        """Called after the adopted address changed (set by the daemon; must not block)."""
+        self.changed: Signal[PublicAddresses] = Signal("public_ip.adopted")
+        """Emitted after a new address is adopted (the wiring wakes who writes it)."""
         self._clock = clock
         self._monotonic = monotonic
         self._path = os.path.join(state_dir, STATE_FILE)
-        self._stun = StunClient()
-        self._http: AiohttpClient | None = None
-        if sources is None:
-            self._http = AiohttpClient(cfg.timeout_s)
-            sources = build_sources(cfg, http=self._http, stun=self._stun)
-        self._sources = list(sources)
+        self._sources = sources
         self._failing: dict[str, str] = {}
         self._save_error: str | None = None
         metrics = state.metrics
@@ -123,11 +82,11 @@ class PublicIPPart(Part):
         """The address in use: the last adopted one (from the state file until a round adopts)."""
         return self._adoption.adopted
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> float | None:
         try:
-            observations = await observe_all(self._sources, monotonic=self._monotonic)
+            observations = await observe_all(self._sources.sources, monotonic=self._monotonic)
         finally:
-            self._stun.close()
+            await self._sources.end_round()
         now = self._clock()
         self._account(observations)
         decision = decide(observations, quorum=self.cfg.quorum)
@@ -151,19 +110,15 @@ class PublicIPPart(Part):
             )
         if changed or self._save_error is not None:
             self._save()
-        pending = self._adoption.candidate is not None
-        self.interval_s = min(self.cfg.interval_s, CONFIRM_INTERVAL_S) if pending else self.cfg.interval_s
         self._report(decision, observations, now)
-        if changed:
-            try:
-                self.on_change()
-            except Exception:
-                log.exception("public_ip: the on_change callback failed")
+        if changed and self._adoption.adopted is not None:
+            self.changed.emit(self._adoption.adopted)
+        if self._adoption.candidate is not None:  # confirm a new address within a minute or so
+            return min(self.cfg.interval_s, CONFIRM_INTERVAL_S)
+        return None
 
     async def close(self) -> None:
-        self._stun.close()
-        if self._http is not None:
-            await self._http.close()
+        await self._sources.close()
 
     # --- state file --------------------------------------------------------------------------
 
@@ -208,7 +163,7 @@ class PublicIPPart(Part):
         a = self._adoption
         section: dict[str, Any] = {
             "adopted": None if a.adopted is None else {"ipv4": _s(a.adopted.ipv4), "ipv6": _s(a.adopted.ipv6)},
-            "since": iso8601(a.since),
+            "since": iso8601_or_none(a.since),
             "pending": None
             if a.candidate is None
             else {
@@ -219,7 +174,7 @@ class PublicIPPart(Part):
             },
             "decision": None if decision is None else decision.to_json(),
             "observations": [o.to_json() for o in observations],
-            "last_round": iso8601(now),
+            "last_round": iso8601_or_none(now),
         }
         self.state.set_part(self.name, section)
         if decision is not None:
@@ -230,7 +185,7 @@ class PublicIPPart(Part):
         a = self._adoption
         if not decision.decided:
             failed = [o for o in observations if o.error is not None]
-            if not self._sources:
+            if not self._sources.sources:
                 why = "no source is enabled (public_ip.sources is empty) and public_ip.static is not set"
             elif failed:
                 asked = len({o.source for o in observations})
@@ -240,7 +195,7 @@ class PublicIPPart(Part):
                 why = decision.reason
             if a.adopted is not None:
                 return False, f"no public address decided this round: {why}; keeping {a.adopted} (adopted " + (
-                    f"{iso8601(a.since)}); {HINT}"
+                    f"{iso8601_or_none(a.since)}); {HINT}"
                 )
             return False, f"no public address known: {why}; {HINT}"
         if self._save_error is not None:

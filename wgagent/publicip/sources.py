@@ -48,6 +48,39 @@ class Source(Protocol):
     async def observe(self) -> Sequence[Answer] | None: ...
 
 
+class Closable(Protocol):
+    def close(self) -> object:
+        """Release sockets; the result is awaited when it is awaitable."""
+        ...
+
+
+@dataclass
+class SourceSet:
+    """The sources of one config and the clients they share (HTTP sessions, STUN sockets).
+
+    ``end_round()`` after each round releases what a round should not keep (STUN sockets,
+    so each round uses fresh ones); ``close()`` releases everything.
+    """
+
+    sources: list[Source]
+    per_round: list[Closable] = field(default_factory=list)
+    shared: list[Closable] = field(default_factory=list)
+
+    async def end_round(self) -> None:
+        for client in self.per_round:
+            await _close(client)
+
+    async def close(self) -> None:
+        for client in (*self.per_round, *self.shared):
+            await _close(client)
+
+
+async def _close(client: Closable) -> None:
+    result = client.close()
+    if asyncio.iscoroutine(result):
+        await result
+
+
 @dataclass(frozen=True)
 class HttpReply:
     status: int

@@ -35,7 +35,6 @@ from wgagent.wireguard.backend import (
     HostNet,
     Link,
     has_uapi_socket,
-    open_backend,
     resolve_interfaces,
 )
 from wgagent.wireguard.model import REJECT_AFTER_S, Device
@@ -244,9 +243,7 @@ class DeviceRead:
     error: str | None
 
 
-async def read_device(
-    name: str, uapi_dir: str, net: HostNet, backend_factory: BackendFactory = open_backend
-) -> DeviceRead:
+async def read_device(name: str, uapi_dir: str, net: HostNet, backend_factory: BackendFactory) -> DeviceRead:
     """Read ``name`` through the backend that serves it; errors are in the result, not raised."""
     link = net.link(name)
     if not (link.exists or has_uapi_socket(uapi_dir, name)):
@@ -263,7 +260,7 @@ async def gather_interfaces(
     cluster: ClusterView | None,
     *,
     net: HostNet,
-    backend_factory: BackendFactory = open_backend,
+    backend_factory: BackendFactory,
     now: float,
     own_node: str | None = None,
 ) -> tuple[list[InterfaceFacts], str]:
@@ -298,17 +295,17 @@ class InterfacePart(Part):
         state: State,
         cfg: WireGuardConfig,
         cluster: Callable[[], ClusterView | None],
+        net: HostNet,
+        backends: BackendFactory,
         *,
-        net: HostNet | None = None,
-        backend_factory: BackendFactory = open_backend,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
         self.cluster = cluster
         self.interval_s = cfg.interface_check_interval_s
-        self.net = net or HostNet()
-        self.backend_factory = backend_factory
+        self.net = net
+        self.backend_factory = backends
         self.clock = clock
 
     async def reconcile(self) -> None:

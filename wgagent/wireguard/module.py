@@ -328,11 +328,11 @@ class ModulePart(Part):
     name = "wireguard_module"
     checks = ("wireguard_module",)
 
-    def __init__(self, state: State, cfg: WireGuardConfig, host: ModuleHost | None = None) -> None:
+    def __init__(self, state: State, cfg: WireGuardConfig, host: ModuleHost) -> None:
         super().__init__(state)
         self.cfg = cfg
         self.interval_s = cfg.module_check_interval_s
-        self.host = host or ModuleHost()
+        self.host = host
         self._probe_cache: dict[str, ProbeResult] = {}
         self._logged = ""
 

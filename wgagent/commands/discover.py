@@ -14,33 +14,25 @@ decided, 1 when not. The JSON::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
-from wgagent.config import PublicIPConfig
-from wgagent.publicip.decide import decide
-from wgagent.publicip.httpclient import AiohttpClient
+from wgagent import logs, wiring
+from wgagent.commands import EXIT_FAIL, EXIT_OK
+from wgagent.commands.text import table
+from wgagent.config import load_from
 from wgagent.publicip.model import Decision, Observation
-from wgagent.publicip.part import build_sources
-from wgagent.publicip.sources import Source, observe_all
-from wgagent.publicip.stun import StunClient
 
 
-async def discover_once(
-    cfg: PublicIPConfig, *, sources: Sequence[Source] | None = None
-) -> tuple[list[Observation], Decision]:
-    """One round over the configured sources (or ``sources``), and its decision."""
-    http = AiohttpClient(cfg.timeout_s)
-    stun = StunClient()
-    try:
-        chosen = list(sources) if sources is not None else build_sources(cfg, http=http, stun=stun)
-        observations = await observe_all(chosen)
-    finally:
-        stun.close()
-        await http.close()
-    return observations, decide(observations, quorum=cfg.quorum)
+def main(args: argparse.Namespace, seams: wiring.Seams | None = None) -> int:
+    cfg = load_from(args.config)
+    logs.setup(cfg.log_level)
+    observations, decision = asyncio.run(wiring.discover_once(cfg.public_ip, seams or wiring.Seams()))
+    print(json.dumps(to_json(observations, decision), indent=2) if args.json else format_report(observations, decision))
+    return EXIT_OK if decision.decided else EXIT_FAIL
 
 
 def to_json(observations: Sequence[Observation], decision: Decision) -> dict[str, Any]:
@@ -59,22 +51,7 @@ def to_json(observations: Sequence[Observation], decision: Decision) -> dict[str
 
 def format_report(observations: Sequence[Observation], decision: Decision) -> str:
     """A table of the observations, then the decision, for a person."""
-    from wgagent.cli import table
-
-    verdicts = {(v.source, v.ip): v for v in decision.verdicts}
-    rows = [("SOURCE", "KIND", "ADDRESS", "TIME", "RESULT")]
-    for o in observations:
-        if o.error is not None:
-            result = f"error: {o.error}"
-        elif o.ip is None:
-            result = "not applicable" + (f": {o.note}" if o.note else "")
-        else:
-            verdict = verdicts.get((o.source, o.ip))
-            result = "" if verdict is None else f"{verdict.outcome}: {verdict.reason}"
-            if o.port is not None:
-                result += f" (mapped port {o.port})"
-        rows.append((o.source, o.kind, str(o.ip) if o.ip is not None else "-", f"{o.elapsed_s:.3f}s", result))
-    lines = table(rows) if observations else ["no source is enabled"]
+    lines = table(_rows(observations, decision)) if observations else ["no source is enabled"]
     lines.append("")
     for label, ip, method in (("IPv4", decision.ipv4, decision.method4), ("IPv6", decision.ipv6, decision.method6)):
         lines.append(f"{label}: {ip} (by {method})" if ip is not None else f"{label}: undecided")
@@ -88,10 +65,18 @@ def format_report(observations: Sequence[Observation], decision: Decision) -> st
     return "\n".join(lines)
 
 
-def discover_command(cfg: PublicIPConfig, *, as_json: bool, out: TextIO) -> int:
-    observations, decision = asyncio.run(discover_once(cfg))
-    if as_json:
-        out.write(json.dumps(to_json(observations, decision), indent=2) + "\n")
-    else:
-        out.write(format_report(observations, decision) + "\n")
-    return 0 if decision.decided else 1
+def _rows(observations: Sequence[Observation], decision: Decision) -> list[tuple[str, ...]]:
+    verdicts = {(v.source, v.ip): v for v in decision.verdicts}
+    rows: list[tuple[str, ...]] = [("SOURCE", "KIND", "ADDRESS", "TIME", "RESULT")]
+    for o in observations:
+        if o.error is not None:
+            result = f"error: {o.error}"
+        elif o.ip is None:
+            result = "not applicable" + (f": {o.note}" if o.note else "")
+        else:
+            verdict = verdicts.get((o.source, o.ip))
+            result = "" if verdict is None else f"{verdict.outcome}: {verdict.reason}"
+            if o.port is not None:
+                result += f" (mapped port {o.port})"
+        rows.append((o.source, o.kind, str(o.ip) if o.ip is not None else "-", f"{o.elapsed_s:.3f}s", result))
+    return rows
