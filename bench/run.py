@@ -10,15 +10,18 @@ Runs, in this order, each against a baseline measured in the same run:
     discovery   bench_discovery.py    a public IP round (6 sources, 2 hanging) vs the serial sum
     kube        bench_kube_requests.py  API requests in a steady hour vs a polling agent
     gc          bench_gc.py           GC of 10,000 dead peers vs the wg set loop and a raw transaction
+    kernel      bench_kernel.py       kernel WireGuard in user-mode Linux: netlink read, GC pass, interface check
 
-The first three are called in this process; the other three run as they would alone (a
+The first three are called in this process; the others run as they would alone (a
 subprocess each, their whole output shown) and their summary lines are read into the table.
-``gc`` needs root and wireguard-go (it makes its own network namespace); without them its
-row says so. ``--quick`` shortens every run (for a smoke test; the figures are then rough).
+``gc`` needs root and wireguard-go (it makes its own network namespace), ``kernel`` root and
+the user-mode Linux kernel ``scripts/uml-kernel`` builds; without them their rows say so.
+``--quick`` shortens every run (for a smoke test; the figures are then rough).
 ``--write`` also writes the table and the machine it came from (CPUs, memory, kernel,
 Python and package versions, the git commit) as Markdown, for the README.
 
-Everything runs on loopback or in namespaces the benchmarks make and delete. The exit code
+Everything runs on loopback, in namespaces the benchmarks make and delete, or inside a
+user-mode Linux kernel with no link to the host's network. The exit code
 is 1 when any target is missed or any benchmark failed.
 """
 
@@ -46,7 +49,7 @@ from bench import bench_health, bench_resources, bench_start
 
 HERE = Path(__file__).resolve().parent
 
-ALL = ("start", "health", "resources", "discovery", "kube", "gc")
+ALL = ("start", "health", "resources", "discovery", "kube", "gc", "kernel")
 
 
 @dataclass
@@ -151,6 +154,43 @@ def gc(quick: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def kernel(quick: bool) -> list[Row]:
+    from tests.uml import why_not
+
+    reason = why_not("wireguard")
+    if reason:
+        return [Row("kernel", "kernel WireGuard (UML)", "-", "-", "-", "-", f"skipped: {reason}")]
+    argv = ["bench/bench_kernel.py", *(["--runs", "1", "--loop-sample", "200"] if quick else [])]
+    code, out = run_script("kernel", argv)
+    peers = _find(r"^(\d+) peers on kernel WireGuard", out)
+    read = _find(r"^read: wgagent netlink get (\d+) ms, wg show dump (\d+) ms", out)
+    gc = _find(r"^gc: wgagent pass (\d+) ms, wg show dump \+ one wg set (\d+) ms", out)
+    loop = _find(r"^loop: wg show peers \d+ ms, (\d+) x wg set remove .* scaled to \d+: ([\d.]+) s$", out)
+    check = _find(r"^check: interface check pass (\d+) ms CPU", out)
+    verdict_re = r"^(read|loop|gc pass|interface check) .*: (ok|MISSED)$"
+    verdicts = {m.group(1): m.group(2) for m in re.finditer(verdict_re, out, re.M)}
+    if not (peers and read and gc and loop and check and len(verdicts) == 4):
+        return [
+            Row("kernel", "kernel WireGuard (UML)", "?", "?", "-", "see its output", "ok" if code == 0 else "FAILED")
+        ]
+    n, where = int(peers.group(1)), "kernel WireGuard (UML)"
+    r, show = float(read.group(1)), float(read.group(2))
+    g, raw = float(gc.group(1)), float(gc.group(2))
+    sample, lp = int(loop.group(1)), float(loop.group(2))
+    c = float(check.group(1))
+    return [
+        Row("kernel", f"netlink read of {n:,} peers, {where}", f"{r:.0f} ms", f"{show:.0f} ms wg show dump",
+            _ratio(r / show), "<= 2x", verdicts["read"]),
+        Row("kernel", f"GC pass over {n:,} dead peers vs the wg set loop, {where}", f"{g:.0f} ms",
+            f"{lp:.1f} s wg set loop ({sample:,} timed, scaled)", _ratio(g / 1000 / lp), "<= 0.02x (loop 50x slower)",
+            verdicts["loop"]),
+        Row("kernel", f"GC pass over {n:,} dead peers vs wg show dump + one wg set, {where}", f"{g:.0f} ms",
+            f"{raw:.0f} ms wg show + wg set", _ratio(g / raw), "<= 3x", verdicts["gc pass"]),
+        Row("kernel", f"interface check, {n:,} peers: CPU per pass, {where}", f"{c:.0f} ms",
+            "30 s interval", f"{c / 300:.2f}% of a core", "< 1% of a core", verdicts["interface check"]),
+    ]  # fmt: skip
+
+
 def in_process(name: str, measure: Callable[[], list[dict[str, Any]]]) -> list[Row]:
     print(f"\n===== {name}", flush=True)
     try:
@@ -214,7 +254,15 @@ def machine() -> list[str]:
         f"- packages: {packages}",
         f"- tools: {_first_line(['wrk', '-v'])}; {_first_line(['wireguard-go', '--version'])}",
         f"- wgagent: git {commit}",
+        f"- user-mode Linux kernel (kernel rows): {_uml_kernel()}",
     ]
+
+
+def _uml_kernel() -> str:
+    from tests.uml import kernel_path
+
+    path = kernel_path("wireguard")
+    return f"{Path(path).parent.name} ({path}, scripts/uml-kernel)" if path else "not built"
 
 
 def main() -> int:
@@ -237,6 +285,7 @@ def main() -> int:
         "discovery": lambda: discovery(q),
         "kube": lambda: kube(q),
         "gc": lambda: gc(q),
+        "kernel": lambda: kernel(q),
     }
     started = time.monotonic()
     rows: list[Row] = []
@@ -249,10 +298,12 @@ def main() -> int:
     bad = [r for r in rows if r.verdict not in ("ok",) and not r.verdict.startswith("skipped")]
     if args.write:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        only = "" if chosen == list(ALL) else f" --only {','.join(chosen)}"
+        make = "" if only else " (`make bench`)"
         text = [
             "# Benchmark results",
             "",
-            f"`python3 bench/run.py{' --quick' if q else ''}` (`make bench`), {when}, {took / 60:.1f} min.",
+            f"`python3 bench/run.py{' --quick' if q else ''}{only}`{make}, {when}, {took / 60:.1f} min.",
             "Each ratio is value / baseline, both measured side by side in the same run; what each",
             "measures and why is in the docstring of its bench/*.py.",
             "",

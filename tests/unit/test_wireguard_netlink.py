@@ -1,302 +1,236 @@
-"""The kernel backend against a fake pyroute2 ``WireGuard``.
+"""The kernel backend's socket side, against a fake kernel socket answering recorded bytes.
 
-There is no kernel WireGuard here, so the fake stands in for the socket, not for pyroute2's
-decoding: replies are built as the kernel lays them out (``drivers/net/wireguard/netlink.c``:
-device attributes in the first message only, peers nested, a peer continued in the next
-message under the same key), then decoded by the installed pyroute2's own ``wgmsg``. So the
-adapter sees exactly the shapes pyroute2 produces, 0.7.2 under /usr/bin/python3 and 0.9.x in
-the venv. Requests go the other way: the adapter's messages are encoded by pyroute2 and the
-bytes are parsed here, as the kernel would read them.
+:class:`FakeKernel` stands in for the ``AF_NETLINK`` socket, not for the decoding: it reads
+each request as the kernel would (``drivers/net/wireguard/netlink.c``), answers the family
+lookup as the generic netlink controller does, answers a dump with datagrams recorded from a
+real kernel (tests/data, see tests/unit/test_wireguard_genl.py), and a removal with the
+``NLMSG_ERROR`` ACK (0 or ``-errno``) the kernel sends. The decoding itself is tested there.
 """
 
 from __future__ import annotations
 
-import socket
+import errno
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic.wireguard import wgmsg
 
+from tests.uml import wgshow
 from wgagent.errors import DeviceNotFound, WireGuardError
+from wgagent.wireguard import genl
 from wgagent.wireguard.model import key_from_bytes
-from wgagent.wireguard.netlink import PEERS_PER_MESSAGE, NetlinkBackend, device_from_messages
+from wgagent.wireguard.netlink import DUMP_ATTEMPTS, PEERS_PER_MESSAGE, NetlinkBackend, NetlinkSocket
 
-NLA_F_NESTED = 0x8000
-WG_FAMILY_ID = 30
-
-
-def nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("HH", length, kind | (NLA_F_NESTED if nested else 0)) + payload + b"\0" * (-length % 4)
+FAMILY = 0x1B
 
 
-def message(attrs: bytes, cmd: int = 0) -> bytes:
-    body = struct.pack("BBH", cmd, 1, 0) + attrs
-    return struct.pack("IHHII", 16 + len(body), WG_FAMILY_ID, 2, 1, 0) + body
+def error(seq: int, code: int) -> bytes:
+    """An NLMSG_ERROR as netlink_ack() writes it: -errno, then the request's header."""
+    return struct.pack("=IHHII", 36, genl.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code) + bytes(16)
 
 
-def key(n: int) -> bytes:
-    return bytes([n]) * 32
-
-
-def b64(n: int) -> str:
-    return key_from_bytes(key(n))
-
-
-def endpoint4(addr: str, port: int) -> bytes:
-    return struct.pack("H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(addr) + b"\0" * 8
-
-
-def endpoint6(addr: str, port: int) -> bytes:
-    return (
-        struct.pack("H", socket.AF_INET6)
-        + struct.pack(">HI", port, 0)
-        + socket.inet_pton(socket.AF_INET6, addr)
-        + struct.pack(">I", 0)
-    )
-
-
-def allowed(cidr: str) -> bytes:
-    addr, mask = cidr.split("/")
-    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    inner = nla(1, struct.pack("H", fam)) + nla(2, socket.inet_pton(fam, addr)) + nla(3, struct.pack("B", int(mask)))
-    return nla(0, inner, nested=True)
-
-
-def peer(
-    n: int,
-    *,
-    ep: bytes | None = None,
-    ips: tuple[str, ...] = (),
-    hs: tuple[int, int] = (0, 0),
-    rx: int = 0,
-    tx: int = 0,
-    keepalive: int = 0,
-    first_part: bool = True,
-) -> bytes:
-    attrs = nla(1, key(n))
-    if first_part:  # a continuation carries only the key and more allowed IPs
-        attrs += nla(2, b"\0" * 32)
-        if ep is not None:
-            attrs += nla(4, ep)
-        attrs += nla(5, struct.pack("H", keepalive))
-        attrs += nla(6, struct.pack("qq", *hs))
-        attrs += nla(7, struct.pack("Q", rx)) + nla(8, struct.pack("Q", tx))
-    attrs += nla(9, b"".join(allowed(c) for c in ips), nested=True)
-    if first_part:
-        attrs += nla(10, struct.pack("I", 1))
-    return nla(0, attrs, nested=True)
-
-
-def device_attrs(ifname: str, port: int, pub: bytes) -> bytes:
-    return (
-        nla(6, struct.pack("H", port))
-        + nla(7, struct.pack("I", 0))
-        + nla(1, struct.pack("I", 4))
-        + nla(2, ifname.encode() + b"\0")
-        + nla(3, b"\x42" * 32)  # the private key: the adapter must never read it
-        + nla(4, pub)
-    )
-
-
-def decode(data: bytes) -> Any:
-    msg = wgmsg(data)
-    msg.decode()
-    return msg
-
-
-def parse_attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+def attrs_of(data: bytes) -> Iterator[tuple[int, bytes]]:
     off = 0
     while off + 4 <= len(data):
-        length, kind = struct.unpack_from("HH", data, off)
-        yield kind & ~NLA_F_NESTED, data[off + 4 : off + length]
+        length, kind = struct.unpack_from("=HH", data, off)
+        yield kind & genl.NLA_TYPE_MASK, data[off + 4 : off + length]
         off += (length + 3) & ~3
 
 
-def parse_set(data: bytes) -> tuple[str, list[tuple[bytes, int, int]], int]:
-    """A WG_CMD_SET_DEVICE message as the kernel reads it: ifname, [(key, flags, n_attrs)], peers nest length."""
-    length, _type, _flags, _seq, _pid = struct.unpack_from("IHHII", data)
-    assert length == len(data)
-    cmd, version, _ = struct.unpack_from("BBH", data, 16)
-    assert (cmd, version) == (1, 1)
-    ifname, peers, nest_len = "", [], 0
-    for kind, payload in parse_attrs(data[20:]):
-        if kind == 2:
-            ifname = payload.rstrip(b"\0").decode()
-        elif kind == 8:
-            nest_len = 4 + len(payload)
-            for _, p in parse_attrs(payload):
-                attrs = dict(parse_attrs(p))
-                peers.append((attrs[1], struct.unpack("I", attrs[3])[0], len(attrs)))
-    return ifname, peers, nest_len
+class FakeKernel:
+    """One socket: each send() is read as a request; recv() returns the queued answers."""
 
-
-class FakeWireGuard:
-    """What the adapter uses of pyroute2's WireGuard: info, nlm_request, prid, close."""
-
-    prid = WG_FAMILY_ID
-
-    def __init__(self, dump: list[bytes], *, lazy: bool = False) -> None:
-        self.dump = dump
-        self.lazy = lazy  # 0.9.x-style: errors surface while iterating
-        self.info_error: Exception | None = None
-        self.request_error: tuple[int, Exception] | None = None
-        self.sent: list[tuple[str, list[tuple[bytes, int, int]], int]] = []
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.queue: list[bytes] = []
         self.closed = False
 
-    def info(self, ifname: str) -> Any:
-        if self.info_error is not None and not self.lazy:
-            raise self.info_error
-        msgs = [decode(d) for d in self.dump]
-        if not self.lazy:
-            return msgs
+    def send(self, data: bytes, /) -> int:
+        length, msg_type, flags, seq, _ = struct.unpack_from("=IHHII", data)
+        assert length == len(data) and flags & genl.NLM_F_REQUEST
+        cmd = data[16]
+        attrs = dict(attrs_of(data[20:]))
+        if msg_type == genl.GENL_ID_CTRL:
+            assert (cmd, attrs[genl.CTRL_ATTR_FAMILY_NAME]) == (genl.CTRL_CMD_GETFAMILY, b"wireguard\0")
+            self.queue.append(self.world.family_answer(seq))
+        elif cmd == genl.WG_CMD_GET_DEVICE:
+            assert msg_type == FAMILY and flags & genl.NLM_F_DUMP
+            self.world.gets.append(attrs[genl.WGDEVICE_A_IFNAME].rstrip(b"\0").decode())
+            self.queue.extend(self.world.dump_answer(seq))
+        else:
+            assert (msg_type, cmd, flags & genl.NLM_F_ACK) == (FAMILY, genl.WG_CMD_SET_DEVICE, genl.NLM_F_ACK)
+            keys = [dict(attrs_of(p))[genl.WGPEER_A_PUBLIC_KEY] for _, p in attrs_of(attrs[genl.WGDEVICE_A_PEERS])]
+            code = self.world.set_errors.get(len(self.world.removals), 0)
+            self.world.removals.append([key_from_bytes(k) for k in keys])
+            self.queue.append(error(seq, code))
+        return len(data)
 
-        def gen() -> Iterator[Any]:
-            if self.info_error is not None:
-                raise self.info_error
-            yield from msgs
-
-        return gen()
-
-    def nlm_request(self, msg: Any, msg_type: int, msg_flags: int) -> Any:
-        assert msg_type == WG_FAMILY_ID
-        assert msg_flags == 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = msg_flags
-        msg.encode()
-        if self.request_error is not None and len(self.sent) == self.request_error[0]:
-            raise self.request_error[1]
-        self.sent.append(parse_set(msg.data))
-        return iter(()) if self.lazy else []
+    def recv(self, size: int, /) -> bytes:
+        assert size >= 1 << 16  # room for a 32 KiB dump message and a quoted removal
+        if self.world.recv_error is not None:
+            raise self.world.recv_error
+        return self.queue.pop(0) if self.queue else b""  # a socket that broke
 
     def close(self) -> None:
         self.closed = True
 
 
-def backend(fake: FakeWireGuard) -> NetlinkBackend:
-    return NetlinkBackend(factory=lambda: fake, timeout_s=10)
+class World:
+    """What the fake kernel knows and answers; and what it was asked."""
+
+    def __init__(self, *dumps: str) -> None:
+        self.dumps = list(dumps)
+        """Recording names answering successive dumps (the last one repeats)."""
+        self.family_error = 0
+        self.dump_error = 0
+        self.set_errors: dict[int, int] = {}
+        self.recv_error: Exception | None = None
+        self.gets: list[str] = []
+        self.removals: list[list[str]] = []
+        self.sockets: list[FakeKernel] = []
+
+    def family_answer(self, seq: int) -> bytes:
+        if self.family_error:
+            return error(seq, self.family_error)
+        attrs = struct.pack("=HH", 14, genl.CTRL_ATTR_FAMILY_NAME) + b"wireguard\0" + bytes(2)
+        attrs += struct.pack("=HHH", 6, genl.CTRL_ATTR_FAMILY_ID, FAMILY) + bytes(2)
+        body = struct.pack("=BBH", 1, 2, 0) + attrs
+        return struct.pack("=IHHII", 16 + len(body), genl.GENL_ID_CTRL, 0, seq, 0) + body
+
+    def dump_answer(self, seq: int) -> list[bytes]:
+        if self.dump_error:
+            return [genl.done_message(seq, self.dump_error)]
+        name = self.dumps.pop(0) if len(self.dumps) > 1 else self.dumps[0]
+        rec = wgshow.recorded()[name]
+        assert seq == rec.seq  # the backend numbers its requests as when the dumps were recorded
+        return list(rec.datagrams)
+
+    def socket(self, timeout_s: float) -> NetlinkSocket:
+        assert timeout_s == 10
+        self.sockets.append(FakeKernel(self))
+        return self.sockets[-1]
+
+    def backend(self) -> NetlinkBackend:
+        return NetlinkBackend(socket_factory=self.socket, timeout_s=10)
 
 
-DUMP = [
-    message(
-        device_attrs("flannel-wg", 51820, key(9))
-        + nla(
-            8,
-            peer(
-                1,
-                ep=endpoint4("198.51.100.7", 51820),
-                ips=("10.42.1.0/24",),
-                hs=(1700000000, 250000000),
-                rx=4028,
-                tx=4157,
-                keepalive=25,
-            )
-            + peer(2, ep=endpoint6("2001:db8::2", 51820), ips=("10.42.2.0/24", "fd00:2::/64"))
-            + peer(3, ips=tuple(f"10.43.{i}.0/24" for i in range(3))),
-            nested=True,
-        )
-    ),
-    # The kernel ran out of room: peer 3 continues, then more peers; no device attributes.
-    message(nla(8, peer(3, ips=("10.43.3.0/24",), first_part=False) + peer(4), nested=True)),
-]
+@pytest.mark.parametrize("name", ["mixed", "mixed-wg-sized", "bare"])
+async def test_get_reads_the_whole_dump_as_wg_shows_it(name: str) -> None:
+    world = World(name)
+    rec = wgshow.recorded()[name]
+    dump = await world.backend().dump(rec.ifname)
+    assert world.gets == [rec.ifname]
+    assert wgshow.differences(dump, wgshow.parse(rec.wg_show_dump or "")) == []
+    assert (await world.backend().get(rec.ifname)) == dump.device
+    assert all(s.closed for s in world.sockets) and len(world.sockets) == 2
 
 
-@pytest.mark.parametrize("lazy", [False, True], ids=["list-0.7", "generator-0.9"])
-async def test_get_maps_pyroute2_messages_to_the_model(lazy: bool) -> None:
-    fake = FakeWireGuard(DUMP, lazy=lazy)
-    dev = await backend(fake).get("flannel-wg")
-    assert fake.closed
-    assert (dev.name, dev.listen_port, dev.public_key) == ("flannel-wg", 51820, b64(9))
-    assert [p.public_key for p in dev.peers] == [b64(1), b64(2), b64(3), b64(4)]
-    p1, p2, p3, p4 = dev.peers
-    assert p1.endpoint == "198.51.100.7:51820"
-    assert p1.last_handshake == 1700000000.25
-    assert (p1.rx_bytes, p1.tx_bytes, p1.keepalive, p1.allowed_ips) == (4028, 4157, 25, ("10.42.1.0/24",))
-    assert p2.endpoint == "[2001:db8::2]:51820"
-    assert p2.allowed_ips == ("10.42.2.0/24", "fd00:2::/64")
-    assert (p2.last_handshake, p2.keepalive) == (None, None)
-    assert p3.allowed_ips == ("10.43.0.0/24", "10.43.1.0/24", "10.43.2.0/24", "10.43.3.0/24")  # merged
-    assert (p4.endpoint, p4.allowed_ips) == (None, ())
+async def test_an_interrupted_dump_is_read_again_on_a_new_socket() -> None:
+    """``kernel_get_device`` in wireguard-tools starts over on EINTR (NLM_F_DUMP_INTR)."""
+    world = World("interrupted", "interrupted", "mixed")
+    dev = await world.backend().get("flannel-wg")
+    assert len(dev.peers) == 403
+    assert world.gets == ["flannel-wg"] * 3 and len(world.sockets) == 3
+    assert all(s.closed for s in world.sockets)
 
 
-def test_private_key_never_reaches_the_model() -> None:
-    dev = device_from_messages("wg0", [decode(d) for d in DUMP])
-    assert key_from_bytes(b"\x42" * 32) not in repr(dev)
-
-
-def test_a_device_without_keys_has_none() -> None:
-    dev = device_from_messages("wg0", [decode(message(device_attrs("wg0", 0, b"\0" * 32)))])
-    assert (dev.listen_port, dev.public_key, dev.peers) == (None, None, ())
-
-
-async def test_removal_is_batched_with_the_kernels_remove_flag() -> None:
-    fake = FakeWireGuard(DUMP)
-    keys = [key_from_bytes(i.to_bytes(4, "big") * 8) for i in range(2 * PEERS_PER_MESSAGE + 500)]
-    await backend(fake).remove_peers("flannel-wg", keys)
-    assert fake.closed
-    assert [len(peers) for _, peers, _ in fake.sent] == [PEERS_PER_MESSAGE, PEERS_PER_MESSAGE, 500]
-    sent_keys = []
-    for ifname, peers, nest_len in fake.sent:
-        assert ifname == "flannel-wg"
-        assert nest_len < 1 << 16  # one nested attribute: its length field is 16 bits
-        for raw, flags, n_attrs in peers:
-            assert flags == 1  # WGPEER_F_REMOVE_ME; pyroute2 0.7.2's constant of that name is 0
-            assert n_attrs == 2  # key and flags, nothing else
-            sent_keys.append(key_from_bytes(raw))
-    assert sent_keys == keys
-
-
-async def test_removing_nothing_sends_nothing() -> None:
-    fake = FakeWireGuard(DUMP)
-    await backend(fake).remove_peers("flannel-wg", [])
-    assert fake.sent == []
+async def test_a_device_that_never_holds_still_is_an_error() -> None:
+    world = World("interrupted")
+    with pytest.raises(WireGuardError, match=f"changed during each of {DUMP_ATTEMPTS} reads"):
+        await world.backend().get("flannel-wg")
+    assert len(world.gets) == DUMP_ATTEMPTS
 
 
 @pytest.mark.parametrize(
     ("code", "cls", "message"),
     [
-        (19, DeviceNotFound, "no interface flannel-wg"),
-        (95, DeviceNotFound, "flannel-wg is not a WireGuard interface"),
-        (1, WireGuardError, "permission denied; wgagent needs CAP_NET_ADMIN"),
-        (105, WireGuardError, r"reading the device failed: No buffer space available \(netlink error 105\)"),
+        (errno.ENODEV, DeviceNotFound, "^no interface flannel-wg$"),
+        (errno.EOPNOTSUPP, DeviceNotFound, "^flannel-wg is not a WireGuard interface$"),
+        (errno.EPERM, WireGuardError, "permission denied; wgagent needs CAP_NET_ADMIN"),
+        (errno.ENOBUFS, WireGuardError, r"reading the device failed: No buffer space available \(netlink error 105\)"),
     ],
 )
-@pytest.mark.parametrize("lazy", [False, True], ids=["list-0.7", "generator-0.9"])
-async def test_netlink_errors_are_translated_once(code: int, cls: type[Exception], message: str, lazy: bool) -> None:
-    fake = FakeWireGuard(DUMP, lazy=lazy)
-    fake.info_error = NetlinkError(code)
+async def test_kernel_errors_are_translated_once(code: int, cls: type[Exception], message: str) -> None:
+    world = World("mixed")
+    world.dump_error = code
     with pytest.raises(cls, match=message) as err:
-        await backend(fake).get("flannel-wg")
-    assert isinstance(err.value.__cause__, NetlinkError)
-    assert fake.closed
+        await world.backend().get("flannel-wg")
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == code
+    assert world.sockets[0].closed
 
 
 async def test_no_wireguard_family_is_device_not_found() -> None:
-    def factory() -> Any:
-        raise NetlinkError(2, "No such file or directory")
-
+    world = World("mixed")
+    world.family_error = errno.ENOENT
     with pytest.raises(DeviceNotFound, match="no generic netlink family 'wireguard'"):
-        await NetlinkBackend(factory=factory).get("flannel-wg")
+        await world.backend().get("flannel-wg")
+    assert world.gets == []
 
 
-async def test_a_failed_batch_says_how_far_it_got() -> None:
-    fake = FakeWireGuard(DUMP)
-    fake.request_error = (1, NetlinkError(22))
-    keys = [key_from_bytes(i.to_bytes(4, "big") * 8) for i in range(PEERS_PER_MESSAGE + 10)]
-    with pytest.raises(WireGuardError, match=rf"\({PEERS_PER_MESSAGE} of {len(keys)} removed before\)"):
-        await backend(fake).remove_peers("flannel-wg", keys)
-    assert fake.closed
+async def test_a_silent_kernel_is_a_timeout_error() -> None:
+    world = World("mixed")
+    world.recv_error = TimeoutError("timed out")
+    with pytest.raises(WireGuardError, match="did not answer in time"):
+        await world.backend().get("flannel-wg")
 
 
-async def test_an_unexpected_reply_shape_is_an_error_not_a_crash() -> None:
-    class Odd:
-        def get_attr(self, name: str) -> Any:
-            return [object()] if name == "WGDEVICE_A_PEERS" else None
+async def test_no_netlink_socket_at_all_is_a_wireguard_error() -> None:
+    def factory(timeout_s: float) -> NetlinkSocket:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
 
-    fake = FakeWireGuard([])
-    fake.info = lambda ifname: [Odd()]  # type: ignore[method-assign]
-    with pytest.raises(WireGuardError, match="unexpected netlink reply"):
-        await backend(fake).get("wg0")
+    with pytest.raises(WireGuardError, match="opening a netlink socket failed: Address family not supported"):
+        await NetlinkBackend(socket_factory=factory).get("flannel-wg")
+
+
+def keys(n: int) -> list[str]:
+    return [key_from_bytes(i.to_bytes(4, "big") * 8) for i in range(n)]
+
+
+async def test_removal_is_one_acked_message_per_thousand_peers() -> None:
+    world = World("mixed")
+    wanted = keys(2 * PEERS_PER_MESSAGE + 500)
+    await world.backend().remove_peers("flannel-wg", wanted)
+    assert [len(batch) for batch in world.removals] == [PEERS_PER_MESSAGE, PEERS_PER_MESSAGE, 500]
+    assert [k for batch in world.removals for k in batch] == wanted
+    assert len(world.sockets) == 1 and world.sockets[0].closed and world.sockets[0].queue == []
+
+
+async def test_removing_nothing_opens_nothing() -> None:
+    world = World("mixed")
+    await world.backend().remove_peers("flannel-wg", [])
+    assert world.sockets == []
+
+
+async def test_a_bad_key_is_refused_before_anything_is_sent() -> None:
+    world = World("mixed")
+    with pytest.raises(ValueError, match="not a WireGuard key"):
+        await world.backend().remove_peers("flannel-wg", [*keys(3), "nonsense"])
+    assert world.sockets == []
+
+
+async def test_a_refused_batch_says_how_far_it_got() -> None:
+    world = World("mixed")
+    world.set_errors = {1: errno.EINVAL}
+    wanted = keys(PEERS_PER_MESSAGE + 10)
+    with pytest.raises(WireGuardError, match=rf"\({PEERS_PER_MESSAGE} of {len(wanted)} removed before\)"):
+        await world.backend().remove_peers("flannel-wg", wanted)
+    assert len(world.removals) == 2 and world.sockets[0].closed
+
+
+@pytest.mark.parametrize("ifname", ["flannel-wg-too-long", "a/b", ""])
+async def test_a_name_no_interface_can_have_is_device_not_found(ifname: str) -> None:
+    world = World("mixed")
+    with pytest.raises(DeviceNotFound, match="not an interface name"):
+        await world.backend().get(ifname)
+    with pytest.raises(DeviceNotFound, match="not an interface name"):
+        await world.backend().remove_peers(ifname, keys(1))
+    assert world.sockets == []
+
+
+async def test_a_socket_that_returns_nothing_is_an_error_not_a_spin() -> None:
+    world = World("mixed")
+    world.dumps = ["bare"]
+    rec = wgshow.recorded()["bare"]
+    world.dump_answer = lambda seq: list(rec.datagrams[:0])  # type: ignore[method-assign]
+    with pytest.raises(WireGuardError, match="returned nothing before the dump ended"):
+        await world.backend().get("wg-bare")

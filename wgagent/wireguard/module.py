@@ -223,6 +223,14 @@ class ModuleHost:
         return os.path.isdir(os.path.join(self.modules_root, self.release))
 
     def builtin(self) -> bool:
+        """Listed in ``modules.builtin``, or in sysfs as only a built-in module is: its
+        ``/sys/module/wireguard`` holds the ``version`` (``version_sysfs_builtin`` in
+        kernel/params.c) but no ``initstate``, which every loaded module has
+        (``modinfo_initstate`` in kernel/module/main.c, Linux 6.1). A kernel without
+        /lib/modules (a custom or user-mode one, a container's host) shows only the second."""
+        sysfs = os.path.join(self.sys_module_dir, MODULE)
+        if os.path.exists(os.path.join(sysfs, "version")) and not os.path.exists(os.path.join(sysfs, "initstate")):
+            return True
         return bool(self._modules_file_lists("modules.builtin", _BUILTIN_RE))
 
     async def modprobe(self) -> ModprobeResult:
