@@ -4,14 +4,12 @@ socket, netlink against a fake pyroute2 ``WireGuard``)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-from collections.abc import Iterator
-from typing import Any
+import errno
 
 import pytest
 
-from wgagent.errors import DeviceNotFound, WireGuardError
+from tests.unit.test_wireguard_netlink import World
+from wgagent.errors import DeviceNotFound
 from wgagent.mesh import heal
 from wgagent.mesh import observe as ob
 from wgagent.wireguard import endpoints as ep
@@ -87,100 +85,27 @@ def test_encoders_refuse_bad_input(bad: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         ep.encode_set_endpoints(bad)
     with pytest.raises(ValueError):
-        ep.set_endpoints_message("wg0", bad)
+        asyncio.run(ep.NetlinkEndpointSetter(World("mixed").backend()).set_endpoints("wg0", bad))
 
 
-def test_netlink_message_uses_the_kernels_update_only_flag() -> None:
-    from pyroute2.netlink.generic.wireguard import wgmsg
-
-    msg = ep.set_endpoints_message("flannel-wg", {K1: RIGHT, K2: "[2001:db8::2]:51821"})
-    msg["header"]["type"] = 20
-    msg.encode()
-    back = wgmsg(msg.data)
-    back.decode()
-    assert back.get_attr("WGDEVICE_A_IFNAME") == "flannel-wg"
-    peers = back.get_attr("WGDEVICE_A_PEERS")
-    assert [p.get_attr("WGPEER_A_FLAGS") for p in peers] == [4, 4]  # 1 << 2; never 2 (REPLACE_ALLOWEDIPS)
-    assert [(p.get_attr("WGPEER_A_ENDPOINT")["addr"], p.get_attr("WGPEER_A_ENDPOINT")["port"]) for p in peers] == [
-        ("203.0.113.1", 51820),
-        ("2001:db8::2", 51821),
-    ]
-    assert [p.get_attr("WGPEER_A_ALLOWEDIPS") for p in peers] == [None, None]
+async def test_netlink_sets_endpoints_with_the_kernels_update_only_flag() -> None:
+    world = World("mixed")
+    setter = ep.NetlinkEndpointSetter(world.backend())
+    await setter.set_endpoints("flannel-wg", {K1: RIGHT, K2: "[2001:db8::2]:51821"})
+    # WGPEER_F_UPDATE_ONLY = 1 << 2 (never pyroute2 0.7.2's 2 = REPLACE_ALLOWEDIPS), no allowed IPs sent
+    assert world.endpoint_sets == [[(K1, RIGHT), (K2, "[2001:db8::2]:51821")]]
+    assert all(s.closed for s in world.sockets)
 
 
-# --- setters -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def uapi_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="wgm", dir="/tmp")  # a unix socket path must fit in 108 bytes
-    yield d
-    for name in os.listdir(d):
-        os.unlink(os.path.join(d, name))
-    os.rmdir(d)
-
-
-async def serve(path: str, reply: bytes, got: list[bytes]) -> asyncio.AbstractServer:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        got.append(await reader.readuntil(b"\n\n"))
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-
-    return await asyncio.start_unix_server(handler, path)
-
-
-async def test_uapi_setter_sends_one_transaction(uapi_dir: str) -> None:
-    got: list[bytes] = []
-    server = await serve(os.path.join(uapi_dir, "wg0.sock"), b"errno=0\n\n", got)
-    async with server:
-        await ep.UapiEndpointSetter(uapi_dir).set_endpoints("wg0", {K1: RIGHT})
-    assert got == [ep.encode_set_endpoints({K1: RIGHT})]
-
-
-async def test_uapi_setter_reports_a_refusal(uapi_dir: str) -> None:
-    server = await serve(os.path.join(uapi_dir, "wg0.sock"), b"errno=-22\n\n", [])
-    async with server:
-        with pytest.raises(WireGuardError, match="Invalid argument"):
-            await ep.UapiEndpointSetter(uapi_dir).set_endpoints("wg0", {K1: RIGHT})
-
-
-async def test_uapi_setter_without_a_socket(uapi_dir: str) -> None:
-    with pytest.raises(DeviceNotFound):
-        await ep.UapiEndpointSetter(uapi_dir).set_endpoints("wg0", {K1: RIGHT})
-
-
-async def test_nothing_to_set_sends_nothing(uapi_dir: str) -> None:
-    await ep.UapiEndpointSetter(uapi_dir).set_endpoints("wg0", {})  # no socket needed
-
-
-class FakeWireGuard:
-    prid = 33
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.sent: list[Any] = []
-        self.error = error
-        self.closed = False
-
-    def nlm_request(self, msg: Any, msg_type: int, msg_flags: int) -> list[Any]:
-        assert (msg_type, msg_flags) == (33, 0x1 | 0x4)
-        if self.error is not None:
-            raise self.error
-        self.sent.append(msg)
-        return []
-
-    def close(self) -> None:
-        self.closed = True
-
-
-async def test_netlink_setter_sends_one_message_and_closes() -> None:
-    fake = FakeWireGuard()
-    await ep.NetlinkEndpointSetter(factory=lambda: fake).set_endpoints("flannel-wg", {K1: RIGHT, K2: RIGHT})
-    assert len(fake.sent) == 1 and len(fake.sent[0].get_attr("WGDEVICE_A_PEERS")) == 2 and fake.closed
+async def test_netlink_setter_sends_one_message() -> None:
+    world = World("mixed")
+    await ep.NetlinkEndpointSetter(world.backend()).set_endpoints("flannel-wg", {K1: RIGHT, K2: RIGHT})
+    assert len(world.endpoint_sets) == 1 and len(world.endpoint_sets[0]) == 2
 
 
 async def test_netlink_setter_translates_errors() -> None:
-    fake = FakeWireGuard(OSError(19, "No such device"))
-    with pytest.raises(DeviceNotFound, match="no interface flannel-wg"):
-        await ep.NetlinkEndpointSetter(factory=lambda: fake).set_endpoints("flannel-wg", {K1: RIGHT})
-    assert fake.closed
+    world = World("mixed")
+    world.set_errors = {0: errno.ENODEV}
+    with pytest.raises(DeviceNotFound, match="flannel-wg"):
+        await ep.NetlinkEndpointSetter(world.backend()).set_endpoints("flannel-wg", {K1: RIGHT})
+    assert all(s.closed for s in world.sockets)

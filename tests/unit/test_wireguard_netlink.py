@@ -10,6 +10,8 @@ real kernel (tests/data, see tests/unit/test_wireguard_genl.py), and a removal w
 from __future__ import annotations
 
 import errno
+import ipaddress
+import socket
 import struct
 from collections.abc import Iterator
 
@@ -37,6 +39,15 @@ def attrs_of(data: bytes) -> Iterator[tuple[int, bytes]]:
         off += (length + 3) & ~3
 
 
+def sockaddr_text(raw: bytes) -> str:
+    """``ip:port`` of a ``sockaddr_in``/``sockaddr_in6`` as the kernel reads it (by length)."""
+    family, port = struct.unpack_from("=H", raw)[0], struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET and len(raw) == 16:
+        return f"{ipaddress.IPv4Address(raw[4:8])}:{port}"
+    assert family == socket.AF_INET6 and len(raw) == 28
+    return f"[{ipaddress.IPv6Address(raw[8:24])}]:{port}"
+
+
 class FakeKernel:
     """One socket: each send() is read as a request; recv() returns the queued answers."""
 
@@ -59,9 +70,20 @@ class FakeKernel:
             self.queue.extend(self.world.dump_answer(seq))
         else:
             assert (msg_type, cmd, flags & genl.NLM_F_ACK) == (FAMILY, genl.WG_CMD_SET_DEVICE, genl.NLM_F_ACK)
-            keys = [dict(attrs_of(p))[genl.WGPEER_A_PUBLIC_KEY] for _, p in attrs_of(attrs[genl.WGDEVICE_A_PEERS])]
-            code = self.world.set_errors.get(len(self.world.removals), 0)
-            self.world.removals.append([key_from_bytes(k) for k in keys])
+            peers = [dict(attrs_of(p)) for _, p in attrs_of(attrs[genl.WGDEVICE_A_PEERS])]
+            code = self.world.set_errors.get(len(self.world.removals) + len(self.world.endpoint_sets), 0)
+            flags = {struct.unpack("=I", p[genl.WGPEER_A_FLAGS])[0] for p in peers}
+            if flags == {genl.WGPEER_F_REMOVE_ME}:
+                self.world.removals.append([key_from_bytes(p[genl.WGPEER_A_PUBLIC_KEY]) for p in peers])
+            else:
+                assert flags == {genl.WGPEER_F_UPDATE_ONLY}  # never create a peer, never touch its IPs
+                assert all(genl.WGPEER_A_ALLOWEDIPS not in p for p in peers)
+                self.world.endpoint_sets.append(
+                    [
+                        (key_from_bytes(p[genl.WGPEER_A_PUBLIC_KEY]), sockaddr_text(p[genl.WGPEER_A_ENDPOINT]))
+                        for p in peers
+                    ]
+                )
             self.queue.append(error(seq, code))
         return len(data)
 
@@ -87,6 +109,7 @@ class World:
         self.recv_error: Exception | None = None
         self.gets: list[str] = []
         self.removals: list[list[str]] = []
+        self.endpoint_sets: list[list[tuple[str, str]]] = []
         self.sockets: list[FakeKernel] = []
 
     def family_answer(self, seq: int) -> bytes:

@@ -6,32 +6,27 @@ Only existing peers are touched, never created:
   ``update_only=true`` (wireguard-go device/uapi.go: a peer that does not exist becomes a dummy
   that is never added), ``endpoint=<ip:port>``; the reply is ``errno=0``.
 - netlink: one ``WG_CMD_SET_DEVICE`` with, per peer, ``WGPEER_A_PUBLIC_KEY``, ``WGPEER_A_FLAGS``
-  = ``WGPEER_F_UPDATE_ONLY`` and ``WGPEER_A_ENDPOINT``. The flag is 1 << 2 = 4
-  (include/uapi/linux/wireguard.h, ``enum wgpeer_flag``). pyroute2 0.7.2 (Debian 12) defines
-  its ``WGPEER_F_UPDATE_ONLY`` as 2, which is ``WGPEER_F_REPLACE_ALLOWEDIPS``: sent with no
-  allowed IPs it would *wipe the peer's allowed IPs*. So the message is built here with the
-  kernel's value, as :mod:`wgagent.wireguard.netlink` does for removals.
+  = ``WGPEER_F_UPDATE_ONLY`` and ``WGPEER_A_ENDPOINT`` (``genl.set_endpoints_request``). The
+  flag is 1 << 2 = 4 (include/uapi/linux/wireguard.h, ``enum wgpeer_flag``); pyroute2 0.7.2
+  (Debian 12) defines its ``WGPEER_F_UPDATE_ONLY`` as 2, which is
+  ``WGPEER_F_REPLACE_ALLOWEDIPS``: sent with no allowed IPs it would *wipe the peer's allowed IPs*.
 
-:func:`encode_set_endpoints` and :func:`set_endpoints_message` are pure; the two setters are
-thin adapters implementing :class:`wgagent.mesh.heal.EndpointSetter`.
+:func:`encode_set_endpoints` is pure; the two setters are thin adapters implementing
+:class:`wgagent.mesh.heal.EndpointSetter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import os
 from collections.abc import Mapping
 from ipaddress import ip_address
-from typing import Any
 
 from wgagent.errors import DeviceNotFound, WireGuardError
 from wgagent.wireguard.model import KEY_LEN, key_to_bytes
-from wgagent.wireguard.netlink import WireGuardFactory, translate
+from wgagent.wireguard.netlink import NetlinkBackend
 from wgagent.wireguard.uapi import errno_text, parse_errno
-
-WGPEER_F_UPDATE_ONLY = 1 << 2
 
 
 def _check_endpoint(endpoint: str) -> tuple[str, int]:
@@ -67,31 +62,6 @@ def encode_set_endpoints(endpoints: Mapping[str, str]) -> bytes:
         parts.append(f"public_key={raw.hex()}\nupdate_only=true\nendpoint={endpoint}\n")
     parts.append("\n")
     return "".join(parts).encode("ascii")
-
-
-def set_endpoints_message(ifname: str, endpoints: Mapping[str, str]) -> Any:
-    """One ``WG_CMD_SET_DEVICE`` message (pyroute2's ``wgmsg``) setting each peer's endpoint."""
-    from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg
-
-    peers = []
-    for key, endpoint in endpoints.items():
-        key_to_bytes(key)
-        host, port = _check_endpoint(endpoint)
-        peers.append(
-            {
-                "attrs": [
-                    ["WGPEER_A_PUBLIC_KEY", key],
-                    ["WGPEER_A_FLAGS", WGPEER_F_UPDATE_ONLY],
-                    ["WGPEER_A_ENDPOINT", {"addr": host, "port": port}],
-                ]
-            }
-        )
-    msg = wgmsg()
-    msg["cmd"] = WG_CMD_SET_DEVICE
-    msg["version"] = WG_GENL_VERSION
-    msg["attrs"].append(["WGDEVICE_A_IFNAME", ifname])
-    msg["attrs"].append(["WGDEVICE_A_PEERS", peers])
-    return msg
 
 
 class UapiEndpointSetter:
@@ -134,37 +104,18 @@ async def _exchange(path: str, request: bytes) -> bytes:
 
 
 class NetlinkEndpointSetter:
-    """Sets endpoints through the kernel's ``wireguard`` generic netlink family."""
+    """Sets endpoints through the kernel's ``wireguard`` generic netlink family
+    (:meth:`wgagent.wireguard.netlink.NetlinkBackend.set_endpoints`)."""
 
-    def __init__(self, *, factory: WireGuardFactory | None = None, timeout_s: float = 10.0) -> None:
-        from wgagent.wireguard.netlink import _pyroute2_wireguard
-
-        self._factory = factory or _pyroute2_wireguard
-        self.timeout_s = timeout_s
+    def __init__(self, backend: NetlinkBackend | None = None, *, timeout_s: float = 10.0) -> None:
+        self._backend = backend or NetlinkBackend(timeout_s=timeout_s)
 
     async def set_endpoints(self, ifname: str, endpoints: Mapping[str, str]) -> None:
         if not endpoints:
             return
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._set_sync, ifname, dict(endpoints)), self.timeout_s)
-        except TimeoutError as exc:
-            raise WireGuardError(f"{ifname}: the kernel did not answer within {self.timeout_s:g} s") from exc
-
-    def _set_sync(self, ifname: str, endpoints: dict[str, str]) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-
-        try:
-            wg = self._factory()
-        except Exception as exc:
-            raise translate(exc, ifname, "opening the wireguard netlink family") from exc
-        try:
-            msg = set_endpoints_message(ifname, endpoints)
-            for _ in wg.nlm_request(msg, msg_type=wg.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK):
-                pass
-        except WireGuardError:
-            raise
-        except Exception as exc:
-            raise translate(exc, ifname, "setting endpoints") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                wg.close()
+        checked = []
+        for key, endpoint in endpoints.items():
+            key_to_bytes(key)
+            host, port = _check_endpoint(endpoint)
+            checked.append((key, host, port))
+        await self._backend.set_endpoints(ifname, checked)

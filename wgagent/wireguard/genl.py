@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import binascii
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -83,6 +84,9 @@ WGPEER_A_RX_BYTES = 7
 WGPEER_A_TX_BYTES = 8
 WGPEER_A_ALLOWEDIPS = 9
 WGPEER_F_REMOVE_ME = 1
+WGPEER_F_UPDATE_ONLY = 1 << 2
+"""``1U << 2``: touch only an existing peer. pyroute2 0.7.2's constant of that name is 2, which is
+``WGPEER_F_REPLACE_ALLOWEDIPS`` (it would wipe the peer's allowed IPs)."""
 """``1U << 0``. pyroute2 0.7.2 names a constant ``WGPEER_F_REMOVE_ME`` too, but it is 0 (a bit
 index), so removals must not be built with it."""
 WGALLOWEDIP_A_FAMILY = 1
@@ -149,6 +153,28 @@ def remove_requests(family: int, first_seq: int, ifname: str, raw: Sequence[byte
         attrs = name + _attr(NLA_F_NESTED | WGDEVICE_A_PEERS, peers)
         out.append(_message(family, NLM_F_REQUEST | NLM_F_ACK, first_seq + n, WG_CMD_SET_DEVICE, 1, attrs))
     return out
+
+
+def sockaddr(host: str, port: int) -> bytes:
+    """``struct sockaddr_in`` / ``sockaddr_in6`` for ``WGPEER_A_ENDPOINT`` (the kernel reads either by length)."""
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        return struct.pack("=H", socket.AF_INET) + _PORT.pack(port) + ip.packed + bytes(8)
+    return struct.pack("=H", socket.AF_INET6) + _PORT.pack(port) + bytes(4) + ip.packed + bytes(4)
+
+
+def set_endpoints_request(family: int, seq: int, ifname: str, endpoints: Sequence[tuple[bytes, str, int]]) -> bytes:
+    """One ``WG_CMD_SET_DEVICE`` setting each existing peer's endpoint (key, host, port), with
+    ``WGPEER_F_UPDATE_ONLY`` so that no peer is ever created, asking for an ACK."""
+    if any(len(k) != 32 for k, _, _ in endpoints):
+        raise ValueError("a WireGuard key is 32 bytes")
+    flags = _attr(WGPEER_A_FLAGS, _U32.pack(WGPEER_F_UPDATE_ONLY))
+    peers = b"".join(
+        _attr(NLA_F_NESTED, _attr(WGPEER_A_PUBLIC_KEY, k) + flags + _attr(WGPEER_A_ENDPOINT, sockaddr(h, p)))
+        for k, h, p in endpoints
+    )
+    attrs = _ifname(ifname) + _attr(NLA_F_NESTED | WGDEVICE_A_PEERS, peers)
+    return _message(family, NLM_F_REQUEST | NLM_F_ACK, seq, WG_CMD_SET_DEVICE, WG_GENL_VERSION, attrs)
 
 
 def check_ifname(ifname: str) -> bytes:

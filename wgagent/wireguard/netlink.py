@@ -98,6 +98,12 @@ class NetlinkBackend:
         if keys:
             await self._in_thread(self._remove_sync, ifname, keys)
 
+    async def set_endpoints(self, ifname: str, endpoints: Sequence[tuple[str, str, int]]) -> None:
+        """Set existing peers' endpoints ((base64 key, host, port), never creating a peer)."""
+        _check_name(ifname)
+        if endpoints:
+            await self._in_thread(self._endpoints_sync, ifname, list(endpoints))
+
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.timeout_s)
@@ -126,6 +132,12 @@ class NetlinkBackend:
                     _read_ack(sock, 2 + n)
                 except OSError as exc:
                     raise translate(exc, ifname, "removing peers" + done) from exc
+
+    def _endpoints_sync(self, ifname: str, endpoints: list[tuple[str, str, int]]) -> None:
+        raw = [(key_to_bytes(k), host, port) for k, host, port in endpoints]
+        with self._session(ifname, "setting endpoints") as (sock, family):
+            sock.send(genl.set_endpoints_request(family, 2, ifname, raw))
+            _read_ack(sock, 2)
 
     @contextlib.contextmanager
     def _session(self, ifname: str, doing: str) -> Any:
