@@ -382,6 +382,26 @@ class WireGuardConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    enabled: bool = key(
+        _bool, True, "publish this node's view of flannel's WireGuard mesh and read the others' (needs kube, wireguard)"
+    )
+    publish_interval_s: float = key(
+        _seconds(1, 3600), 60.0, "at most one write of the mesh report per this many seconds (unchanged: every 30 min)"
+    )
+    probe: bool = key(_bool, True, "send inbound probes to the other Nodes' advertised public-ip:port, see theirs")
+    probe_interval_s: float = key(_seconds(1, 86400), 300.0, "at most one probe per peer pair per this many seconds")
+    heal_endpoints: bool = key(
+        _bool, True, "set a dead peer's drifted endpoint back to the one its Node advertises (no k3s restart)"
+    )
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    enabled: bool = key(_bool, True, "record Kubernetes Events on the own Node: what wgagent does, mesh changes")
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str | None = key(_optional(_node_name), None, "this node's Kubernetes name (default: the hostname)")
     state_dir: str = key(_abspath, "/var/lib/wgagent", "where wgagent keeps its state")
@@ -394,6 +414,8 @@ class Config:
     k3s: K3sConfig = section(K3sConfig, "k3s config drop-in and restarts")
     kube: KubeConfig = section(KubeConfig, "Kubernetes API: annotation and node watch")
     wireguard: WireGuardConfig = section(WireGuardConfig, "WireGuard module, interface and peer GC")
+    mesh: MeshConfig = section(MeshConfig, "mesh health: which node pairs cannot talk, why, and the fix")
+    events: EventsConfig = section(EventsConfig, "Kubernetes Events on the own Node")
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
     ├── WireGuardError            a WireGuard device could not be read or changed
     │   └── DeviceNotFound        no such device, or no backend can reach it
     ├── ModuleError               the wireguard kernel module cannot be loaded
+    ├── TapUnavailable            the mesh probe tap (AF_PACKET) cannot run here
+    ├── NftUnavailable            nft cannot count probes or list the ruleset here
     └── DaemonNotRunning          a command needs the running daemon and found none
 
 Foreign exceptions (OSError, aiohttp, pyroute2's NetlinkError, yaml) are translated
@@ -129,6 +131,14 @@ class DeviceNotFound(WireGuardError):
 
 class ModuleError(WgAgentError):
     """The wireguard kernel module cannot be loaded; the message says why and what to do."""
+
+
+class TapUnavailable(WgAgentError):
+    """The probe tap cannot run here; the message says why (the mesh report's ``in.st``)."""
+
+
+class NftUnavailable(WgAgentError):
+    """nft cannot be used here; the message says why (the mesh report's ``in.ctr``)."""
 
 
 class DaemonNotRunning(WgAgentError):

@@ -27,6 +27,7 @@ CHECK_NAMES = (
     "wireguard_module",
     "wireguard_interface",
     "peer_gc",
+    "mesh",
 )
 """Every check a part may register, in the order people read them."""
 

@@ -19,9 +19,9 @@ port::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from wgagent.config import MeshConfig
 from wgagent.model import ANN_BACKEND_DATA, ANN_BACKEND_V6_DATA, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, NodeInfo
 
 DEFAULT_PORT = 51820
@@ -70,19 +70,9 @@ STATES = ("ok", "degraded", "down", "unknown")
 would not (so the pair breaks as soon as the other side stops initiating)."""
 
 
-@dataclass(frozen=True)
-class MeshPolicy:
-    """The ``mesh.*`` keys (phase 2 adds them to ``config.py`` with these defaults)."""
-
-    enabled: bool = True
-    publish_interval_s: float = 60.0
-    """At most one write of the report per this many seconds."""
-    probe: bool = True
-    """Send inbound probes to the other Nodes, and watch for theirs."""
-    probe_interval_s: float = 300.0
-    """At most one probe per peer pair per this many seconds (jittered upwards, never below)."""
-    heal_endpoints: bool = True
-    """Set a dead peer's drifted endpoint back to the one its Node advertises."""
+MeshPolicy = MeshConfig
+"""The ``mesh.*`` keys are the policy (``mesh.enabled``, ``publish_interval_s``, ``probe``,
+``probe_interval_s``, ``heal_endpoints``): one statement of them, in ``config.py``."""
 
 
 def parse_port(backend_data: str | None) -> int | None:

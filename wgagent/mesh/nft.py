@@ -53,7 +53,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from wgagent.errors import WgAgentError
+from wgagent.errors import NftUnavailable
 from wgagent.mesh.firewall import OUR_TABLE
 from wgagent.mesh.probe import MAGIC32
 
@@ -61,10 +61,6 @@ TABLE = OUR_TABLE
 PRIORITY = 2_000_000_000
 EARLY_PRIORITY = -2_000_000_000
 TIMEOUT_S = 5.0
-
-
-class NftUnavailable(WgAgentError):
-    """nft cannot be used here; the message says why (for the report's ``in.ctr``)."""
 
 
 HANDSHAKE = ((0x01000000, 8 + 148), (0x02000000, 8 + 92))

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from wgagent.errors import WgAgentError
+from wgagent.errors import TapUnavailable
 from wgagent.mesh.probe import MAGIC32, MAX_BYTES, Arrival, decode
 
 ETH_P_ALL = 0x0003
@@ -50,10 +50,6 @@ LD_H_IND, LD_W_IND = 0x48, 0x40
 LDX_B_MSH = 0xB1
 JEQ_K, JSET_K = 0x15, 0x45
 RET_K = 0x06
-
-
-class TapUnavailable(WgAgentError):
-    """The probe tap cannot run here; the message says why (for the report's ``in.st``)."""
 
 
 def _ad(offset: int) -> int:
