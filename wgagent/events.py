@@ -36,11 +36,17 @@ A PATCH answered 404 (the API server deletes Events after ``--event-ttl``, 1 h b
 creates the Event again, as client-go's ``recordEvent`` does.
 
 :class:`EventRecorder` is the thin async adapter over an :class:`EventSink` (the Kubernetes
-client implements it); it never raises: a failed write is logged and counted.
+client implements it); it never raises: a failed write is logged and counted. Parts hand it
+records with :meth:`EventRecorder.post` (synchronous: from a Signal listener or a pass), and
+it writes them in the background, one at a time, in order. :class:`EventsPart` is its place
+among the daemon's parts (``wiring.py`` builds one, with the own Node's credential, when
+``kube.enabled`` and ``events.enabled``): it writes folded counts every few minutes, and at a
+stop waits briefly for what is still being written, then closes its client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -51,6 +57,8 @@ from typing import Any, Protocol
 
 from wgagent.errors import Conflict, KubeError, NotFound
 from wgagent.logs import redact
+from wgagent.part import Part
+from wgagent.state import State
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +329,33 @@ class EventRecorder:
         self.ledger = Ledger()
         self.written = 0
         self.failed = 0
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def post(self, record: Record) -> None:
+        """:meth:`record` from synchronous code: written in the background, in order; never raises.
+
+        Without a running event loop (a command, a test without one) nothing is written.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log.debug("event %s not written: no event loop", record.reason)
+            return
+        task = loop.create_task(self.record(record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait at most ``timeout_s`` for the posted records to be written."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
 
     async def record(self, record: Record) -> None:
+        async with self._lock:  # one write at a time: each decision sees the last write's ledger
+            await self._record(record)
+
+    async def _record(self, record: Record) -> None:
         now = self.clock()
         action, after = decide(self.ledger, record, self.node, now, self.policy)
         if isinstance(action, Skip):
@@ -333,9 +366,10 @@ class EventRecorder:
             log.info("event %s %s: %s", record.type, record.reason, clean(record.message))
 
     async def flush(self) -> None:
-        patches, after = flush(self.ledger, self.clock(), self.policy)
-        for p in patches:
-            await self._write(p, after, self.clock())
+        async with self._lock:
+            patches, after = flush(self.ledger, self.clock(), self.policy)
+            for p in patches:
+                await self._write(p, after, self.clock())
 
     async def _write(self, action: Create | Patch, after: Ledger, now: float) -> bool:
         try:
@@ -359,3 +393,40 @@ class EventRecorder:
         # 409: already there (a retried POST that had arrived): as client-go, not an error.
         with contextlib.suppress(Conflict):
             await self.sink.create_event(NAMESPACE, action.body)
+
+
+def ignore(record: Record) -> None:
+    """What a part posts to when Events are off (``events.enabled: false``, or no Kubernetes)."""
+
+
+class EventsPart(Part):
+    """The recorder among the daemon's parts: ``/status`` ``events``, folded counts written every
+    5 minutes (a token comes back that often), a bounded wait for the last writes at a stop."""
+
+    name = "events"
+    checks = ()
+    STOP_WAIT_S = 0.5
+
+    def __init__(self, state: State, recorder: EventRecorder, *, close: Callable[[], Any] | None = None) -> None:
+        super().__init__(state)
+        self.recorder = recorder
+        self.interval_s = recorder.policy.refill_s
+        self._close = close
+
+    async def reconcile(self) -> None:
+        await self.recorder.flush()
+        r = self.recorder
+        self.state.set_part(
+            self.name,
+            {
+                "written": r.written,
+                "failed": r.failed,
+                "dropped": r.ledger.dropped,
+                "reasons": sorted(r.ledger.entries),
+            },
+        )
+
+    async def close(self) -> None:
+        await self.recorder.drain(self.STOP_WAIT_S)
+        if self._close is not None:
+            await self._close()

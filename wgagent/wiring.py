@@ -15,9 +15,15 @@ disagree on which credential, backend or source to use.
 Who hears whom (the :class:`~wgagent.part.Signal` connections made by :func:`build_parts`)::
 
     public IP adopted      -> annotation part, k3s part   (drop-in and overwrite follow the address)
+                           -> Events                      (PublicIPAdopted)
     Nodes changed          -> annotation part             (only when the own Node changed)
     k3s restart needed     -> k3s part                    (it restarts k3s once, for every need)
     k3s found after start  -> the daemon rebuilds         (identity is decided once per build)
+
+Kubernetes Events: one :class:`~wgagent.events.EventRecorder` per build (with the own Node's
+credential, as kubelet records its node events), handed to each part that acts as a plain
+``events(record)`` callable (``events.ignore`` when ``events.enabled`` or ``kube.enabled`` is
+false); its :class:`~wgagent.events.EventsPart` writes folded counts and closes it.
 
 Heavy imports (aiohttp, pyroute2) happen inside the functions that need them, so a command
 pays only for what it uses.
@@ -30,7 +36,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from wgagent.config import Config, PublicIPConfig
 from wgagent.k3s.role import UNIT_DIRS, Identity, decide_identity_from
@@ -39,10 +45,13 @@ from wgagent.wireguard.backend import BackendFactory, HostNet, open_backend
 from wgagent.wireguard.module import ModuleHost
 
 if TYPE_CHECKING:
+    from wgagent.events import EventSink, Record
     from wgagent.families import Families
     from wgagent.k3s.part import K3sPart
     from wgagent.kube.annotation import AnnotationPart, OwnNode
     from wgagent.kube.protocol import NodeAPI
+    from wgagent.mesh.heal import EndpointSetter
+    from wgagent.mesh.part import MeshHost
     from wgagent.metrics import Registry
     from wgagent.model import ClusterView, PublicAddresses
     from wgagent.part import Part
@@ -51,15 +60,32 @@ if TYPE_CHECKING:
     from wgagent.publicip.sources import Source, SourceSet
     from wgagent.state import State
 
+    class ClusterAPI(NodeAPI, EventSink, Protocol):
+        """What the parts need of a Kubernetes client: Nodes (watch, annotation, mesh report) and
+        Events (``kube.client.KubeClient`` is both)."""
+
+
 Stages = list[list["Part"]]
-KubeClientFactory = Callable[[str, float, "Registry | None"], "NodeAPI"]
-"""``(kubeconfig path, request timeout, metrics) -> NodeAPI``."""
+KubeClientFactory = Callable[[str, float, "Registry | None"], "ClusterAPI"]
+"""``(kubeconfig path, request timeout, metrics) -> ClusterAPI``."""
 
 
-def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> NodeAPI:
+def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> ClusterAPI:
     from wgagent.kube.client import KubeClient
 
     return KubeClient(path, timeout_s=timeout_s, metrics=metrics)
+
+
+def _endpoint_setter(ifname: str, uapi_dir: str) -> EndpointSetter:
+    from wgagent.wireguard.endpoints import open_endpoint_setter
+
+    return open_endpoint_setter(ifname, uapi_dir)
+
+
+def _mesh_host() -> MeshHost:
+    from wgagent.mesh.part import MeshHost
+
+    return MeshHost()
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,10 @@ class Seams:
     """``(ifname, uapi_dir) -> Backend``: UAPI when a socket exists, else kernel netlink."""
     host_net: HostNet = field(default_factory=HostNet)
     module_host: ModuleHost = field(default_factory=ModuleHost)
+    endpoint_setters: Callable[[str, str], EndpointSetter] = _endpoint_setter
+    """``(ifname, uapi_dir) -> EndpointSetter``: the mesh part's heal, over UAPI or netlink as ``backends``."""
+    mesh: MeshHost = field(default_factory=_mesh_host)
+    """The mesh part's probe tap (AF_PACKET), nftables counters, probe sender, local-address test."""
     kube_client: KubeClientFactory = _kube_client
     public_ip_sources: Sequence[Source] | None = None
     """None: the sources the config enables."""
@@ -102,6 +132,16 @@ def kube_clients(
     )
     timeout = cfg.kube.request_timeout_s
     return seams.kube_client(paths.own, timeout, metrics), seams.kube_client(paths.list, timeout, metrics)
+
+
+def own_client(cfg: Config, identity: Identity, seams: Seams, metrics: Registry | None = None) -> ClusterAPI:
+    """A client of its own (each part closes its own) with the own Node's credential."""
+    from wgagent.kube.kubeconfig import credential_paths
+
+    paths = credential_paths(
+        cfg.kube, cfg.k3s, identity.role_name, data_dir=identity.data_dir, admin_kubeconfig=identity.kubeconfig
+    )
+    return seams.kube_client(paths.own, cfg.kube.request_timeout_s, metrics)
 
 
 async def list_nodes_once(cfg: Config, identity: Identity, seams: Seams) -> tuple[ClusterView | None, str]:
@@ -183,8 +223,12 @@ class _Builder:
         self.adopted: Callable[[], PublicAddresses | None] = _unknown
         self.cluster: Callable[[], ClusterView | None] = _unknown
         self.own_node: Callable[[], OwnNode | None] = _unknown
+        self.events: Callable[[Record], None] = _ignore
 
     def build(self) -> Stages:
+        cfg = self.cfg
+        if cfg.kube.enabled and cfg.events.enabled:
+            self._events()
         ip_part = self._public_ip() if self.cfg.public_ip.enabled else None
         k3s_part = self._k3s() if self.cfg.k3s.enabled else None
         annotation = self._kube(k3s_part) if self.cfg.kube.enabled else None
@@ -194,6 +238,9 @@ class _Builder:
             ip_part.changed.connect(lambda _: part.wake.set())
         if self.cfg.wireguard.enabled:
             self._wireguard()
+        # The mesh looks at flannel's WireGuard device (wireguard.*) and speaks through the Nodes.
+        if cfg.mesh.enabled and cfg.kube.enabled and cfg.wireguard.enabled:
+            self._mesh()
         return [stage for stage in self.stages.values() if stage]
 
     # --- what flows between the parts ------------------------------------------------------
@@ -239,7 +286,20 @@ class _Builder:
                             monotonic=seams.monotonic)  # fmt: skip
         self.adopted = part.adopted
         self.stages["observe"].append(part)
+        self._announce_adoptions(part)
         return part
+
+    def _announce_adoptions(self, part: PublicIPPart) -> None:
+        from wgagent.events import public_ip_adopted
+
+        last = [part.adopted()]
+        how = f"agreed by the sources and confirmed in {self.cfg.public_ip.confirmations} round(s)"
+
+        def adopted(addrs: PublicAddresses) -> None:
+            self.events(public_ip_adopted(str(last[0]) if last[0] else None, str(addrs), how))
+            last[0] = addrs
+
+        part.changed.connect(adopted)
 
     def _k3s(self) -> K3sPart:
         from wgagent.k3s.part import K3sPart
@@ -302,6 +362,45 @@ class _Builder:
             return None
         return self.seams.kube_client(own_api.source, self.cfg.kube.request_timeout_s, self.state.metrics)
 
+    def _events(self) -> None:
+        from wgagent.events import EventRecorder, EventsPart, EventsPolicy
+
+        api = own_client(self.cfg, self.identity, self.seams, self.state.metrics)
+        recorder = EventRecorder(api, self.identity.node, EventsPolicy(enabled=True), clock=self.seams.clock)
+        self.events = recorder.post
+        self.stages["observe"].append(EventsPart(self.state, recorder, close=api.close))
+
+    def _mesh(self) -> None:
+        from wgagent.mesh.part import MeshPart
+
+        cfg, seams = self.cfg, self.seams
+        part = MeshPart(
+            self.state,
+            self.identity.node,
+            cfg,
+            own_client(cfg, self.identity, seams, self.state.metrics),
+            cluster=self.cluster,
+            adopted=lambda: self.adopted(),
+            backends=seams.backends,
+            host_net=seams.host_net,
+            setters=seams.endpoint_setters,
+            host=seams.mesh,
+            events=self.events,
+            provider=self._provider(),
+            clock=seams.clock,
+            rand=seams.rand,
+        )
+        self.stages["clean"].append(part)  # after the node watch has listed and the address is known
+
+    def _provider(self) -> str | None:
+        """The cloud the metadata source would ask (configured, or from DMI), for the fix texts."""
+        chosen = self.cfg.public_ip.metadata_provider
+        if chosen != "auto":
+            return None if chosen == "none" else chosen
+        from wgagent.publicip.metadata import identify, read_dmi
+
+        return identify(read_dmi(self.cfg.public_ip.dmi_dir))
+
     def _wireguard(self) -> None:
         from wgagent.wireguard.gc.part import GCPart
         from wgagent.wireguard.interface import InterfacePart
@@ -321,3 +420,7 @@ class _Builder:
 
 def _unknown() -> None:
     return None
+
+
+def _ignore(record: Record) -> None:
+    """No Events (``events.enabled`` or ``kube.enabled`` is false)."""

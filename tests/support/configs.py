@@ -46,6 +46,7 @@ def sandbox(tmp: str, port: int, **overrides: Any) -> dict[str, Any]:
             "modules_load_file": os.path.join(tmp, "modules-load.d", "wgagent.conf"),
             "gc": {"enabled": False},
         },
+        "mesh": {"enabled": False},
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(cfg.get(section), dict):

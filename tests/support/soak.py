@@ -55,6 +55,7 @@ from wgagent.config import (
     K3sConfig,
     KubeConfig,
     ListenAddress,
+    MeshConfig,
     PublicIPConfig,
     WireGuardConfig,
 )
@@ -220,6 +221,7 @@ class Soak:
                 uapi_dir=str(work / "run-wireguard"),
                 gc=GCConfig(stale_after_s=180),
             ),
+            mesh=MeshConfig(enabled=False),  # its probes would leave the host: the soak stays on loopback
         )
         backend = self.backend
         seams = Seams(

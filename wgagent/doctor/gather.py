@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wgagent import wiring
 from wgagent.config import Config
@@ -33,7 +33,6 @@ from wgagent.k3s.scan import read_config_files
 from wgagent.k3s.unit import exec_start, read_unit
 from wgagent.kube.annotation import annotations_of
 from wgagent.kube.kubeconfig import credential_paths
-from wgagent.kube.protocol import NodeAPI
 from wgagent.kube.watch import list_once
 from wgagent.metrics import Registry
 from wgagent.model import ClusterView
@@ -42,6 +41,9 @@ from wgagent.wireguard.gc import FirstSeenStore
 from wgagent.wireguard.interface import bound_udp_ports, read_device
 from wgagent.wireguard.module import MODULE, ModuleHost, check_module
 from wgagent.wiring import Seams
+
+if TYPE_CHECKING:
+    from wgagent.kube.client import KubeClient
 
 T = TypeVar("T")
 
@@ -58,7 +60,7 @@ def doctor_seams() -> Seams:
     return Seams(module_host=module, kube_client=_kube_client)
 
 
-def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> NodeAPI:
+def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> KubeClient:
     from wgagent.kube.client import KubeClient
 
     return KubeClient(path, timeout_s=timeout_s, retries=0, metrics=metrics)

@@ -43,3 +43,23 @@ def send(
         for sock in socks.values():
             sock.close()
     return out
+
+
+def is_local_address(ip: str) -> bool:
+    """Whether ``ip`` is an address of this host (network namespace): binding a UDP socket to it
+    works only then (EADDRNOTAVAIL otherwise). The mesh report's ``nat``: the advertised
+    public-ip is on none of the node's interfaces.
+
+    Wrong only where ``net.ipv4.ip_nonlocal_bind`` (or ``ipv6.ip_nonlocal_bind``) is set, which
+    lets any address be bound (keepalived/HAProxy hosts): such a node reports no NAT.
+
+    >>> is_local_address("127.0.0.1"), is_local_address("not an address")
+    (True, False)
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind((ip, 0))
+    except (OSError, ValueError):
+        return False
+    return True

@@ -12,7 +12,13 @@ Only existing peers are touched, never created:
   ``WGPEER_F_REPLACE_ALLOWEDIPS``: sent with no allowed IPs it would *wipe the peer's allowed IPs*.
 
 :func:`encode_set_endpoints` is pure; the two setters are thin adapters implementing
-:class:`wgagent.mesh.heal.EndpointSetter`.
+:class:`wgagent.mesh.heal.EndpointSetter`, and :func:`open_endpoint_setter` picks one per
+interface as :func:`wgagent.wireguard.backend.open_backend` picks the reader.
+
+Why not a method of :class:`~wgagent.wireguard.backend.Backend`: only the mesh part's heal sets
+endpoints; peer GC, the interface check, doctor and ``wgagent gc`` read and remove. The
+consumer states what it needs (``heal.EndpointSetter``), and every reader (and every test
+fake of one) stays as small as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 
 from wgagent.errors import DeviceNotFound, WireGuardError
+from wgagent.wireguard.backend import has_uapi_socket
 from wgagent.wireguard.model import KEY_LEN, key_to_bytes
 from wgagent.wireguard.netlink import NetlinkBackend
 from wgagent.wireguard.uapi import errno_text, parse_errno
@@ -62,6 +69,15 @@ def encode_set_endpoints(endpoints: Mapping[str, str]) -> bytes:
         parts.append(f"public_key={raw.hex()}\nupdate_only=true\nendpoint={endpoint}\n")
     parts.append("\n")
     return "".join(parts).encode("ascii")
+
+
+def open_endpoint_setter(
+    ifname: str, uapi_dir: str, *, timeout_s: float = 10.0
+) -> UapiEndpointSetter | NetlinkEndpointSetter:
+    """The setter for ``ifname``: UAPI if its socket exists, else kernel netlink (as ``open_backend``)."""
+    if has_uapi_socket(uapi_dir, ifname):
+        return UapiEndpointSetter(uapi_dir, timeout_s=timeout_s)
+    return NetlinkEndpointSetter(timeout_s=timeout_s)
 
 
 class UapiEndpointSetter:
