@@ -7,6 +7,7 @@
     doctor [--json]          explain what is wrong on this node and how to fix it
     discover [--json]        ask every public IP source once and show the decision
     gc [--dry-run] [--json]  one dead-peer GC pass now
+    mesh [--json]            which node pairs cannot talk, why, and the fix (every Node's report)
     version                  print the version (also --version)
 
 Exit codes: 0 all good; 1 something checked is failing; 2 bad usage or config (one line on
@@ -30,7 +31,7 @@ from wgagent import __version__
 from wgagent.commands import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from wgagent.errors import ConfigError, DaemonNotRunning, WgAgentError
 
-COMMANDS = ("run", "status", "doctor", "discover", "gc")
+COMMANDS = ("run", "status", "doctor", "discover", "gc", "mesh")
 """Each is ``wgagent.commands.<name>.main(args)``, imported only when it runs."""
 
 
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="one dead-peer garbage collection pass")
     gc.add_argument("--dry-run", action="store_true", help="decide and report, remove nothing")
     gc.add_argument("--json", action="store_true", help="one JSON object per interface, one line each")
+    mesh = sub.add_parser("mesh", help="which node pairs cannot talk, why, and the fix")
+    mesh.add_argument("--json", action="store_true", help='print {"nodes", "pairs", "problems", "reports"} as JSON')
     sub.add_parser("version", help="print the version")
     return p
 

@@ -5,6 +5,7 @@
     discover.py  discover [--json]     one public IP round, nothing adopted
     gc.py        gc [--dry-run] [--json]  one dead-peer GC pass now
     doctor.py    doctor [--json]       what is wrong on this node, and the fix
+    mesh.py      mesh [--json]         which node pairs cannot talk, why, and the fix
     text.py      the text helpers every command prints with (tables, times)
 
 The rule, so the house stays readable: a command is a thin adapter. It loads the config,

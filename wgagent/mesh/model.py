@@ -18,6 +18,7 @@ port::
 
 from __future__ import annotations
 
+import functools
 import json
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -93,6 +94,7 @@ def parse_port(backend_data: str | None) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str | None) -> IPv4Address | IPv6Address | None:
     if not text:
         return None

@@ -230,7 +230,7 @@ class MeshPart(Part):
         arrivals, probing.arrivals = probing.arrivals, []
         if self._st is None:
             self._st = agent.start(now, counts.get("pass") if counts else None)
-        reports = {n: i.annotations[rp.ANNOTATION] for n, i in view.nodes.items() if rp.ANNOTATION in i.annotations}
+        reports = rp.published(view)
         return agent.Inputs(
             now, device, view, reports, detail, self._host_facts(view), arrivals, counts,
             probing.tap_state, probing.counter_state, probing.rule,

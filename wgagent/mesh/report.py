@@ -47,6 +47,7 @@ silent agent shows as stale (:data:`~wgagent.mesh.model.STALE_AFTER_S`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,7 @@ from typing import Any
 from wgagent.mesh import observe as ob
 from wgagent.mesh import probe as pb
 from wgagent.mesh.model import REFRESH_S
+from wgagent.model import ClusterView
 
 ANNOTATION = "wgagent.io/mesh"
 VERSION = 1
@@ -284,8 +286,12 @@ class _Bad(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=4096)
 def decode(text: str | None) -> Report | None:
-    """The report in an annotation value, or None when it is absent, malformed or not ours."""
+    """The report in an annotation value, or None when it is absent, malformed or not ours.
+
+    Remembered by value (the last 4,096): a pass reads every Node's report, and most are the
+    same as at the last pass. The result is shared: never change it."""
     if not text or len(text) > MAX_BYTES:
         return None
     try:
@@ -428,6 +434,11 @@ def decide_publish(
     if now - last.at >= REFRESH_S:
         return PublishDecision(True, "refresh")
     return PublishDecision(False, "unchanged", last.at + REFRESH_S)
+
+
+def published(view: ClusterView) -> dict[str, str]:
+    """Every Node's report as the Node list carries it: node name -> the annotation's value."""
+    return {name: info.annotations[ANNOTATION] for name, info in view.nodes.items() if ANNOTATION in info.annotations}
 
 
 def patch(report: Report) -> dict[str, Any]:
