@@ -33,7 +33,7 @@ async def test_build_parts_stages_the_watch_before_the_annotation(tmp_path: Path
     require("openssl")
     async with KubeAPI(nodes=["n1"], pki=shared_pki()) as api:
         stages = build_parts(kube_only(tmp_path, api), Identity("n1", "test", None), State(node="n1", version="test"))
-        assert [[p.name for p in stage] for stage in stages] == [["node_watch"], ["annotation"]]
+        assert [[p.name for p in stage] for stage in stages] == [["events", "node_watch"], ["annotation"]]
         for stage in stages:
             for part in stage:
                 await part.close()

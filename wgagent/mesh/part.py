@@ -432,8 +432,8 @@ class MeshPart(Part):
             return f"to fix on {me}: {first.cause}: {first.fix}{more}"
         row = sum(1 for a, _ in d.faulty if a == me)
         others = len(d.faulty) - row
-        mine = f"from {me}: all {max(n - 1, 0)} pairs ok" if not row else f"from {me}: {row} of {n - 1} pairs not ok"
-        rest = f"; {others} other pairs not ok, fixed elsewhere (wgagent mesh)" if others else ""
+        mine = f"from {me}: {max(n - 1, 0) - row} of {max(n - 1, 0)} pairs ok"
+        rest = f"; {others} other pair(s) not ok, fixed elsewhere (wgagent mesh)" if others else ""
         return f"{n} nodes; {mine}{rest}; nothing to fix here"
 
     def _status(self, out: agent.Outputs) -> dict[str, Any]:
