@@ -179,9 +179,18 @@ class EventStore:
             raise not_found(name)
         return copy.deepcopy(found)
 
-    def update(self, namespace: str, name: str, mutate: Callable[[Obj], Obj], *, dry_run: bool = False) -> Obj:
-        """PUT or PATCH: ``mutate`` gets a copy (``{}`` when absent: events allow create on update)."""
+    def update(
+        self, namespace: str, name: str, mutate: Callable[[Obj], Obj], *, dry_run: bool = False, create: bool = True
+    ) -> Obj:
+        """PUT or PATCH: ``mutate`` gets a copy. When absent: a PUT (``create``) creates it (events
+        allow create on update: kubernetes pkg/registry/core/event/strategy.go
+        ``AllowCreateOnUpdate``); a JSON, merge or strategic merge PATCH is 404 (apiserver
+        endpoints/handlers/patch.go: ``jsonPatcher``/``smpPatcher.createNewObject`` answer
+        NotFound; only server-side apply creates), which client-go's recorder takes to mean
+        "expired: create it again"."""
         current = self.items.get((namespace, name))
+        if current is None and not create:
+            raise not_found(name)
         if current is None:
             body = mutate({})
             return self.create(namespace, {**body, "metadata": {**(body.get("metadata") or {}), "name": name}},

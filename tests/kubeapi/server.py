@@ -528,7 +528,7 @@ class KubeAPI:
                           "details": {"name": name, "kind": "events", "uid": gone["metadata"]["uid"]}})  # fmt: skip
         if info.verb in ("update", "patch"):
             apply = await _change(request, info.verb)
-            return _json(store.update(ns, name, apply, dry_run=dry_run))
+            return _json(store.update(ns, name, apply, dry_run=dry_run, create=info.verb == "update"))
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
 
     def _render_events(self, items: list[Obj], fmt: str, query: Mapping[str, str]) -> Obj:
