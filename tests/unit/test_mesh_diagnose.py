@@ -325,6 +325,27 @@ def test_a_thousand_nodes_with_faults_list_only_those() -> None:
     assert len(d.faulty) == 20 and all(p.cause == m.INBOUND_BLOCKED_UPSTREAM for p in d.faulty.values())
 
 
+def test_half_of_a_thousand_nodes_not_reporting_costs_no_cell_until_one_is_read() -> None:
+    v, reps = big(1000, 0)
+    silent = sorted(reps)[:500]  # node-0000 .. node-0499: wgagent not installed there yet
+    for name in silent:
+        del reps[name]
+    me = "node-0500"
+    reps[me] = report(note("node-0501", wg="down", wg_since=NOW - 300), ok=999)
+    started = time.process_time()
+    d = dg.diagnose(v, reps, NOW)
+    assert time.process_time() - started < 1.0  # the 499,500 silent cells are 500 entries' worth
+    assert len(d.faulty) == 500 * 999 + 2  # and me <-> node-0501, both ways (who hears whom)
+    assert d.states() == {"unknown": 500 * 999, "down": 2}
+    assert d.cell("node-0001", "node-0002") == dg.Pair(
+        "node-0001", "node-0002", "unknown", m.NO_REPORT, "node-0001",
+        dg.fix_no_report("node-0001", dg.ReportState("missing")),
+    )  # fmt: skip
+    assert d.row("node-0001") == {b: d.cell("node-0001", b) for b in d.nodes if b != "node-0001"}
+    assert set(d.row(me)) == {"node-0501"} and set(d.column(me)) == set(silent)
+    assert dict(d.faulty.items()) == {k: d.faulty[k] for k in d.faulty}  # iteration and lookup agree
+
+
 def test_expected_senders_are_fresh_reports_that_probe() -> None:
     reps = {
         "me": report(),

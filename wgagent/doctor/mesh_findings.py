@@ -51,7 +51,8 @@ def _own_report(state: str, age_s: float | None) -> Finding:
 
 
 def _cells(d: Diagnosis, me: str) -> list[Finding]:
-    mine = [p for (a, b), p in sorted(d.faulty.items()) if a == me or (b == me and p.node == me)]
+    row = [p for _, p in sorted(d.row(me).items())]
+    mine = row + [p for _, p in sorted(d.column(me).items()) if p.node == me]
     out = [_cell(p, me) for p in mine[:SHOWN]]
     if len(mine) > SHOWN:
         out.append(Finding("info", AREA, f"{len(mine) - SHOWN} more pairs of {me} are not ok", "", "wgagent mesh"))
@@ -74,5 +75,6 @@ def _problems(d: Diagnosis, me: str, *, skip_own: bool = False) -> list[Finding]
 
 def _all_ok(d: Diagnosis, me: str) -> Finding:
     n = len(d.nodes)
-    elsewhere = f"; {len(d.faulty)} pairs between other nodes are not ok (wgagent mesh)" if d.faulty else ""
+    count = sum(d.states().values())
+    elsewhere = f"; {count} pairs between other nodes are not ok (wgagent mesh)" if count else ""
     return Finding("ok", AREA, f"every pair from and to {me} is ok ({n} nodes){elsewhere}")

@@ -154,7 +154,8 @@ def peer_metrics(obs: ob.Observation) -> dict[str, tuple[float | None, str]]:
 def pairs_by_state(d: dg.Diagnosis) -> dict[str, int]:
     """``wgagent_mesh_pairs{state}``: ordered pairs per state (ok included)."""
     n = len(d.nodes)
-    counts = {"ok": n * (n - 1) - len(d.faulty), "degraded": 0, "down": 0, "unknown": 0}
-    for p in d.faulty.values():
-        counts[p.state] += 1
+    counts = {"ok": n * (n - 1), "degraded": 0, "down": 0, "unknown": 0}
+    for state, count in d.states().items():
+        counts[state] += count
+        counts["ok"] -= count
     return counts

@@ -35,7 +35,7 @@ class Row:
 
 
 def row(d: Diagnosis, me: str) -> Row:
-    cells = {b: p for (a, b), p in d.faulty.items() if a == me}
+    cells = dict(d.row(me))
     inbound = {p.cause: p.fix for p in d.problems if p.node == me and p.cause in INBOUND_CAUSES}
     return Row(cells, inbound)
 

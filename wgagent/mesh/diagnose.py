@@ -77,7 +77,7 @@ name it. Nothing found: ``unknown``, no node named.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from wgagent.mesh import model as m
@@ -130,17 +130,105 @@ class ReportState:
         return self.state != REPORT_OK
 
 
+class Cells(Mapping[tuple[str, str], Pair]):
+    """Every cell that is not ok, by (from, to): the cells found one by one, and the whole rows of
+    nodes that do not report, kept as one Pair each and made per cell only when read.
+
+    A node without a usable report makes its n - 1 cells unknown; 500 of 1,000 nodes not
+    reporting (a roll-out under way) would be 500,000 Pairs, made at every pass of every agent.
+    The part reads its own row and column and the counts (:meth:`row`, :meth:`column`,
+    :meth:`states`), which cost what the cells found cost; iterating everything costs what
+    it always did (``wgagent mesh --json`` lists every cell that is not ok).
+
+    >>> c = Cells(("a", "b", "c"), {("b", "c"): Pair("b", "c", "down", "stale-key", "b", "")},
+    ...           {"a": Pair("a", "", "unknown", "no-report", "a", "")})
+    >>> sorted(c), c[("a", "c")].dst, len(c), c.states()
+    ([('a', 'b'), ('a', 'c'), ('b', 'c')], 'c', 3, {'unknown': 2, 'down': 1})
+    """
+
+    def __init__(
+        self, names: Sequence[str], found: Mapping[tuple[str, str], Pair], silent: Mapping[str, Pair] | None = None
+    ) -> None:
+        self._names = tuple(names)
+        self._found = dict(found)
+        self._silent = dict(silent or {})
+        self._members = frozenset(self._names)
+
+    def __getitem__(self, key: tuple[str, str]) -> Pair:
+        found = self._found.get(key)
+        if found is not None:
+            return found
+        a, b = key
+        row = self._silent.get(a)
+        if row is None or a == b or b not in self._members:
+            raise KeyError(key)
+        return dataclasses.replace(row, dst=b)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if not self._silent:
+            yield from self._found
+            return
+        for a in self._silent:
+            yield from ((a, b) for b in self._names if b != a)
+        yield from self._found
+
+    def __len__(self) -> int:
+        return len(self._found) + len(self._silent) * max(len(self._names) - 1, 0)
+
+    def row(self, a: str) -> dict[str, Pair]:
+        """The cells from ``a`` that are not ok, by destination."""
+        if a in self._silent:
+            return {b: self[(a, b)] for b in self._names if b != a}
+        return {dst: p for (src, dst), p in self._found.items() if src == a}
+
+    def column(self, b: str) -> dict[str, Pair]:
+        """The cells towards ``b`` that are not ok, by source."""
+        out = {src: p for (src, dst), p in self._found.items() if dst == b}
+        out.update({a: dataclasses.replace(p, dst=b) for a, p in self._silent.items() if a != b and b in self._members})
+        return out
+
+    def states(self) -> dict[str, int]:
+        """How many cells are in each state that is not ok."""
+        out: dict[str, int] = {}
+        for p in self._silent.values():
+            out[p.state] = out.get(p.state, 0) + max(len(self._names) - 1, 0)
+        for p in self._found.values():
+            out[p.state] = out.get(p.state, 0) + 1
+        return out
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     at: float
     nodes: tuple[str, ...]
     faulty: Mapping[tuple[str, str], Pair] = field(default_factory=dict)
-    """Every cell that is not ok, by (from, to); a cell not here is ok."""
+    """Every cell that is not ok, by (from, to); a cell not here is ok (:class:`Cells`)."""
     problems: tuple[Problem, ...] = ()
     reports: Mapping[str, ReportState] = field(default_factory=dict)
 
     def cell(self, src: str, dst: str) -> Pair:
         return self.faulty.get((src, dst)) or Pair(src, dst, "ok", m.OK, None, "")
+
+    def row(self, src: str) -> Mapping[str, Pair]:
+        """The cells from ``src`` that are not ok, by destination."""
+        if isinstance(self.faulty, Cells):
+            return self.faulty.row(src)
+        return {b: p for (a, b), p in self.faulty.items() if a == src}
+
+    def column(self, dst: str) -> Mapping[str, Pair]:
+        """The cells towards ``dst`` that are not ok, by source."""
+        if isinstance(self.faulty, Cells):
+            return self.faulty.column(dst)
+        return {a: p for (a, b), p in self.faulty.items() if b == dst}
+
+    def states(self) -> dict[str, int]:
+        """Cells per state that is not ok."""
+        if isinstance(self.faulty, Cells):
+            return self.faulty.states()
+        out: dict[str, int] = {}
+        for p in self.faulty.values():
+            out[p.state] = out.get(p.state, 0) + 1
+        return out
 
     def pairs(self, *, include_ok: bool = False) -> Iterator[Pair]:
         """Cells in row order (from, then to); only the faulty ones unless ``include_ok``."""
@@ -208,12 +296,16 @@ def diagnose(view: ClusterView, annotations: Mapping[str, str], now: float) -> D
     facts = {n: _facts(n, view.nodes.get(n), annotations.get(n), now) for n in names}
     facts = _with_peer_evidence(facts)
     problems = [p for n in names for p in _problems(facts[n])]
-    faulty: dict[tuple[str, str], Pair] = {}
+    silent = {n: _node_cause(f, f) for n, f in facts.items() if f.report is None}  # (n, n): its row's Pair
+    found: dict[tuple[str, str], Pair] = {}
     for a, b in _cells_to_check(facts, names):
+        if facts[a].report is None:
+            continue  # its row is one entry of ``silent``
         cell = _cell(facts[a], facts[b])
         if cell.state != "ok":
-            faulty[(a, b)] = cell
-    return Diagnosis(now, tuple(names), faulty, tuple(problems), {n: facts[n].state for n in names})
+            found[(a, b)] = cell
+    cells = Cells(names, found, {n: dataclasses.replace(p, dst="") for n, p in silent.items() if p is not None})
+    return Diagnosis(now, tuple(names), cells, tuple(problems), {n: facts[n].state for n in names})
 
 
 def _facts(name: str, info: NodeInfo | None, text: str | None, now: float) -> _Node:
@@ -265,9 +357,10 @@ def _replace_wrong(f: _Node, addr: str) -> _Node:
 
 
 def _cells_to_check(facts: Mapping[str, _Node], names: list[str]) -> Iterator[tuple[str, str]]:
-    """Every cell some evidence touches; any other cell is ok. A node without a usable report:
-    its row (its column only where others list it). No interface: its row and column. Shut
-    inbound or a wrong public-ip: its column. And every pair a report lists."""
+    """Every cell some evidence touches; any other cell is ok. No interface: its row and column.
+    Shut inbound or a wrong public-ip: its column. And every pair a report lists. (A node
+    without a usable report: its row is whole, :class:`Cells`; its column only where others
+    list it.)"""
     done: set[tuple[str, str]] = set()
 
     def once(cell: tuple[str, str]) -> Iterator[tuple[str, str]]:
@@ -276,6 +369,8 @@ def _cells_to_check(facts: Mapping[str, _Node], names: list[str]) -> Iterator[tu
             yield cell
 
     for n in names:
+        if facts[n].report is None:
+            continue  # a silent node's row is known whole; the others' cells towards it stand alone
         row, column = _node_level(facts[n])
         for other in names if row or column else ():
             if other != n:

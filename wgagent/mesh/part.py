@@ -415,7 +415,8 @@ class MeshPart(Part):
 
     def _report(self, out: agent.Outputs) -> None:
         d, me = out.diagnosis, self.node
-        here: list[dg.Pair | dg.Problem] = [p for p in d.faulty.values() if p.node == me]
+        here: list[dg.Pair | dg.Problem] = [p for p in d.row(me).values() if p.node == me]
+        here += [p for p in d.column(me).values() if p.node == me]
         here += [p for p in d.problems if p.node == me]
         ok = not here and self._write_error is None
         self.state.set_check("mesh", ok, self._detail(d, here))
@@ -430,8 +431,8 @@ class MeshPart(Part):
             first = here[0]
             more = f" (and {len(here) - 1} more: wgagent mesh)" if len(here) > 1 else ""
             return f"to fix on {me}: {first.cause}: {first.fix}{more}"
-        row = sum(1 for a, _ in d.faulty if a == me)
-        others = len(d.faulty) - row
+        row = len(d.row(me))
+        others = sum(d.states().values()) - row
         mine = f"from {me}: {max(n - 1, 0) - row} of {max(n - 1, 0)} pairs ok"
         rest = f"; {others} other pair(s) not ok, fixed elsewhere (wgagent mesh)" if others else ""
         return f"{n} nodes; {mine}{rest}; nothing to fix here"
@@ -447,9 +448,7 @@ class MeshPart(Part):
                 "bytes": len(rp.encode(out.report)),
                 "error": self._write_error,
             },
-            "row": {
-                b: {"state": c.state, "cause": c.cause, "node": c.node} for (a, b), c in d.faulty.items() if a == me
-            },
+            "row": {b: {"state": c.state, "cause": c.cause, "node": c.node} for b, c in d.row(me).items()},
             "problems": [{"node": x.node, "cause": x.cause} for x in d.problems],
             "pairs": agent.pairs_by_state(d),
             "probe": {"tap": p.tap_state, "counter": p.counter_state, "rule": p.rule, "overflow": p.overflow},

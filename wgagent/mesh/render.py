@@ -79,7 +79,7 @@ def to_json(d: Diagnosis, *, list_all_max: int = LIST_ALL_MAX) -> dict[str, Any]
         "reports": reports,
         "ok": d.ok,
         "at": iso8601(d.at),
-        "ok_pairs": n * (n - 1) - len(d.faulty),
+        "ok_pairs": n * (n - 1) - sum(d.states().values()),
         "ok_pairs_listed": include_ok,
     }
 
@@ -102,9 +102,10 @@ def _headline(d: Diagnosis) -> str:
     n = len(d.nodes)
     if not n:
         return "wgagent mesh: no node runs flannel's WireGuard backend or reports"
-    states = Counter(p.state for p in d.faulty.values())
+    states = Counter(d.states())
     bad = ", ".join(f"{states[s]} {s}" for s in ("down", "degraded", "unknown") if states[s])
-    pairs = f"all {n * (n - 1)} pairs ok" if not bad else f"{len(d.faulty)} of {n * (n - 1)} pairs not ok ({bad})"
+    total = sum(states.values())
+    pairs = f"all {n * (n - 1)} pairs ok" if not bad else f"{total} of {n * (n - 1)} pairs not ok ({bad})"
     problems = f", {len(d.problems)} node problem{'s' if len(d.problems) != 1 else ''}" if d.problems else ""
     return f"wgagent mesh: {n} nodes, {pairs}{problems} (at {iso8601(d.at)})"
 
