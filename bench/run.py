@@ -9,6 +9,7 @@ Runs, in this order, each against a baseline measured in the same run:
     resources   bench_resources.py    RSS after start and after the soak; CPU per idle minute
     discovery   bench_discovery.py    a public IP round (6 sources, 2 hanging) vs the serial sum
     kube        bench_kube_requests.py  API requests in a steady hour vs a polling agent
+    mesh        bench_mesh.py, bench_mesh_writes.py  wgagent mesh over 1,000 nodes; report writes per node per hour
     gc          bench_gc.py           GC of 10,000 dead peers vs the wg set loop and a raw transaction
     kernel      bench_kernel.py       kernel WireGuard in user-mode Linux: netlink read, GC pass, interface check
 
@@ -49,7 +50,7 @@ from bench import bench_health, bench_resources, bench_start
 
 HERE = Path(__file__).resolve().parent
 
-ALL = ("start", "health", "resources", "discovery", "kube", "gc", "kernel")
+ALL = ("start", "health", "resources", "discovery", "kube", "mesh", "gc", "kernel")
 
 
 @dataclass
@@ -127,6 +128,31 @@ def kube(quick: bool) -> list[Row]:
     if not rows or code not in (0, 1):
         rows.append(Row("kube", "API requests in a steady hour", "?", "?", "-", "see its output",
                         "INVALID" if code == 2 else "FAILED"))  # fmt: skip
+    return rows
+
+
+def mesh(quick: bool) -> list[Row]:
+    rows = []
+    code, out = run_script("mesh", ["bench/bench_mesh.py", *(["--runs", "2"] if quick else [])])
+    found = _find(r"decode \+ diagnose \+ text \+ JSON\s+([\d.]+) ms", out)
+    base = _find(r"baseline: json.loads \+ dumps\s+([\d.]+) ms", out)
+    if found and base:
+        ours, theirs = float(found.group(1)), float(base.group(1))
+        rows.append(Row("mesh", "wgagent mesh over 1,000 nodes (decode, diagnose, text, JSON)", f"{ours:.0f} ms",
+                        f"{theirs:.0f} ms json.loads + dumps", _ratio(ours / theirs), "< 2 s",
+                        "ok" if code == 0 else "MISSED"))  # fmt: skip
+    else:
+        rows.append(Row("mesh", "wgagent mesh over 1,000 nodes", "?", "?", "-", "see its output", "FAILED"))
+    argv = ["bench/bench_mesh_writes.py", *(["--sampled", "1", "--hours", "1"] if quick else [])]
+    code, out = run_script("mesh", argv)
+    found = _find(r"^writes per node per hour ([\d.]+)\s+baseline \(a write every pass\) ([\d.]+)", out)
+    if found:
+        ours, theirs = float(found.group(1)), float(found.group(2))
+        rows.append(Row("mesh", "mesh report writes per node per hour, healthy 1,000 nodes", f"{ours:.2f}",
+                        f"{theirs:.0f} a write every pass", _ratio(ours / theirs), "<= 2",
+                        "ok" if code == 0 else "MISSED"))  # fmt: skip
+    else:
+        rows.append(Row("mesh", "mesh report writes per node per hour", "?", "?", "-", "see its output", "FAILED"))
     return rows
 
 
@@ -284,6 +310,7 @@ def main() -> int:
         ),
         "discovery": lambda: discovery(q),
         "kube": lambda: kube(q),
+        "mesh": lambda: mesh(q),
         "gc": lambda: gc(q),
         "kernel": lambda: kernel(q),
     }
