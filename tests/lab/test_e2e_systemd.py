@@ -130,7 +130,35 @@ def caps():
     for line in open("/proc/self/status"):
         if line.startswith("CapEff:"):
             value = int(line.split()[1], 16)
-            return {n: bool(value >> bit & 1) for n, bit in (("net_admin", 12), ("sys_module", 16), ("sys_admin", 21))}
+            bits = (("net_admin", 12), ("net_raw", 13), ("sys_module", 16), ("sys_admin", 21))
+            return {n: bool(value >> bit & 1) for n, bit in bits}
+
+def tap():
+    # the mesh part's probe tap, as the installed package opens it (AF_PACKET + its BPF filter)
+    from wgagent.errors import TapUnavailable
+    from wgagent.mesh.tap import ProbeTap
+    t = ProbeTap(51820)
+    try:
+        t.open()
+    except TapUnavailable as e:
+        raise OSError(errno.EPERM, str(e)) from e
+    t.close()
+    return "open"
+
+def nft():
+    # the mesh part's counting table: made, listed, removed, as the installed package does it
+    import asyncio
+    from wgagent.mesh.nft import NftCounter
+    async def cycle():
+        counter = NftCounter()
+        await counter.install(51820)
+        counts = await counter.counts()
+        await counter.remove()
+        return sorted(counts or {})
+    try:
+        return asyncio.run(cycle())
+    except Exception as e:
+        raise OSError(errno.EPERM, str(e)) from e
 
 attempt("write_k3s", lambda: write("/etc/rancher/k3s/config.yaml.d/99-wgagent-probe.yaml"))
 attempt("write_modules_load", lambda: write("/etc/modules-load.d/wgagent-probe.conf"))
@@ -141,6 +169,8 @@ attempt("finit_module", finit_module)
 attempt("systemctl_try_restart", lambda: run("systemctl", "try-restart", "k3s.service"))
 attempt("netlink", netlink)
 attempt("caps", caps)
+attempt("tap", tap)
+attempt("nft", nft)
 print(json.dumps(res))
 """
 
@@ -655,8 +685,9 @@ def test_sandbox_lets_the_agent_do_its_real_work_and_nothing_more(container: _Co
     after = c.show("k3s", "InvocationID")["InvocationID"]
     detail = json.dumps({"baseline": baseline, "sandboxed": boxed}, indent=1)
 
-    for name in ("write_k3s", "write_modules_load", "write_state", "netlink"):
+    for name in ("write_k3s", "write_modules_load", "write_state", "netlink", "tap", "nft"):
         assert baseline[name]["ok"] and boxed[name]["ok"], (name, detail)
+    assert boxed["nft"]["detail"] == ["hs_post", "hs_pre", "pass"], detail
     assert "lo" in boxed["netlink"]["detail"]
     # Without the sandbox /etc is writable; under it, only the paths above are.
     assert baseline["write_elsewhere_in_etc"]["ok"], detail
@@ -669,7 +700,9 @@ def test_sandbox_lets_the_agent_do_its_real_work_and_nothing_more(container: _Co
     assert "not permitted" not in boxed["modprobe"]["detail"]["stderr"].lower()
     assert boxed["systemctl_try_restart"]["detail"] == {"rc": 0, "stderr": ""}, detail
     assert after != before, "systemctl try-restart k3s.service did not restart it"
-    assert boxed["caps"]["detail"] == {"net_admin": True, "sys_module": True, "sys_admin": False}, detail
+    assert boxed["caps"]["detail"] == {"net_admin": True, "net_raw": True, "sys_module": True, "sys_admin": False}, (
+        detail
+    )
     c.run("systemctl", "stop", "k3s.service")
 
     exposure = _exposure(c.run("systemd-analyze", "security", "--no-pager", "wgagent.service").stdout)

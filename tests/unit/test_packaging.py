@@ -219,9 +219,9 @@ def test_unit_runs_the_daemon_as_a_notify_service_with_watchdog_and_reload() -> 
 def test_unit_sandbox_keeps_what_the_agent_needs() -> None:
     service = unit_settings(UNIT, "Service")
     caps = set(" ".join(service["CapabilityBoundingSet"]).split())
-    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_MODULE"}
+    assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_MODULE"}
     families = set(" ".join(service["RestrictAddressFamilies"]).split())
-    assert families == {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"}
+    assert families == {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6", "AF_PACKET"}
     syscalls = " ".join(service["SystemCallFilter"]).split()
     assert "@system-service" in syscalls and "@module" in syscalls
     assert not any(s.startswith("~") for s in syscalls), "a deny list would need to spare @module"
@@ -252,6 +252,9 @@ def test_every_kept_exposure_is_explained_in_a_comment() -> None:
     for needle in (
         "CAP_NET_ADMIN",
         "CAP_SYS_MODULE",
+        "CAP_NET_RAW",
+        "AF_PACKET",
+        "nft",
         "ProtectKernelModules",
         "ProcSubset",
         "AF_UNIX",
