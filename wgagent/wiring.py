@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from wgagent.config import Config, PublicIPConfig
 from wgagent.k3s.role import UNIT_DIRS, Identity, decide_identity_from
+from wgagent.model import PublicAddresses
 from wgagent.proc import Runner, SubprocessRunner
 from wgagent.wireguard.backend import BackendFactory, HostNet, open_backend
 from wgagent.wireguard.module import ModuleHost

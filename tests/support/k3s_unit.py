@@ -40,6 +40,7 @@ class K3sUnit:
     restarts: list[tuple[float, Outcome]] = field(default_factory=list)
     started_mono: float | None = None
     active: bool = True
+    reloads: int = 0
 
     def files(self) -> tuple[tuple[str, str], ...]:
         """The config files k3s reads now (``K3S_CONFIG_FILE`` in ``env`` wins)."""
@@ -52,6 +53,9 @@ class K3sUnit:
 
     async def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
         args = list(argv[1:])
+        if args == ["daemon-reload"]:  # systemd reads unit files again; nothing else changes here
+            self.reloads += 1
+            return CommandResult(0, "", "")
         if args == ["is-active", self.unit]:
             return CommandResult(0, "active\n", "") if self.active else CommandResult(3, "activating\n", "")
         if args == ["--no-block", "try-restart", self.unit]:

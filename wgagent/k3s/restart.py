@@ -398,14 +398,17 @@ class Restarter:
         if UNIT_FILE_KINDS & served.keys():
             reload = await self._runner.run(["systemctl", "daemon-reload"], timeout_s=self._timeout_s)
             if reload.returncode != 0:
-                return self._pending("systemctl", f"systemctl daemon-reload failed: {reload.first_line()}", reason)
+                # the unit-file change waits for its next chance; the restart the others need goes on
+                log.warning("systemctl daemon-reload failed (%s): %s wait for the next restart",
+                            reload.first_line(), ", ".join(sorted(UNIT_FILE_KINDS & served.keys())))  # fmt: skip
+                served = {k: w for k, w in served.items() if k not in UNIT_FILE_KINDS}
         log.info("restarting %s: %s", unit, reason)
         done = await self._runner.run(["systemctl", "--no-block", "try-restart", unit], timeout_s=self._timeout_s)
         if done.returncode != 0:
             return self._pending("systemctl", f"systemctl try-restart {unit} failed: {done.first_line()}", reason)
         self._restarts.inc()
         self._book.served.update({k: Served(w, now) for k, w in served.items()})
-        self._book.needs.clear()
+        self._book.needs = {k: n for k, n in self._book.needs.items() if k not in served}
         self._save()
         self._pending_gauge.set(0)
         self._logged = None
