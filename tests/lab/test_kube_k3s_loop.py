@@ -9,8 +9,8 @@ clocks are the loop's. Its ``systemctl`` is :class:`tests.support.k3s_unit.K3sUn
 then, the k3s version's overwrite handling, then flannel's AcquireLease
 (tests/kubeapi/k3s.py). A loop shows as a restart every ten minutes.
 
-Cases marked xfail are the loops issue 11 describes; the fix in wgagent turns them into
-passes (strict: an unexpected pass fails, so the marker goes with the fix).
+Before wgagent followed k3s (issue 11), the user-file and PR #13431 cases looped (6 restarts
+in the hour) and the IPv6 case failed its annotation check for good.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ ADDRESS = "203.0.113.7"
 """What the node's public IP sources answer: the address wgagent decides."""
 INTERNAL = "10.0.0.2"
 RUN_S = 3600.0
-LOOP = pytest.mark.xfail(strict=True, reason="issue 11 §1: wgagent patches the overwrite back against k3s and "
-                         "restarts k3s every k3s.min_restart_interval_s, forever")  # fmt: skip
 
 
 @dataclass
@@ -74,8 +72,9 @@ def config(tmp: Path, api: KubeAPI) -> Config:
 async def one_run(
     tmp: Path, loop: VirtualTimeLoop, api: KubeAPI, version: str, ipv6: str | None = None
 ) -> tuple[K3sUnit, dict[str, Any]]:
-    unit = K3sUnit(api, NODE, str(tmp / "etc"), clock=wall(loop), monotonic=loop.time, start={"version": version})
     (tmp / "units").mkdir()
+    unit = K3sUnit(api, NODE, str(tmp / "etc"), clock=wall(loop), monotonic=loop.time, start={"version": version},
+                   unit_dirs=[str(tmp / "units")])  # fmt: skip
     seams = Seams(clock=wall(loop), monotonic=loop.time, runner=unit, unit_dirs=[str(tmp / "units")],
                   public_ip_sources=[Fixed("http:a", ipv6), Fixed("http:b", ipv6)])  # fmt: skip
     daemon = Daemon(config(tmp, api), str(tmp / "absent.yaml"), config_required=False, seams=seams)
@@ -94,9 +93,8 @@ async def one_run(
         pytest.param("v1.32.4+k3s1", False, None, ADDRESS, id="k3s leaves the overwrite alone"),
         pytest.param("v1.32.4+k3s1", True, None, ADDRESS, id="k3s writes the same address"),
         pytest.param("v1.32.4+k3s1", True, "node-external-ip: 198.51.100.99\n", "198.51.100.99",
-                     id="a later user file overrides node-external-ip", marks=LOOP),
-        pytest.param("v1.32.11+k3s3", False, None, INTERNAL, id="k3s with PR 13431 removes the overwrite",
-                     marks=LOOP),
+                     id="a later user file overrides node-external-ip"),
+        pytest.param("v1.32.11+k3s3", False, None, INTERNAL, id="k3s with PR 13431 removes the overwrite"),
     ],
 )  # fmt: skip
 def test_no_restart_that_cannot_converge(
@@ -130,8 +128,6 @@ def test_no_restart_that_cannot_converge(
     assert anns.get(ANN_PUBLIC_IP) == published, seen
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 §2: on an IPv4-only cluster wgagent sets public-ipv6-overwrite and "
-                   "waits for a public-ipv6 that flannel never writes: the annotation check fails forever")  # fmt: skip
 def test_an_ipv6_address_on_an_ipv4_only_cluster_is_no_failure(tmp_path: Path) -> None:
     require("openssl")
     cluster = Cluster(flannel_backend="wireguard-native", flannel_external_ip=False)
