@@ -196,7 +196,7 @@ def test_identity_follows_the_units_environment_and_command_line(host: Host, tmp
     )
     ident = decide_identity_from(Config(k3s=host.cfg), unit_dirs=host.dirs, hostname=lambda: "h")
     assert (ident.node, ident.data_dir) == ("flag-name", "/d")
-    assert ident.config.source.startswith("--config in ExecStart of ")
+    assert ident.config.source.startswith("K3S_CONFIG_FILE in ")  # the variable wins over --config (pkg/configfilearg)
     (elsewhere / "main.yaml").write_text("token: x\n")
     (host.etc / "k3s-agent.service.d" / "10-name.conf").write_text("[Service]\nEnvironment=K3S_NODE_NAME=env-name\n")
     ident = decide_identity_from(Config(k3s=host.cfg), unit_dirs=host.dirs, hostname=lambda: "h")

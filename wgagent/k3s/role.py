@@ -160,17 +160,16 @@ def _first(
 
 
 def config_location(k3s: K3sConfig, unit: Unit | None, flags: Mapping[str, str]) -> ConfigLocation:
-    """Where k3s reads its config: ``--config``/``-c`` on its command line, else
-    ``K3S_CONFIG_FILE`` in its environment (k3s ``pkg/configfilearg`` ``FindString``, then
-    ``EnvName``), else ``<k3s.config_dir>/config.yaml``."""
-    for name in ("config", "c"):
-        if flags.get(name):
-            return ConfigLocation(
-                os.path.normpath(flags[name]), f"--{name} in ExecStart of {unit.path if unit else '?'}"
-            )
+    """Where k3s reads its config: ``K3S_CONFIG_FILE`` in its environment, else ``--config``/``-c``
+    on its command line (k3s ``pkg/configfilearg/parser.go``: the variable is looked at first;
+    docs/UPSTREAM.md §2), else ``<k3s.config_dir>/config.yaml``."""
     setting = unit.env.get("K3S_CONFIG_FILE") if unit is not None else None
     if setting is not None and setting.value:
         return ConfigLocation(os.path.normpath(setting.value), f"K3S_CONFIG_FILE in {setting.source}")
+    for name in ("config", "c"):
+        if flags.get(name):
+            where = unit.path if unit is not None else "?"
+            return ConfigLocation(os.path.normpath(flags[name]), f"--{name} in ExecStart of {where}")
     return ConfigLocation.in_dir(k3s.config_dir)
 
 

@@ -32,6 +32,8 @@ with one GET (its annotations, ``spec.podCIDRs``, ``status.nodeInfo.kubeletVersi
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +48,7 @@ from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IPV6,
@@ -150,7 +153,13 @@ class FamilyFacts:
 
     @property
     def running(self) -> str | None:
-        """``k3s.io/external-ip``: what the running k3s took (absent with its cloud controller off)."""
+        """The running k3s's ``node-external-ip`` list, comma-joined, or None when unknown: from
+        ``k3s.io/node-args`` (its effective flags, written at every start), else
+        ``k3s.io/external-ip`` (only with k3s's cloud controller, and never removed when the
+        flag goes away: docs/UPSTREAM.md §2, §3)."""
+        from_args = node_args_external_ips(self.annotations.get(ANN_K3S_NODE_ARGS))
+        if from_args is not None:
+            return ",".join(from_args)
         return self.annotations.get(ANN_K3S_EXTERNAL_IP)
 
 
@@ -231,6 +240,28 @@ def _wiped(f: FamilyFacts, ow: str) -> Verdict:
         "set flannel-external-ip: true on every server (wgagent does with k3s.flannel_external_ip: true, the default), "
         "restart k3s on the servers, then on this node",
     )  # fmt: skip
+
+
+def node_args_external_ips(text: str | None) -> list[str] | None:
+    """The ``--node-external-ip`` values in ``k3s.io/node-args`` (a JSON list: the subcommand, then
+    each flag and its value; k3s ``pkg/nodeconfig``), or None when it cannot be read.
+
+    >>> node_args_external_ips('["agent","--node-external-ip","203.0.113.7,2001:db8::7","--node-label","a=b"]')
+    ['203.0.113.7', '2001:db8::7']
+    >>> node_args_external_ips('["agent","--node-label","a=b"]')
+    []
+    """
+    try:
+        items = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        return None
+    out: list[str] = []
+    for flag, value in itertools.pairwise(items):
+        if flag == "--node-external-ip":
+            out += [v.strip() for v in value.split(",") if v.strip()]
+    return out
 
 
 def shared_with(own: str, address: str, family: int, cluster: ClusterView | None) -> str | None:
