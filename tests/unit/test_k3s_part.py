@@ -274,6 +274,7 @@ async def test_flags_on_k3s_command_line_are_reported(tmp_path: Path) -> None:
 
 async def test_the_wireguard_key_drop_in_rides_along_with_the_next_restart_only(tmp_path: Path) -> None:
     node = Node(tmp_path, active="active")
+    (node.unit_dir / "k3s.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s server\n")
     key_dropin = node.unit_dir / "k3s.service.d" / "50-wgagent-wireguard-key.conf"
     node.user_file("config.yaml.d/50-wgagent.yaml", render_dropin("server", node.address, node.cfg))  # as before
     await node.part.reconcile()
@@ -289,8 +290,15 @@ async def test_the_wireguard_key_drop_in_rides_along_with_the_next_restart_only(
 
 async def test_a_new_key_drop_in_on_a_stopped_k3s_gets_a_daemon_reload_for_its_next_start(tmp_path: Path) -> None:
     node = Node(tmp_path, active="inactive")
+    (node.unit_dir / "k3s.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s server\n")
     await node.part.reconcile()
     assert node.systemd.restart_calls == [] and node.systemd.reloads == 1
+
+
+async def test_no_key_drop_in_without_a_k3s_unit_file_to_go_with(tmp_path: Path) -> None:
+    node = Node(tmp_path)  # k3s.role set, but no unit file in the unit dirs
+    await node.part.reconcile()
+    assert not (node.unit_dir / "k3s.service.d").exists() and node.status()["wireguard_key"] is None
 
 
 async def test_persistent_key_off_writes_no_unit_drop_in(tmp_path: Path) -> None:

@@ -205,9 +205,10 @@ class K3sPart(Part):
         return scan_unit(unit.files, role=self.role.name, config_dir=self.identity.config)
 
     def _keep_wireguard_key(self) -> str | None:
-        """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted)."""
+        """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted, or
+        no k3s unit file to drop it in: a drop-in is only written beside a unit that exists)."""
         unit = self.role.unit if self.role is not None else None
-        if not self.cfg.persistent_wireguard_key or unit is None:
+        if not self.cfg.persistent_wireguard_key or unit is None or read_unit(unit, self._unit_dirs) is None:
             return None
         path = wgkey.unit_dropin_path(unit, *self._unit_dirs[:1])
         try:
