@@ -24,8 +24,8 @@ from tests.conftest import ROOT, require
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.k3s import Restarter
-from wgagent.model import RestartResult
 from wgagent.metrics import Registry
+from wgagent.model import RestartResult
 from wgagent.proc import SubprocessRunner
 
 KILLS = 1000
@@ -112,7 +112,7 @@ _FULL_DISK = textwrap.dedent(
     restarter = Restarter(cfg, state_dir=state_dir, unit=None, metrics=state.metrics, runner=Stopped())
     address = [PublicAddresses(IPv4Address("203.0.113.7"))]
     identity = Identity("n1", "lab", Role("agent", "k3s-agent.service", "lab"),
-                        config=ConfigLocation.in_dir(cfg.config_dir))
+                        ConfigLocation.in_dir(cfg.config_dir), os.path.join(mnt, "data"))
     part = K3sPart(state, cfg, identity, public_ip=lambda: address[0], restarter=restarter,
                    unit_dirs=[os.path.join(mnt, "units")])
     path = os.path.join(cfg.config_dir, "config.yaml.d", "50-wgagent.yaml")

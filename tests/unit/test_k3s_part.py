@@ -53,9 +53,7 @@ class Node:
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
         )
-        identity = Identity(
-            "node1", "test", self.role, config=ConfigLocation.in_dir(self.cfg.config_dir), data_dir=self.cfg.data_dir
-        )
+        identity = Identity("node1", "test", self.role, ConfigLocation.in_dir(self.cfg.config_dir), self.cfg.data_dir)
         return K3sPart(
             self.state,
             self.cfg,
@@ -321,8 +319,8 @@ async def test_disputed_role_writes_the_agent_safe_drop_in_and_says_why(tmp_path
     node.part = K3sPart(
         node.state,
         node.cfg,
-        Identity("node1", "test", None, conflict="several k3s units could run here: k3s.service, k3s-agent.service",
-                 config=ConfigLocation.in_dir(node.cfg.config_dir), data_dir=node.cfg.data_dir),
+        Identity("node1", "test", None, ConfigLocation.in_dir(node.cfg.config_dir), node.cfg.data_dir,
+                 conflict="several k3s units could run here: k3s.service, k3s-agent.service"),
         public_ip=lambda: node.address,
         restarter=node.part.restarter,
         unit_dirs=[str(node.unit_dir)],
