@@ -28,6 +28,7 @@ from wgagent.kube.annotation import (
 from wgagent.kube.protocol import JSONObject, WatchEvent
 from wgagent.model import (
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IPV6,
@@ -42,12 +43,13 @@ from wgagent.state import State
 V4 = "203.0.113.7"
 V6 = "2001:db8::7"
 OLD = "10.0.0.3"
-OW, PUB, OW6, PUB6, K3S = (
+OW, PUB, OW6, PUB6, K3S, NODE_ARGS = (
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IPV6_OVERWRITE,
     ANN_PUBLIC_IPV6,
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
 )
 OURS = ExternalIP(V4, "wgagent's 50-wgagent.yaml", True)
 USERS = ExternalIP("198.51.100.9", "/etc/rancher/k3s/config.yaml.d/90-mine.yaml:2", False)
@@ -73,6 +75,12 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
                      id="our-drop-in-not-written-yet"),
         pytest.param(facts({PUB: OLD}, k3s_restart_pending=True), "restart", None, False, id="k3s-not-restarted-yet"),
         pytest.param(facts({PUB: OLD, K3S: "198.51.100.1"}), "restart", None, False, id="running-k3s-has-another"),
+        pytest.param(facts({PUB: OLD}, dropin_written=False), "restart", None, False,
+                     id="flags-unknown-drop-in-not-written-yet-is-no-wipe"),
+        pytest.param(facts({PUB: OLD, NODE_ARGS: '["agent","--node-external-ip","198.51.100.1"]', K3S: V4}),
+                     "restart", None, False, id="node-args-beat-a-stale-k3s-io-external-ip"),
+        pytest.param(facts({PUB: OLD, NODE_ARGS: f'["agent","--node-external-ip","{V4}"]'}, version=DEC_K3S),
+                     "patch", V4, True, id="node-args-say-k3s-runs-with-it"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=NEW_K3S), "wiped", None, False, id="new-k3s-fei-off-wipes"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=None), "wiped", None, False, id="unknown-version-no-patch"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=DEC_K3S), "patch", V4, True, id="december-k3s-leaves-it"),

@@ -142,6 +142,8 @@ class FamilyFacts:
     """The k3s part still needs a restart for its drop-in (k3s runs an older config)."""
     shared_with: str | None = None
     stuck: bool = False
+    dropin_written: bool = True
+    """wgagent's drop-in on disk already holds it (``K3sView.dropin_written``)."""
 
     @property
     def overwrite(self) -> str | None:
@@ -202,7 +204,10 @@ def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
             f"remove node-external-ip from {f.k3s.source} (wgagent's drop-in sets it), or pin the address with "
             "public_ip.static",
         )  # fmt: skip
-    if f.k3s_restart_pending or (f.running is not None and not in_list(f.running, f.want)):
+    # What the running k3s took: its flags when it published them (k3s.io/node-args); else k3s
+    # has it unless its drop-in is yet to be written or its restart is still pending.
+    stale = not in_list(f.running, f.want) if f.running is not None else not f.dropin_written
+    if f.k3s_restart_pending or stale:
         return Verdict("restart", False, f"k3s has not restarted since node-external-ip became {f.want}")
     return None
 
@@ -395,7 +400,7 @@ class AnnotationPart(Part):
         for v, ip in want.items():
             facts = FamilyFacts(
                 v, ip, node.annotations, view.family(v), node.version, pending,
-                shared_with(self.node, ip, v, cluster), stuck == _want_key(want),
+                shared_with(self.node, ip, v, cluster), stuck == _want_key(want), view.dropin_written,
             )  # fmt: skip
             out[v] = decide_family(facts)
         return out
