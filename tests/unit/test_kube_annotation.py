@@ -68,7 +68,12 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
 @pytest.mark.parametrize(
     ("case", "rule", "patch", "restart"),
     [
-        pytest.param(facts({PUB: V4}), "ok", None, False, id="published"),
+        pytest.param(facts({PUB: V4, OW: V4}), "ok", None, False, id="published"),
+        pytest.param(facts({PUB: V4}, version=OLD_K3S), "restore", V4, False, id="removed-put-back-old-k3s"),
+        pytest.param(facts({PUB: V4, OW: "198.51.100.5"}, version=DEC_K3S), "restore", V4, False,
+                     id="changed-put-back-december-k3s"),
+        pytest.param(facts({PUB: V4}, version=NEW_K3S), "ok", None, False, id="not-put-back-where-k3s-removes-it"),
+        pytest.param(facts({PUB: V4}, version=None), "ok", None, False, id="not-put-back-version-unknown"),
         pytest.param(facts({PUB: V4}, shared_with="nat2"), "shared", None, False, id="another-node-publishes-it"),
         pytest.param(facts({PUB: OLD}, USERS), "override", None, False, id="a-later-file-overrides"),
         pytest.param(facts({PUB: OLD}, ExternalIP("198.51.100.1", "wgagent's", True)), "drop-in", None, False,
@@ -93,7 +98,7 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
 def test_decide_family(case: FamilyFacts, rule: str, patch: str | None, restart: bool) -> None:
     verdict = decide_family(case)
     assert (verdict.rule, verdict.patch, verdict.restart) == (rule, patch, restart), verdict.detail
-    assert verdict.ok == (rule == "ok")
+    assert verdict.ok == (rule in ("ok", "restore"))
     assert (verdict.fix != "") == (rule in ("shared", "override", "wiped", "stuck"))
 
 
@@ -364,7 +369,8 @@ async def test_dual_stack_both_families() -> None:
     k3s = view(OURS, ExternalIP(V6, "wgagent's 50-wgagent.yaml", True))
     part, state = part_for(api, addrs=addrs, k3s=k3s, families=Families(True, True, "test"), restarter=restarter)
     await part.reconcile()
-    assert api.annotations is not None and api.annotations[OW6] == V6 and OW not in api.annotations
+    assert api.annotations is not None and api.annotations[OW6] == V6
+    assert api.annotations[OW] == V4  # put back too: this k3s leaves it alone (rule "restore")
     assert restarter.needs == {"overwrite": f"{V4},{V6}"}
     assert "public-ipv6-overwrite" in state.checks["annotation"].detail
 
@@ -454,3 +460,18 @@ async def test_status_section_and_close() -> None:
     assert section["k3s_version"] == "v1.31.4+k3s1"
     await part.close()
     assert api.closed
+
+
+async def test_a_removed_overwrite_is_seen_from_the_watch_and_put_back_without_a_restart() -> None:
+    api = FakeAPI({PUB: V4, OW: V4, K3S: V4})
+    restarter = FakeRestarter()
+    info = {PUB: V4, OW: V4}
+    part, state = part_for(api, cluster=lambda: ClusterView({"n1": NodeInfo("n1", dict(info))}), restarter=restarter)
+    assert await part.reconcile() == STEADY_INTERVAL_S and api.calls == []
+    del info[OW]  # someone removes it: the watch shows it
+    assert api.annotations is not None
+    del api.annotations[OW]
+    await part.reconcile()
+    assert api.calls == ["get", "patch"] and api.annotations[OW] == V4 and restarter.needs == {}
+    assert "public-ip-overwrite was removed, put back" in state.checks["annotation"].detail
+    assert state.checks["annotation"].ok

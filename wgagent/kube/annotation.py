@@ -187,8 +187,21 @@ def decide_family(f: FamilyFacts) -> Verdict:
             f"other's WireGuard tunnels; wgagent does not advertise it here", SHARED_FIX,
         )  # fmt: skip
     if same_ip(f.published, f.want):
-        return Verdict("ok", True, f"{pub} is {f.want}")
+        return _restore(f, ow, pub) or Verdict("ok", True, f"{pub} is {f.want}")
     return _k3s_rules(f, ow, pub) or _overwrite_rules(f, ow, pub)
+
+
+def _restore(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
+    """Published right, but the overwrite is gone or changed (someone removed it): put it back
+    where this k3s leaves it alone, so flannel's next start publishes the same; no restart. Not
+    where k3s sets or removes it itself at every start: that would be fighting it."""
+    if same_ip(f.overwrite, f.want) or f.version is None or wipes_overwrite_when_off(f.version):
+        return None
+    if _k3s_rules(f, ow, pub) is not None:
+        return None
+    how = "removed" if f.overwrite is None else f"changed to {f.overwrite}"
+    return Verdict("restore", True, f"{pub} is {f.want}; {ow} was {how}, put back (k3s {f.version} leaves it alone)",
+                   patch=f.want)  # fmt: skip
 
 
 def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
@@ -297,6 +310,7 @@ class _Seen:
 
     node: OwnNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
+    """Each overwrite as it was when a GET last found all well ("" for none)."""
 
 
 class AnnotationPart(Part):
@@ -373,7 +387,8 @@ class AnnotationPart(Part):
         self._slow.reset()
         self._ask_restart(want, verdicts)
         if all(v.ok for v in verdicts.values()):
-            return self._succeed(want, "api", families)
+            self._seen.confirmed = {OVERWRITE[v]: node.annotations.get(OVERWRITE[v], "") for v in want}
+            return self._succeed(want, "api", families, verdicts)
         self._record(want, node.annotations, "api", families, verdicts)
         kind = next(v.rule for v in verdicts.values() if not v.ok)
         detail = f"Node {self.node}: " + "; ".join(_line(v) for v in verdicts.values() if not v.ok)
@@ -382,14 +397,23 @@ class AnnotationPart(Part):
     # --- steps -------------------------------------------------------------------------
 
     def _all_published(self, want: Mapping[int, str]) -> bool:
+        """All is well by the watch alone: published as decided, shared with nobody, and each
+        overwrite as it was when a GET last found all well (a change there is worth a look)."""
         view = self._cluster()
         info = view.nodes.get(self.node) if view is not None else None
         if info is None:
             return False
-        return all(
-            same_ip(info.annotations.get(PUBLISHED[v]), ip) and shared_with(self.node, ip, v, view) is None
+        anns = info.annotations
+        confirmed = self._seen.confirmed
+        well = all(
+            same_ip(anns.get(PUBLISHED[v]), ip)
+            and shared_with(self.node, ip, v, view) is None
+            and anns.get(OVERWRITE[v], "") == confirmed.get(OVERWRITE[v], anns.get(OVERWRITE[v], ""))
             for v, ip in want.items()
         )
+        if well:
+            confirmed.update({OVERWRITE[v]: anns.get(OVERWRITE[v], "") for v in want})
+        return well
 
     def _decide(self, node: OwnNode, want: Mapping[int, str], addrs: PublicAddresses) -> dict[int, Verdict]:
         view = self._k3s_view(addrs)
@@ -453,12 +477,17 @@ class AnnotationPart(Part):
 
     # --- reporting ---------------------------------------------------------------------
 
-    def _succeed(self, want: Mapping[int, str], source: str, families: Families) -> float:
+    def _succeed(
+        self, want: Mapping[int, str], source: str, families: Families, verdicts: Mapping[int, Verdict] | None = None
+    ) -> float:
         if self._restarter is not None:
             self._restarter.drop("overwrite")
         self._retry.reset()
         self._slow.reset()
-        detail = "; ".join(f"{short(PUBLISHED[v])} is {ip}" for v, ip in want.items())
+        if verdicts:
+            detail = "; ".join(v.detail for v in verdicts.values())
+        else:
+            detail = "; ".join(f"{short(PUBLISHED[v])} is {ip}" for v, ip in want.items())
         if self._problem is not None:
             log.info("Node %s: %s", self.node, detail)
         self._problem = None
