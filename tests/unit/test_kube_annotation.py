@@ -79,6 +79,8 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
         pytest.param(facts({PUB: OLD}, ExternalIP("198.51.100.1", "wgagent's", True)), "drop-in", None, False,
                      id="our-drop-in-not-written-yet"),
         pytest.param(facts({PUB: OLD}, k3s_restart_pending=True), "restart", None, False, id="k3s-not-restarted-yet"),
+        pytest.param(facts({PUB: OLD}, version=OLD_K3S, k3s_restart_pending=True), "restart", V4, False,
+                     id="set-ahead-of-the-restart-old-k3s-leaves-it"),
         pytest.param(facts({PUB: OLD, K3S: "198.51.100.1"}), "restart", None, False, id="running-k3s-has-another"),
         pytest.param(facts({PUB: OLD}, dropin_written=False), "restart", None, False,
                      id="flags-unknown-drop-in-not-written-yet-is-no-wipe"),
@@ -306,12 +308,13 @@ async def test_an_override_is_reported_and_neither_patched_nor_restarted() -> No
     assert state.status()["parts"]["annotation"]["rules"]["ipv4"]["rule"] == "override"
 
 
-async def test_waiting_for_the_k3s_restart_of_the_drop_in_asks_nothing_itself() -> None:
-    api = FakeAPI({PUB: OLD, K3S: "198.51.100.1"})
+async def test_waiting_for_the_k3s_restart_of_the_drop_in_sets_it_ahead_and_asks_no_restart_itself() -> None:
+    api = FakeAPI({PUB: OLD, K3S: "198.51.100.1"})  # k3s v1.31.4: leaves the overwrite alone
     restarter = FakeRestarter(needs={"config": "node-external-ip=203.0.113.7"})
     part, state = part_for(api, restarter=restarter)
     await part.reconcile()
-    assert api.calls == ["get"] and restarter.needs == {"config": "node-external-ip=203.0.113.7"}
+    assert api.calls == ["get", "patch"] and api.annotations is not None and api.annotations[OW] == V4
+    assert restarter.needs == {"config": "node-external-ip=203.0.113.7"}  # the one restart serves both
     assert "k3s has not restarted since node-external-ip became 203.0.113.7" in state.checks["annotation"].detail
 
 

@@ -221,8 +221,18 @@ def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
     # has it unless its drop-in is yet to be written or its restart is still pending.
     stale = not in_list(f.running, f.want) if f.running is not None else not f.dropin_written
     if f.k3s_restart_pending or stale:
-        return Verdict("restart", False, f"k3s has not restarted since node-external-ip became {f.want}")
+        return Verdict(
+            "restart", False, f"k3s has not restarted since node-external-ip became {f.want}", patch=_ahead(f)
+        )
     return None
+
+
+def _ahead(f: FamilyFacts) -> str | None:
+    """The overwrite to set now, before the restart k3s needs anyway, so that one restart serves
+    both: only where this k3s leaves the overwrite alone (with flannel-external-ip on it would
+    set the same; where it removes it at start, setting it is pointless)."""
+    leaves_it = f.version is not None and not wipes_overwrite_when_off(f.version)
+    return f.want if leaves_it and not same_ip(f.overwrite, f.want) else None
 
 
 def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict:
