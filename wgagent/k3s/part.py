@@ -114,6 +114,12 @@ class K3sPart(Part):
         self._reported: tuple[str, ...] = ()
 
     @property
+    def _scan_role(self) -> str | None:
+        """The role k3s's config is checked for: only one known for sure (an uncertain server must
+        not be told it lacks flannel-backend, which wgagent then declines to write)."""
+        return self.role.name if self.role is not None and self.role.certain else None
+
+    @property
     def dropin(self) -> str:
         return dropin_path(self.identity.config)
 
@@ -126,7 +132,7 @@ class K3sPart(Part):
         key_note = self._keep_wireguard_key()
         if written.error is None:
             files[_OWN_REL] = written.content
-        scan = scan_config(self.identity.config, files, role=self.role.name if self.role else None)
+        scan = scan_config(self.identity.config, files, role=self._scan_role)
         errors = [*scan.errors, *self._unit_findings()]
         blocked = self._server_backend_block(role_name, written)
         if written.diff and self.role is not None and blocked is None:
@@ -202,7 +208,7 @@ class K3sPart(Part):
         unit = read_unit(self.role.unit, self._unit_dirs)
         if unit is None:
             return []
-        return scan_unit(unit.files, role=self.role.name, config_dir=self.identity.config)
+        return scan_unit(unit.files, role=self._scan_role or "unknown", config_dir=self.identity.config)
 
     def _keep_wireguard_key(self) -> str | None:
         """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted, or
