@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wgagent.config import Config, PublicIPConfig
+from wgagent.k3s.private import route_source_ipv4
 from wgagent.k3s.role import UNIT_DIRS, Identity, decide_identity_from
 from wgagent.model import PublicAddresses
 from wgagent.proc import Runner, SubprocessRunner
@@ -80,6 +81,8 @@ class Seams:
     host_net: HostNet = field(default_factory=HostNet)
     module_host: ModuleHost = field(default_factory=ModuleHost)
     kube_client: KubeClientFactory = _kube_client
+    private_ipv4: Callable[[], str | None] = route_source_ipv4
+    """This node's private IPv4 (``k3s.advertise_private_address``)."""
     public_ip_sources: Sequence[Source] | None = None
     """None: the sources the config enables."""
 
@@ -257,7 +260,8 @@ class _Builder:
             monotonic=seams.monotonic,
         )
         part = K3sPart(self.state, cfg.k3s, identity, public_ip=self.published_here, restarter=restarter,
-                       families=self.families, unit_dirs=seams.unit_dirs)  # fmt: skip
+                       families=self.families, cluster=lambda: self.cluster(), private_ipv4=seams.private_ipv4,
+                       unit_dirs=seams.unit_dirs)  # fmt: skip
         rebuild = self.rebuild
         if rebuild is not None:
             part.role_found.connect(lambda _: rebuild())

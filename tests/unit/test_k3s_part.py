@@ -336,3 +336,15 @@ async def test_a_server_known_only_from_its_data_dir_gets_no_server_keys(tmp_pat
     node = Node(tmp_path, role=Role("server", "k3s.service", "data dir server/", certain=False))
     await node.part.reconcile()
     assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
+
+
+async def test_a_server_can_advertise_its_private_address_to_the_cluster(tmp_path: Path) -> None:
+    node = Node(tmp_path, advertise_private_address=True)
+    node.part._private_ipv4 = lambda: "10.0.0.5"
+    await node.part.reconcile()
+    assert node.dropin()["advertise-address"] == "10.0.0.5"
+    (tmp_path / "agent").mkdir()
+    agent = Node(tmp_path / "agent", role=AGENT, advertise_private_address=True)
+    agent.part._private_ipv4 = lambda: "10.0.0.6"
+    await agent.part.reconcile()
+    assert "advertise-address" not in agent.dropin()  # a server flag: fatal on an agent
