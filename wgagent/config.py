@@ -337,6 +337,11 @@ class K3sConfig:
     )
     flannel_external_ip: bool = key(_bool, True, "flannel-external-ip, servers only")
     restart: bool = key(_bool, True, "restart k3s when the drop-in or annotation needs it")
+    advertise_private_address: bool = key(
+        _bool,
+        False,
+        "servers: advertise-address = this node's private IPv4 (else kube-apiserver advertises node-external-ip)",
+    )
     persistent_wireguard_key: bool = key(
         _bool, True, "keep flannel's WireGuard key across reboots (k3s unit drop-in setting WIREGUARD_KEY_FILE)"
     )

@@ -28,6 +28,9 @@ ANN_SUBNET_MANAGER = FLANNEL + "kube-subnet-manager"
 ANN_K3S_EXTERNAL_IP = "k3s.io/external-ip"
 """k3s's ``node-external-ip`` list, comma-joined, as the running k3s took it (k3s ``pkg/agent/run.go``
 ``updateAddressAnnotations``, with the cloud controller on): what k3s actually uses."""
+ANN_K3S_NODE_ARGS = "k3s.io/node-args"
+"""The running k3s's effective flags after the config merge, a JSON list (k3s ``pkg/nodeconfig``
+``SetNodeConfigAnnotations``, every start): the best evidence of what it runs with."""
 WGAGENT = "wgagent.io/"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 KEPT_ANNOTATIONS = (FLANNEL, ANN_K3S_EXTERNAL_IP, WGAGENT)

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from wgagent.config import Config, PublicIPConfig
+from wgagent.k3s.private import route_source_ipv4
 from wgagent.k3s.role import UNIT_DIRS, Identity, decide_identity_from
+from wgagent.model import PublicAddresses
 from wgagent.proc import Runner, SubprocessRunner
 from wgagent.wireguard.backend import BackendFactory, HostNet, open_backend
 from wgagent.wireguard.module import ModuleHost
@@ -109,6 +111,8 @@ class Seams:
     mesh: MeshHost = field(default_factory=_mesh_host)
     """The mesh part's probe tap (AF_PACKET), nftables counters, probe sender, local-address test."""
     kube_client: KubeClientFactory = _kube_client
+    private_ipv4: Callable[[], str | None] = route_source_ipv4
+    """This node's private IPv4 (``k3s.advertise_private_address``)."""
     public_ip_sources: Sequence[Source] | None = None
     """None: the sources the config enables."""
 
@@ -316,7 +320,8 @@ class _Builder:
             monotonic=seams.monotonic,
         )
         part = K3sPart(self.state, cfg.k3s, identity, public_ip=self.published_here, restarter=restarter,
-                       families=self.families, unit_dirs=seams.unit_dirs)  # fmt: skip
+                       families=self.families, cluster=lambda: self.cluster(), private_ipv4=seams.private_ipv4,
+                       unit_dirs=seams.unit_dirs)  # fmt: skip
         rebuild = self.rebuild
         if rebuild is not None:
             part.role_found.connect(lambda _: rebuild())

@@ -2,7 +2,7 @@
 
     python -m tests.cluster.systemctl STATE_DIR ARGS...      (the node's ``bin/systemctl`` execs this)
 
-It answers the three calls wgagent's k3s Restarter makes, for the node's one k3s unit:
+It answers the calls wgagent's k3s Restarter makes, for the node's one k3s unit:
 
     is-active UNIT                 "active" while the last k3s start succeeded; "activating"
                                    (exit 3) while k3s fails to start and systemd retries it
@@ -16,6 +16,7 @@ It answers the three calls wgagent's k3s Restarter makes, for the node's one k3s
                                    API stand-in's ``k3s_start`` does what that start does to the
                                    Node (tests/kubeapi/k3s.py: an agent with a server-only key
                                    does not start and changes nothing)
+    daemon-reload                  succeeds (the unit is read at each start anyway)
 
 ``--no-block`` returns at once with 0 whether or not k3s will come up, as systemd does; the
 stand-in is told before this returns, where a real k3s takes seconds. Every call is appended
@@ -188,6 +189,8 @@ def main(argv: list[str]) -> int:
     if args[:1] == ["show"] and args[-1:] == [unit] and "--property=ExecMainStartTimestampMonotonic" in args:
         with open(os.path.join(state_dir, STARTED)) as f:
             print(f.read().strip())
+        return 0
+    if args == ["daemon-reload"]:
         return 0
     if args == ["--no-block", "try-restart", unit]:
         try:

@@ -25,6 +25,7 @@ from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.k3s import Restarter
 from wgagent.metrics import Registry
+from wgagent.model import RestartResult
 from wgagent.proc import SubprocessRunner
 
 KILLS = 1000
@@ -94,6 +95,7 @@ _FULL_DISK = textwrap.dedent(
     from wgagent.config import K3sConfig
     from wgagent.k3s import K3sPart, Restarter, Role
     from wgagent.k3s.role import Identity
+    from wgagent.k3s.scan import ConfigLocation
     from wgagent.proc import CommandResult
     from wgagent.model import PublicAddresses
     from wgagent.state import State
@@ -105,12 +107,14 @@ _FULL_DISK = textwrap.dedent(
         async def run(self, argv, *, timeout_s):
             return CommandResult(3, "inactive\\n", "")
 
-    cfg = K3sConfig(config_dir=os.path.join(mnt, "k3s"), role="agent")
+    cfg = K3sConfig(config_dir=os.path.join(mnt, "k3s"), role="agent", persistent_wireguard_key=False)
     state = State(node="n1", version="lab")
     restarter = Restarter(cfg, state_dir=state_dir, unit=None, metrics=state.metrics, runner=Stopped())
     address = [PublicAddresses(IPv4Address("203.0.113.7"))]
-    identity = Identity("n1", "lab", Role("agent", "k3s-agent.service", "lab"))
-    part = K3sPart(state, cfg, identity, public_ip=lambda: address[0], restarter=restarter)
+    identity = Identity("n1", "lab", Role("agent", "k3s-agent.service", "lab"),
+                        ConfigLocation.in_dir(cfg.config_dir), os.path.join(mnt, "data"))
+    part = K3sPart(state, cfg, identity, public_ip=lambda: address[0], restarter=restarter,
+                   unit_dirs=[os.path.join(mnt, "units")])
     path = os.path.join(cfg.config_dir, "config.yaml.d", "50-wgagent.yaml")
     out = {}
 
@@ -211,27 +215,36 @@ def _restarter(tmp_path: Path, timeout_s: float = 10.0) -> Restarter:
     )
 
 
+async def request(restarter: Restarter, why: str) -> RestartResult:
+    """A part's need, served at once, as the k3s part's pass does."""
+    restarter.need("config", why, why)
+    result = await restarter.serve()
+    assert result is not None
+    return result
+
+
 async def test_restarter_runs_systemctl_from_path(tmp_path: Path, fake_systemctl: Path) -> None:
-    result = await _restarter(tmp_path).request("drop-in changed")
+    result = await request(_restarter(tmp_path), "drop-in changed")
     assert result.restarted, result.detail
     assert (fake_systemctl / "calls.log").read_text().splitlines() == [
+        "show --property=ExecMainStartTimestampMonotonic --value k3s-agent.service",
         "is-active k3s-agent.service",
         "--no-block try-restart k3s-agent.service",
     ]
     (fake_systemctl / "state").write_text("inactive\n")
-    result = await _restarter(tmp_path).request("drop-in changed")
+    result = await request(_restarter(tmp_path), "drop-in changed again")
     assert not result.restarted and not result.pending
     assert (fake_systemctl / "restarted").read_text() == "k3s-agent.service\n"
 
 
 async def test_restarter_reports_a_failing_or_hanging_systemctl(tmp_path: Path, fake_systemctl: Path) -> None:
     (fake_systemctl / "deny").touch()
-    result = await _restarter(tmp_path).request("x")
+    result = await request(_restarter(tmp_path), "x")
     assert result.pending and "failed: Failed to restart k3s-agent.service: Access denied" in result.detail
     (fake_systemctl / "deny").unlink()
     (fake_systemctl / "hang").touch()
     started = time.monotonic()
-    result = await _restarter(tmp_path, timeout_s=0.5).request("x")
+    result = await request(_restarter(tmp_path, timeout_s=0.5), "y")
     assert time.monotonic() - started < 5
     assert result.pending and "systemctl did not finish within 0.5 s" in result.detail
     hung = int((fake_systemctl / "hang").read_text())
@@ -241,5 +254,5 @@ async def test_restarter_reports_a_failing_or_hanging_systemctl(tmp_path: Path, 
 
 async def test_restarter_without_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    result = await _restarter(tmp_path).request("x")
+    result = await request(_restarter(tmp_path), "x")
     assert result.pending and "cannot run systemctl" in result.detail

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,10 @@ import pytest
 from tests.conftest import require
 from tests.kubeapi import CONTROLLER, PKI, KubeAPI, User, shared_pki
 from wgagent.errors import Forbidden, KubeConfigError, KubeUnreachable, NotFound, ServerError, Unauthorized
+from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.annotation import STEADY_INTERVAL_S, AnnotationPart
 from wgagent.kube.client import KubeClient
+from wgagent.kube.protocol import NodeAPI
 from wgagent.kube.watch import NodeWatch
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses, RestartResult
 from wgagent.state import State
@@ -73,37 +75,60 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
+K3S_CONFIG = (("/etc/rancher/k3s/config.yaml", f"node-external-ip: {V4}\n"),)
+RUNS_WITH_V4 = K3sView(ExternalIP(V4, "wgagent's 50-wgagent.yaml", True), ExternalIP(None, "not set", False), None)
+"""k3s is told node-external-ip V4 by wgagent's drop-in (what the k3s part writes)."""
+
+
 @dataclass
-class FlannelRestart:
-    """A restarter whose restart is the stand-in's k3s start on ``node``."""
+class K3sStarts:
+    """A restarter whose restart is a k3s start in the stand-in on ``node`` with wgagent's drop-in."""
 
     api: KubeAPI
     node: str
+    needs: dict[str, str] = field(default_factory=dict)
 
-    async def defer(self, reason: str) -> RestartResult:
-        self.api.k3s_restart(self.node)
-        return RestartResult(True, f"restarted k3s.service: {reason.split(':')[0]}")
+    def need(self, kind: str, want: str, why: str, *, alone: bool = True) -> RestartResult:
+        self.needs[kind] = want
+        self.api.k3s_start(self.node, files=K3S_CONFIG)
+        return RestartResult(True, f"restarted k3s.service ({why})")
+
+    def drop(self, kind: str) -> None:
+        self.needs.pop(kind, None)
+
+    @property
+    def stuck(self) -> Mapping[str, str]:
+        return {}
+
+    @property
+    def open_needs(self) -> frozenset[str]:
+        return frozenset()
+
+
+def annotation_part(state: State, node: str, client: NodeAPI, **kw: Any) -> AnnotationPart:
+    return AnnotationPart(state, node, client, public_ip=lambda: ADDRS, k3s_view=lambda _: RUNS_WITH_V4, **kw)
 
 
 async def test_node_credential_patches_its_own_node_and_is_refused_another() -> None:
     async with api_with("n1", "n2") as api:
         client = KubeClient(api.node_kubeconfig("n1"))
         state = State(node="n1", version="test")
-        part = AnnotationPart(state, "n1", client, public_ip=lambda: ADDRS, restarter=FlannelRestart(api, "n1"))
+        restarter = K3sStarts(api, "n1")
+        part = annotation_part(state, "n1", client, restarter=restarter)
+        await part.reconcile()  # k3s v1.32.4 with flannel-external-ip off: it leaves the overwrite to wgagent
+        anns = api.store.nodes["n1"]["metadata"]["annotations"]
+        assert anns[ANN_PUBLIC_IP_OVERWRITE] == V4 and restarter.needs == {"overwrite": V4}
+        detail = state.checks["annotation"].detail
+        assert "did not set public-ip-overwrite" in detail and "setting it" in detail
         await part.reconcile()
         anns = api.store.nodes["n1"]["metadata"]["annotations"]
-        assert anns[ANN_PUBLIC_IP_OVERWRITE] == V4
-        assert api.store.restarts == {"n1": 1}
-        detail = state.checks["annotation"].detail
-        assert "flannel's public-ip is still 10.0." in detail and "restarted k3s.service" in detail
-        await part.reconcile()
         assert state.checks["annotation"].ok and anns[ANN_PUBLIC_IP] == V4
-        assert state.checks["annotation"].detail == "Node n1: public-ip-overwrite and public-ip are 203.0.113.7"
+        assert state.checks["annotation"].detail == "Node n1: public-ip is 203.0.113.7"
         assert api.counts[("system:node:n1", "patch")] == 1
 
         # The same credential for another node's Node: refused, and the check says why.
         other_state = State(node="n2", version="test")
-        other = AnnotationPart(other_state, "n2", client, public_ip=lambda: ADDRS)
+        other = annotation_part(other_state, "n2", client)
         await other.reconcile()
         detail = other_state.checks["annotation"].detail
         assert not other_state.checks["annotation"].ok
@@ -192,7 +217,7 @@ async def test_api_down_then_back_backoff_then_recovery() -> None:
         await api.stop()
         quick = KubeClient(api.node_kubeconfig("n1"), retries=0)
         state = State(node="n1", version="test")
-        part = AnnotationPart(state, "n1", quick, public_ip=lambda: ADDRS, rand=lambda: 1.0)
+        part = annotation_part(state, "n1", quick, rand=lambda: 1.0)
         intervals = []
         for _ in range(6):
             intervals.append(await part.reconcile())
@@ -202,20 +227,17 @@ async def test_api_down_then_back_backoff_then_recovery() -> None:
         await api.start()
         await part.reconcile()
         assert api.store.nodes["n1"]["metadata"]["annotations"][ANN_PUBLIC_IP_OVERWRITE] == V4
-        assert "flannel's public-ip is still" in state.checks["annotation"].detail  # the API part is done
+        assert "setting it, which this k3s leaves alone" in state.checks["annotation"].detail  # the API part is done
         for c in (client, quick):
             await c.close()
 
 
-async def test_overwrite_removed_behind_the_agents_back_is_restored(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="wgagent.kube")
+async def test_overwrite_removed_behind_the_agents_back_is_put_back_where_k3s_leaves_it() -> None:
     async with api_with("n1", "n2") as api:
         api.store.set_annotations("n1", {ANN_PUBLIC_IP_OVERWRITE: V4, ANN_PUBLIC_IP: V4})
         state = State(node="n1", version="test")
         watch = NodeWatch(state, KubeClient(api.controller_kubeconfig()))
-        part = AnnotationPart(
-            state, "n1", KubeClient(api.node_kubeconfig("n1")), public_ip=lambda: ADDRS, cluster=watch.view
-        )
+        part = annotation_part(state, "n1", KubeClient(api.node_kubeconfig("n1")), cluster=watch.view)
         watch.changed.connect(lambda names: part.wake.set() if "n1" in names else None)
         task = asyncio.ensure_future(watch.run())
         try:
@@ -225,12 +247,12 @@ async def test_overwrite_removed_behind_the_agents_back_is_restored(caplog: pyte
             assert state.checks["annotation"].ok
             assert api.count(user="system:node:n1") == 0  # the watch's view sufficed: no request
 
-            api.store.set_annotations("n1", {ANN_PUBLIC_IP_OVERWRITE: None})  # e.g. k3s at start
+            api.store.set_annotations("n1", {ANN_PUBLIC_IP_OVERWRITE: None})  # someone with kubectl
             await until(part.wake.is_set, "the watch to wake the annotation part")
-            await part.reconcile()
+            await part.reconcile()  # the stand-in's k3s (v1.32.4) leaves the overwrite alone: put back
             assert api.store.nodes["n1"]["metadata"]["annotations"][ANN_PUBLIC_IP_OVERWRITE] == V4
             assert state.checks["annotation"].ok
-            assert "public-ip-overwrite was removed by someone else" in caplog.text
+            assert "public-ip-overwrite was removed, put back" in state.checks["annotation"].detail
             assert api.count(user="system:node:n1", verb="get") == 1
             assert api.count(user="system:node:n1", verb="patch") == 1
         finally:
@@ -293,14 +315,7 @@ async def test_a_node_that_does_not_exist_yet_is_waited_for(caplog: pytest.LogCa
     async with api_with() as api:
         state = State(node="n1", version="test")
         watch = NodeWatch(state, KubeClient(api.controller_kubeconfig()))
-        part = AnnotationPart(
-            state,
-            "n1",
-            KubeClient(api.node_kubeconfig("n1")),
-            public_ip=lambda: ADDRS,
-            cluster=watch.view,
-            rand=lambda: 1.0,
-        )
+        part = annotation_part(state, "n1", KubeClient(api.node_kubeconfig("n1")), cluster=watch.view, rand=lambda: 1.0)
         watch.changed.connect(lambda names: part.wake.set() if "n1" in names else None)
         task = asyncio.ensure_future(watch.run())
         try:
@@ -317,7 +332,7 @@ async def test_a_node_that_does_not_exist_yet_is_waited_for(caplog: pytest.LogCa
             await until(part.wake.is_set, "the watch to wake the annotation part")
             next_s = await part.reconcile()
             assert api.store.nodes["n1"]["metadata"]["annotations"][ANN_PUBLIC_IP_OVERWRITE] == V4
-            assert next_s == 60.0  # now waiting for flannel to re-read it (no restarter here)
+            assert next_s == 60.0  # now waiting for a k3s restart (no restarter here)
         finally:
             task.cancel()
             await watch.close()
@@ -388,9 +403,7 @@ async def test_reconcile_once_lists_once_and_the_annotation_needs_no_get() -> No
         api.store.set_annotations("n1", {ANN_PUBLIC_IP_OVERWRITE: V4, ANN_PUBLIC_IP: V4})
         state = State(node="n1", version="test")
         watch = NodeWatch(state, KubeClient(api.controller_kubeconfig()))
-        part = AnnotationPart(
-            state, "n1", KubeClient(api.node_kubeconfig("n1")), public_ip=lambda: ADDRS, cluster=watch.view
-        )
+        part = annotation_part(state, "n1", KubeClient(api.node_kubeconfig("n1")), cluster=watch.view)
         await watch.reconcile()
         next_s = await part.reconcile()
         assert state.checks["annotation"].ok and next_s == STEADY_INTERVAL_S

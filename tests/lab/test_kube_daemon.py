@@ -13,6 +13,7 @@ from tests.kubeapi import CONTROLLER, KubeAPI, shared_pki
 from wgagent.config import Config, K3sConfig, KubeConfig, PublicIPConfig, WireGuardConfig
 from wgagent.daemon import Daemon
 from wgagent.k3s.role import Identity
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE
 from wgagent.state import State
 from wgagent.wiring import build_parts
@@ -32,7 +33,11 @@ def kube_only(tmp_path: Path, api: KubeAPI) -> Config:
 async def test_build_parts_stages_the_watch_before_the_annotation(tmp_path: Path) -> None:
     require("openssl")
     async with KubeAPI(nodes=["n1"], pki=shared_pki()) as api:
-        stages = build_parts(kube_only(tmp_path, api), Identity("n1", "test", None), State(node="n1", version="test"))
+        stages = build_parts(
+            kube_only(tmp_path, api),
+            Identity("n1", "test", None, ConfigLocation.in_dir(str(tmp_path / "etc")), str(tmp_path / "data")),
+            State(node="n1", version="test"),
+        )
         assert [[p.name for p in stage] for stage in stages] == [["events", "node_watch"], ["annotation"]]
         for stage in stages:
             for part in stage:

@@ -9,8 +9,10 @@ clocks are the loop's. Its ``systemctl`` is :class:`tests.support.k3s_unit.K3sUn
 then, the k3s version's overwrite handling, then flannel's AcquireLease
 (tests/kubeapi/k3s.py). A loop shows as a restart every ten minutes.
 
-Cases marked xfail are the loops issue 11 describes; the fix in wgagent turns them into
-passes (strict: an unexpected pass fails, so the marker goes with the fix).
+The cases are the loops issue 11 describes: wgagent must neither fight k3s nor wait forever,
+and its ``annotation`` check must say what is going on and how to fix it. Before wgagent
+followed k3s, the user-file and PR #13431 cases looped (6 restarts in the hour) and the IPv6
+case failed its annotation check for good.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ ADDRESS = "203.0.113.7"
 """What the node's public IP sources answer: the address wgagent decides."""
 INTERNAL = "10.0.0.2"
 RUN_S = 3600.0
-LOOP = pytest.mark.xfail(strict=True, reason="issue 11 §1: wgagent patches the overwrite back against k3s and "
-                         "restarts k3s every k3s.min_restart_interval_s, forever")  # fmt: skip
 
 
 @dataclass
@@ -74,8 +74,9 @@ def config(tmp: Path, api: KubeAPI) -> Config:
 async def one_run(
     tmp: Path, loop: VirtualTimeLoop, api: KubeAPI, version: str, ipv6: str | None = None
 ) -> tuple[K3sUnit, dict[str, Any]]:
-    unit = K3sUnit(api, NODE, str(tmp / "etc"), clock=wall(loop), monotonic=loop.time, start={"version": version})
     (tmp / "units").mkdir()
+    unit = K3sUnit(api, NODE, str(tmp / "etc"), clock=wall(loop), monotonic=loop.time, start={"version": version},
+                   unit_dirs=[str(tmp / "units")])  # fmt: skip
     seams = Seams(clock=wall(loop), monotonic=loop.time, runner=unit, unit_dirs=[str(tmp / "units")],
                   public_ip_sources=[Fixed("http:a", ipv6), Fixed("http:b", ipv6)])  # fmt: skip
     daemon = Daemon(config(tmp, api), str(tmp / "absent.yaml"), config_required=False, seams=seams)
@@ -89,18 +90,21 @@ async def one_run(
 
 
 @pytest.mark.parametrize(
-    ("version", "flannel_external_ip", "user_file", "published"),
+    ("version", "flannel_external_ip", "user_file", "published", "check"),
     [
-        pytest.param("v1.32.4+k3s1", False, None, ADDRESS, id="k3s leaves the overwrite alone"),
-        pytest.param("v1.32.4+k3s1", True, None, ADDRESS, id="k3s writes the same address"),
+        pytest.param("v1.32.4+k3s1", False, None, ADDRESS, "public-ip is 203.0.113.7",
+                     id="k3s leaves the overwrite alone"),
+        pytest.param("v1.32.4+k3s1", True, None, ADDRESS, "public-ip is 203.0.113.7",
+                     id="k3s writes the same address"),
         pytest.param("v1.32.4+k3s1", True, "node-external-ip: 198.51.100.99\n", "198.51.100.99",
-                     id="a later user file overrides node-external-ip", marks=LOOP),
-        pytest.param("v1.32.11+k3s3", False, None, INTERNAL, id="k3s with PR 13431 removes the overwrite",
-                     marks=LOOP),
+                     "k3s will use node-external-ip 198.51.100.99 from ",
+                     id="a later user file overrides node-external-ip"),
+        pytest.param("v1.32.11+k3s3", False, None, INTERNAL, "set flannel-external-ip: true on every server",
+                     id="k3s with PR 13431 removes the overwrite"),
     ],
 )  # fmt: skip
 def test_no_restart_that_cannot_converge(
-    tmp_path: Path, version: str, flannel_external_ip: bool, user_file: str | None, published: str
+    tmp_path: Path, version: str, flannel_external_ip: bool, user_file: str | None, published: str, check: str
 ) -> None:
     require("openssl")
     if user_file is not None:
@@ -111,14 +115,14 @@ def test_no_restart_that_cannot_converge(
     loop = VirtualTimeLoop()
     try:
 
-        async def main() -> tuple[K3sUnit, dict[str, str]]:
+        async def main() -> tuple[K3sUnit, dict[str, Any], dict[str, str]]:
             api = KubeAPI(pki=shared_pki(), cluster=cluster)
             api.store.add(NODE, internal_ip=INTERNAL, version=version)
             async with api:
-                unit, _ = await one_run(tmp_path, loop, api, version)
-                return unit, dict(api.store.nodes[NODE]["metadata"]["annotations"])
+                unit, checks = await one_run(tmp_path, loop, api, version)
+                return unit, checks, dict(api.store.nodes[NODE]["metadata"]["annotations"])
 
-        unit, anns = loop.run_until_complete(main())
+        unit, checks, anns = loop.run_until_complete(main())
     finally:
         loop.close()
     assert all(outcome.started for _, outcome in unit.restarts)
@@ -128,10 +132,10 @@ def test_no_restart_that_cannot_converge(
         f"{len(unit.restarts)} k3s restarts in {RUN_S / 3600:g} simulated hour(s); overwrite, public-ip: {seen}"
     )
     assert anns.get(ANN_PUBLIC_IP) == published, seen
+    assert check in checks["annotation"]["detail"], checks["annotation"]
+    assert checks["annotation"]["ok"] == (published == ADDRESS)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 §2: on an IPv4-only cluster wgagent sets public-ipv6-overwrite and "
-                   "waits for a public-ipv6 that flannel never writes: the annotation check fails forever")  # fmt: skip
 def test_an_ipv6_address_on_an_ipv4_only_cluster_is_no_failure(tmp_path: Path) -> None:
     require("openssl")
     cluster = Cluster(flannel_backend="wireguard-native", flannel_external_ip=False)

@@ -14,11 +14,13 @@ Two kinds of outage alternate: the API server gone (connections cut, then refuse
 agent's own request counter counts the attempts, as code "none") and the API server
 answering 503 to everything (open watches cut; the stand-in counts every request). And
 something happens during each outage that needs the API afterwards: somebody removes the
-``public-ip-overwrite`` annotation (as k3s does at start when ``flannel-external-ip`` is
-off), or the node's public IP changes (the echo stand-ins answer a new address), which
+``public-ip-overwrite`` annotation (somebody with kubectl: this k3s leaves it alone, so wgagent
+puts it back), or the node's public IP changes (the echo stand-ins answer a new address), which
 wakes the annotation part while the API is still down, so its own retries matter too; its
-k3s restart goes through a fake ``systemctl`` on PATH, which the test turns into
-"flannel re-reads the overwrite" at the stand-in.
+k3s restarts go through :class:`tests.support.k3s_unit.K3sUnit` as the daemon's systemctl:
+k3s starts in the stand-in as upstream k3s v1.32.4 does (flannel-external-ip off: it leaves
+the overwrite to wgagent), with the node's config files as they are then, and flannel
+publishes.
 
 Checked: no crash (``serve()`` returns 0, no reconcile failed, the daemon runs throughout);
 bounded retries (at most ``MAX_REQUESTS_PER_OUTAGE`` requests in an outage, and the node
@@ -35,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import random
 import re
 from collections.abc import Callable
@@ -48,7 +49,8 @@ from tests.conftest import require
 from tests.kubeapi import KubeAPI, shared_pki
 from tests.labkit import free_port
 from tests.support import ipservices
-from tests.support.virtualtime import VirtualTimeLoop
+from tests.support.k3s_unit import K3sUnit
+from tests.support.virtualtime import VirtualTimeLoop, wall
 from wgagent.config import (
     Config,
     HealthConfig,
@@ -60,6 +62,7 @@ from wgagent.config import (
 )
 from wgagent.daemon import Daemon
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE
+from wgagent.wiring import Seams
 
 NODE = "n1"
 ADDRESSES = ("203.0.113.7", "198.51.100.30", "203.0.113.8", "198.51.100.31")
@@ -72,17 +75,6 @@ node watch waits at least 0.5, 1, 2, 4, 8, 16 s (at most 7 attempts in 30 s), an
 annotation part woken by a new address makes a pass of 3 tries (KubeClient's 2 retries)
 after waits of at least 2.5, 5, 10, 10 s (at most 5 passes): 22 at the very most.
 Measured: 5 (the watch alone) or 13-15 (with the annotation part)."""
-
-FAKE_SYSTEMCTL = """#!/bin/sh
-# systemctl for the k3s unit: active; a restart is logged for the test to act on.
-case "$1" in
-  is-active) echo active ;;
-  show) echo 0 ;;
-  --no-block) echo "$3" >> "$(dirname "$0")/restarts" ;;
-  *) echo "unexpected: $*" >&2; exit 2 ;;
-esac
-"""
-
 
 WATCH_VERBS = ("list", "watch")
 """The node watch's requests; the annotation part's are get and patch."""
@@ -164,18 +156,7 @@ async def until(cond: Callable[[], bool], within_s: float, step_s: float = 0.25)
     return loop.time() - start
 
 
-async def flannel(api: KubeAPI, restarts: Path) -> None:
-    """k3s restarts asked through the fake systemctl: flannel starts again and re-reads the overwrite."""
-    done = 0
-    while True:
-        await asyncio.sleep(0.5)
-        lines = restarts.read_text().splitlines() if restarts.exists() else []
-        for _ in lines[done:]:
-            api.k3s_restart(NODE)
-        done = len(lines)
-
-
-async def flap(tmp: Path, api: KubeAPI, bin_dir: Path, seed: int) -> Run:
+async def flap(tmp: Path, api: KubeAPI, seed: int) -> Run:
     random.seed(seed)  # the clients' jitter draws from the module's generator
     loop = asyncio.get_running_loop()
     addresses = iter(ADDRESSES)
@@ -184,9 +165,11 @@ async def flap(tmp: Path, api: KubeAPI, bin_dir: Path, seed: int) -> Run:
              for i in (1, 2)]  # fmt: skip
     echoes = await ipservices.start(specs)
     urls = [f"http://127.0.0.{i}:{echoes.port(f'e{i}')}/" for i in (1, 2)]
-    daemon = Daemon(make_config(tmp, api, urls), str(tmp / "absent.yaml"), config_required=False)
+    unit = K3sUnit(api, NODE, str(tmp / "etc"), clock=wall(loop), monotonic=loop.time)
+    (tmp / "units").mkdir()
+    seams = Seams(clock=wall(loop), monotonic=loop.time, runner=unit, unit_dirs=[str(tmp / "units")])
+    daemon = Daemon(make_config(tmp, api, urls), str(tmp / "absent.yaml"), config_required=False, seams=seams)
     task = asyncio.ensure_future(daemon.serve())
-    monitor = asyncio.ensure_future(flannel(api, bin_dir / "restarts"))
     run = Run()
     try:
         assert await until(lambda: converged(daemon, api, address), 60) is not None, daemon.state.status()
@@ -227,7 +210,6 @@ async def flap(tmp: Path, api: KubeAPI, bin_dir: Path, seed: int) -> Run:
             if outage.converged_after_s is not None:
                 await asyncio.sleep(UP_S - outage.converged_after_s)
     finally:
-        monitor.cancel()
         daemon.stop()
         code = await task
         await echoes.close()
@@ -236,20 +218,9 @@ async def flap(tmp: Path, api: KubeAPI, bin_dir: Path, seed: int) -> Run:
     return run
 
 
-@pytest.fixture
-def fake_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "systemctl"
-    script.write_text(FAKE_SYSTEMCTL)
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    return bin_dir
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_api_flapping_backoff_and_convergence_after_each_outage(
-    tmp_path: Path, fake_systemctl: Path, seed: int, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     require("openssl")
     pki = shared_pki()
@@ -258,7 +229,7 @@ def test_api_flapping_backoff_and_convergence_after_each_outage(
 
         async def main() -> Run:
             async with KubeAPI(nodes=[NODE], pki=pki) as api:
-                return await flap(tmp_path, api, fake_systemctl, seed)
+                return await flap(tmp_path, api, seed)
 
         run = loop.run_until_complete(main())
     finally:

@@ -61,6 +61,7 @@ from wgagent.config import (
 )
 from wgagent.health import HealthServer
 from wgagent.k3s.role import Identity, Role
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.kube.watch import NodeWatch
 from wgagent.part import Part
 from wgagent.proc import CommandResult
@@ -231,7 +232,8 @@ class Soak:
             backends=lambda name, uapi_dir: backend,
             host_net=fake_net(work / "net"),
         )
-        identity = Identity(NODE, "soak", Role("agent", "k3s-agent.service", "k3s.role: agent"))
+        identity = Identity(NODE, "soak", Role("agent", "k3s-agent.service", "k3s.role: agent"),
+                            ConfigLocation.in_dir(cfg.k3s.config_dir), cfg.k3s.data_dir)  # fmt: skip
         stages = build_parts(cfg, identity, state, seams)  # the daemon's own wiring
         (watch,) = [p for stage in stages for p in stage if isinstance(p, NodeWatch)]
         return stages, watch

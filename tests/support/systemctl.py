@@ -1,7 +1,8 @@
 """A stand-in ``systemctl`` for tests that run the real daemon with k3s "installed".
 
-It says k3s is active, has no start time, and accepts a ``--no-block try-restart`` (doing
-nothing): enough for the k3s part's Restarter. ``install(bin_dir)`` writes it as
+It says k3s is active, has no start time, and accepts a ``--no-block try-restart`` and a
+``daemon-reload`` (doing nothing, succeeding as systemd does): enough for the k3s part's
+Restarter. ``install(bin_dir)`` writes it as
 ``<bin_dir>/systemctl``; put ``bin_dir`` first on the daemon's PATH. The 3-node lab has a
 fuller one (tests/cluster/systemctl.py) that records restarts and acts as flannel.
 """
@@ -15,6 +16,7 @@ case "$1" in
   is-active) echo active ;;
   show) echo 0 ;;
   --no-block) exit 0 ;;
+  daemon-reload) exit 0 ;;
   *) exit 2 ;;
 esac
 """

@@ -53,9 +53,7 @@ class Node:
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
         )
-        identity = Identity(
-            "node1", "test", self.role, config=ConfigLocation.in_dir(self.cfg.config_dir), data_dir=self.cfg.data_dir
-        )
+        identity = Identity("node1", "test", self.role, ConfigLocation.in_dir(self.cfg.config_dir), self.cfg.data_dir)
         return K3sPart(
             self.state,
             self.cfg,
@@ -274,6 +272,7 @@ async def test_flags_on_k3s_command_line_are_reported(tmp_path: Path) -> None:
 
 async def test_the_wireguard_key_drop_in_rides_along_with_the_next_restart_only(tmp_path: Path) -> None:
     node = Node(tmp_path, active="active")
+    (node.unit_dir / "k3s.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s server\n")
     key_dropin = node.unit_dir / "k3s.service.d" / "50-wgagent-wireguard-key.conf"
     node.user_file("config.yaml.d/50-wgagent.yaml", render_dropin("server", node.address, node.cfg))  # as before
     await node.part.reconcile()
@@ -289,8 +288,15 @@ async def test_the_wireguard_key_drop_in_rides_along_with_the_next_restart_only(
 
 async def test_a_new_key_drop_in_on_a_stopped_k3s_gets_a_daemon_reload_for_its_next_start(tmp_path: Path) -> None:
     node = Node(tmp_path, active="inactive")
+    (node.unit_dir / "k3s.service").write_text("[Service]\nExecStart=/usr/local/bin/k3s server\n")
     await node.part.reconcile()
     assert node.systemd.restart_calls == [] and node.systemd.reloads == 1
+
+
+async def test_no_key_drop_in_without_a_k3s_unit_file_to_go_with(tmp_path: Path) -> None:
+    node = Node(tmp_path)  # k3s.role set, but no unit file in the unit dirs
+    await node.part.reconcile()
+    assert not (node.unit_dir / "k3s.service.d").exists() and node.status()["wireguard_key"] is None
 
 
 async def test_persistent_key_off_writes_no_unit_drop_in(tmp_path: Path) -> None:
@@ -313,8 +319,8 @@ async def test_disputed_role_writes_the_agent_safe_drop_in_and_says_why(tmp_path
     node.part = K3sPart(
         node.state,
         node.cfg,
-        Identity("node1", "test", None, conflict="several k3s units could run here: k3s.service, k3s-agent.service",
-                 config=ConfigLocation.in_dir(node.cfg.config_dir), data_dir=node.cfg.data_dir),
+        Identity("node1", "test", None, ConfigLocation.in_dir(node.cfg.config_dir), node.cfg.data_dir,
+                 conflict="several k3s units could run here: k3s.service, k3s-agent.service"),
         public_ip=lambda: node.address,
         restarter=node.part.restarter,
         unit_dirs=[str(node.unit_dir)],
@@ -330,3 +336,15 @@ async def test_a_server_known_only_from_its_data_dir_gets_no_server_keys(tmp_pat
     node = Node(tmp_path, role=Role("server", "k3s.service", "data dir server/", certain=False))
     await node.part.reconcile()
     assert node.dropin() == {"node-external-ip": ["203.0.113.7"]}
+
+
+async def test_a_server_can_advertise_its_private_address_to_the_cluster(tmp_path: Path) -> None:
+    node = Node(tmp_path, advertise_private_address=True)
+    node.part._private_ipv4 = lambda: "10.0.0.5"
+    await node.part.reconcile()
+    assert node.dropin()["advertise-address"] == "10.0.0.5"
+    (tmp_path / "agent").mkdir()
+    agent = Node(tmp_path / "agent", role=AGENT, advertise_private_address=True)
+    agent.part._private_ipv4 = lambda: "10.0.0.6"
+    await agent.part.reconcile()
+    assert "advertise-address" not in agent.dropin()  # a server flag: fatal on an agent

@@ -418,3 +418,17 @@ async def test_pending_log_line_is_written_once_per_kind(
         await request(restarter, "x")
         clock.advance(60)
     assert caplog.text.count("restart pending: restarts are off") == 1
+
+
+async def test_a_config_that_went_and_came_back_before_the_next_restart_needs_none(
+    tmp_path: Path, clock: Clock
+) -> None:
+    systemd = FakeSystemd(clock)
+    restarter = make(tmp_path, clock, systemd, min_restart_interval_s=600.0)
+    assert (await request(restarter, "node-external-ip=A")).restarted
+    clock.advance(300)
+    assert (await request(restarter, "node-external-ip=B")).pending  # rate-limited
+    clock.advance(300)
+    restarter.need("config", "node-external-ip=A", "back to what k3s runs with")
+    assert await restarter.serve() is None and restarter.open_needs == frozenset()
+    assert restarter.stuck == {} and len(systemd.restart_calls) == 1

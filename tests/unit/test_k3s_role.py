@@ -196,7 +196,7 @@ def test_identity_follows_the_units_environment_and_command_line(host: Host, tmp
     )
     ident = decide_identity_from(Config(k3s=host.cfg), unit_dirs=host.dirs, hostname=lambda: "h")
     assert (ident.node, ident.data_dir) == ("flag-name", "/d")
-    assert ident.config.source.startswith("--config in ExecStart of ")
+    assert ident.config.source.startswith("K3S_CONFIG_FILE in ")  # the variable wins over --config (pkg/configfilearg)
     (elsewhere / "main.yaml").write_text("token: x\n")
     (host.etc / "k3s-agent.service.d" / "10-name.conf").write_text("[Service]\nEnvironment=K3S_NODE_NAME=env-name\n")
     ident = decide_identity_from(Config(k3s=host.cfg), unit_dirs=host.dirs, hostname=lambda: "h")
@@ -253,3 +253,10 @@ def test_node_name_reads_k3s_config_dir_when_no_files_given(tmp_path: Path) -> N
     (tmp_path / "config.yaml").write_text("node-name: from-disk\n")
     cfg = Config(k3s=K3sConfig(config_dir=str(tmp_path)))
     assert node_name(cfg, hostname=lambda: "h").name == "from-disk"
+
+
+def test_a_default_named_unit_whose_execstart_does_not_say_is_weak_evidence(host: Host) -> None:
+    path = host.unit(host.etc, "k3s.service", "[Service]\nExecStart=/usr/local/bin/start-k3s.sh\n")
+    role = host.detect()
+    assert role == Role("server", "k3s.service", f"unit name {path} (its ExecStart does not say k3s server or agent)",
+                        certain=False)  # fmt: skip

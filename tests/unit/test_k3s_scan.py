@@ -262,3 +262,14 @@ def test_read_config_files_dropin_dir_not_a_directory(tmp_path: Path) -> None:
     assert isinstance(files["config.yaml.d"], Unreadable)
     (finding,) = scan_config(str(tmp_path), files, role="agent").errors
     assert str(finding).startswith(os.path.join(str(tmp_path), "config.yaml.d") + ": cannot list the directory")
+
+
+def test_a_users_advertise_address_is_theirs_unless_wgagent_writes_one() -> None:
+    files = {
+        OURS: render_dropin("server", None, K3sConfig()).encode(),
+        "config.yaml.d/90-x.yaml": b"advertise-address: 10.0.0.9\n",
+    }
+    assert [e for e in errors(files) if "advertise-address" in e] == []
+    ours = render_dropin("server", None, K3sConfig(), advertise="10.0.0.5").encode()
+    (error,) = [e for e in errors({**files, OURS: ours}) if "advertise-address" in e]
+    assert "overrides wgagent's '10.0.0.5'" in error and "k3s.advertise_private_address" in error

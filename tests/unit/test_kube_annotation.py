@@ -28,6 +28,7 @@ from wgagent.kube.annotation import (
 from wgagent.kube.protocol import JSONObject, WatchEvent
 from wgagent.model import (
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IPV6,
@@ -42,12 +43,13 @@ from wgagent.state import State
 V4 = "203.0.113.7"
 V6 = "2001:db8::7"
 OLD = "10.0.0.3"
-OW, PUB, OW6, PUB6, K3S = (
+OW, PUB, OW6, PUB6, K3S, NODE_ARGS = (
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IPV6_OVERWRITE,
     ANN_PUBLIC_IPV6,
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
 )
 OURS = ExternalIP(V4, "wgagent's 50-wgagent.yaml", True)
 USERS = ExternalIP("198.51.100.9", "/etc/rancher/k3s/config.yaml.d/90-mine.yaml:2", False)
@@ -66,13 +68,26 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
 @pytest.mark.parametrize(
     ("case", "rule", "patch", "restart"),
     [
-        pytest.param(facts({PUB: V4}), "ok", None, False, id="published"),
+        pytest.param(facts({PUB: V4, OW: V4}), "ok", None, False, id="published"),
+        pytest.param(facts({PUB: V4}, version=OLD_K3S), "restore", V4, False, id="removed-put-back-old-k3s"),
+        pytest.param(facts({PUB: V4, OW: "198.51.100.5"}, version=DEC_K3S), "restore", V4, False,
+                     id="changed-put-back-december-k3s"),
+        pytest.param(facts({PUB: V4}, version=NEW_K3S), "ok", None, False, id="not-put-back-where-k3s-removes-it"),
+        pytest.param(facts({PUB: V4}, version=None), "ok", None, False, id="not-put-back-version-unknown"),
         pytest.param(facts({PUB: V4}, shared_with="nat2"), "shared", None, False, id="another-node-publishes-it"),
         pytest.param(facts({PUB: OLD}, USERS), "override", None, False, id="a-later-file-overrides"),
         pytest.param(facts({PUB: OLD}, ExternalIP("198.51.100.1", "wgagent's", True)), "drop-in", None, False,
                      id="our-drop-in-not-written-yet"),
         pytest.param(facts({PUB: OLD}, k3s_restart_pending=True), "restart", None, False, id="k3s-not-restarted-yet"),
+        pytest.param(facts({PUB: OLD}, version=OLD_K3S, k3s_restart_pending=True), "restart", V4, False,
+                     id="set-ahead-of-the-restart-old-k3s-leaves-it"),
         pytest.param(facts({PUB: OLD, K3S: "198.51.100.1"}), "restart", None, False, id="running-k3s-has-another"),
+        pytest.param(facts({PUB: OLD}, dropin_written=False), "restart", None, False,
+                     id="flags-unknown-drop-in-not-written-yet-is-no-wipe"),
+        pytest.param(facts({PUB: OLD, NODE_ARGS: '["agent","--node-external-ip","198.51.100.1"]', K3S: V4}),
+                     "restart", None, False, id="node-args-beat-a-stale-k3s-io-external-ip"),
+        pytest.param(facts({PUB: OLD, NODE_ARGS: f'["agent","--node-external-ip","{V4}"]'}, version=DEC_K3S),
+                     "patch", V4, True, id="node-args-say-k3s-runs-with-it"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=NEW_K3S), "wiped", None, False, id="new-k3s-fei-off-wipes"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=None), "wiped", None, False, id="unknown-version-no-patch"),
         pytest.param(facts({PUB: OLD, K3S: V4}, version=DEC_K3S), "patch", V4, True, id="december-k3s-leaves-it"),
@@ -85,7 +100,7 @@ def facts(anns: dict[str, str], k3s: ExternalIP = OURS, version: K3sVersion | No
 def test_decide_family(case: FamilyFacts, rule: str, patch: str | None, restart: bool) -> None:
     verdict = decide_family(case)
     assert (verdict.rule, verdict.patch, verdict.restart) == (rule, patch, restart), verdict.detail
-    assert verdict.ok == (rule == "ok")
+    assert verdict.ok == (rule in ("ok", "restore"))
     assert (verdict.fix != "") == (rule in ("shared", "override", "wiped", "stuck"))
 
 
@@ -293,12 +308,13 @@ async def test_an_override_is_reported_and_neither_patched_nor_restarted() -> No
     assert state.status()["parts"]["annotation"]["rules"]["ipv4"]["rule"] == "override"
 
 
-async def test_waiting_for_the_k3s_restart_of_the_drop_in_asks_nothing_itself() -> None:
-    api = FakeAPI({PUB: OLD, K3S: "198.51.100.1"})
+async def test_waiting_for_the_k3s_restart_of_the_drop_in_sets_it_ahead_and_asks_no_restart_itself() -> None:
+    api = FakeAPI({PUB: OLD, K3S: "198.51.100.1"})  # k3s v1.31.4: leaves the overwrite alone
     restarter = FakeRestarter(needs={"config": "node-external-ip=203.0.113.7"})
     part, state = part_for(api, restarter=restarter)
     await part.reconcile()
-    assert api.calls == ["get"] and restarter.needs == {"config": "node-external-ip=203.0.113.7"}
+    assert api.calls == ["get", "patch"] and api.annotations is not None and api.annotations[OW] == V4
+    assert restarter.needs == {"config": "node-external-ip=203.0.113.7"}  # the one restart serves both
     assert "k3s has not restarted since node-external-ip became 203.0.113.7" in state.checks["annotation"].detail
 
 
@@ -356,7 +372,8 @@ async def test_dual_stack_both_families() -> None:
     k3s = view(OURS, ExternalIP(V6, "wgagent's 50-wgagent.yaml", True))
     part, state = part_for(api, addrs=addrs, k3s=k3s, families=Families(True, True, "test"), restarter=restarter)
     await part.reconcile()
-    assert api.annotations is not None and api.annotations[OW6] == V6 and OW not in api.annotations
+    assert api.annotations is not None and api.annotations[OW6] == V6
+    assert api.annotations[OW] == V4  # put back too: this k3s leaves it alone (rule "restore")
     assert restarter.needs == {"overwrite": f"{V4},{V6}"}
     assert "public-ipv6-overwrite" in state.checks["annotation"].detail
 
@@ -446,3 +463,18 @@ async def test_status_section_and_close() -> None:
     assert section["k3s_version"] == "v1.31.4+k3s1"
     await part.close()
     assert api.closed
+
+
+async def test_a_removed_overwrite_is_seen_from_the_watch_and_put_back_without_a_restart() -> None:
+    api = FakeAPI({PUB: V4, OW: V4, K3S: V4})
+    restarter = FakeRestarter()
+    info = {PUB: V4, OW: V4}
+    part, state = part_for(api, cluster=lambda: ClusterView({"n1": NodeInfo("n1", dict(info))}), restarter=restarter)
+    assert await part.reconcile() == STEADY_INTERVAL_S and api.calls == []
+    del info[OW]  # someone removes it: the watch shows it
+    assert api.annotations is not None
+    del api.annotations[OW]
+    await part.reconcile()
+    assert api.calls == ["get", "patch"] and api.annotations[OW] == V4 and restarter.needs == {}
+    assert "public-ip-overwrite was removed, put back" in state.checks["annotation"].detail
+    assert state.checks["annotation"].ok

@@ -15,6 +15,7 @@ from tests.support import configs
 from wgagent.config import PublicIPConfig, parse
 from wgagent.errors import SourceError
 from wgagent.k3s.role import Identity
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.model import PublicAddresses
 from wgagent.publicip.build import build_source_set, build_sources
 from wgagent.publicip.echo import HttpEchoSource
@@ -287,7 +288,7 @@ def test_the_wiring_builds_the_part_in_the_first_stage(tmp_path: Path) -> None:
     on = configs.sandbox(str(tmp_path), 1, public_ip={"enabled": True, "static": [X]})
     cfg = parse(yaml.safe_dump(on))
     state = State(node="n1", version="test")
-    identity = Identity("n1", "test", None)
+    identity = Identity("n1", "test", None, ConfigLocation.in_dir(str(tmp_path / "etc")), str(tmp_path / "data"))
     stages = build_parts(cfg, identity, state)
     parts = [p for p in stages[0] if isinstance(p, PublicIPPart)]
     assert len(parts) == 1 and parts[0].interval_s == cfg.public_ip.interval_s

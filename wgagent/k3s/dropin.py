@@ -29,6 +29,7 @@ import os
 
 from wgagent.config import K3sConfig
 from wgagent.k3s.scan import (
+    ADVERTISE_ADDRESS,
     DROPIN_NAME,
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
@@ -68,7 +69,9 @@ def dropin_path(where: K3sConfig | ConfigLocation) -> str:
     return os.path.join(loc.dropin_dir, DROPIN_NAME)
 
 
-def dropin_values(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) -> dict[str, Value]:
+def dropin_values(
+    role: str, addresses: PublicAddresses | None, cfg: K3sConfig, advertise: str | None = None
+) -> dict[str, Value]:
     """What a drop-in rendered for these inputs tells k3s, key by key (as :func:`parse_file`
     would read it back), so a change is known without parsing what was just rendered.
 
@@ -83,6 +86,8 @@ def dropin_values(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) 
     if role == "server":
         values[FLANNEL_BACKEND] = cfg.flannel_backend
         values[FLANNEL_EXTERNAL_IP] = "true" if cfg.flannel_external_ip else "false"
+        if advertise:
+            values[ADVERTISE_ADDRESS] = advertise
     return values
 
 
@@ -96,8 +101,9 @@ def read_dropin_values(content: bytes | None) -> dict[str, Value]:
     return {e.key: e.value for e in entries}
 
 
-def render_dropin(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) -> str:
-    """The drop-in's whole content for ``role`` (``server`` or ``agent``).
+def render_dropin(role: str, addresses: PublicAddresses | None, cfg: K3sConfig, advertise: str | None = None) -> str:
+    """The drop-in's whole content for ``role`` (``server`` or ``agent``). ``advertise``: the
+    server's ``advertise-address`` (``k3s.advertise_private_address``), else none is written.
 
     >>> from ipaddress import IPv4Address
     >>> text = render_dropin("agent", PublicAddresses(IPv4Address("203.0.113.7")), K3sConfig())
@@ -117,6 +123,9 @@ def render_dropin(role: str, addresses: PublicAddresses | None, cfg: K3sConfig) 
     if role == "server":
         lines.append(f'{FLANNEL_BACKEND}: "{cfg.flannel_backend}"')
         lines.append(f"{FLANNEL_EXTERNAL_IP}: {'true' if cfg.flannel_external_ip else 'false'}")
+        if advertise:
+            # else kube-apiserver advertises the first node-external-ip (k3s pkg/cli/server/server.go)
+            lines.append(f'{ADVERTISE_ADDRESS}: "{advertise}"')
     return "\n".join(lines) + "\n"
 
 

@@ -342,7 +342,7 @@ def _prefer_enabled(units: Sequence[Unit]) -> Unit | None:
 def _detected(units: Sequence[Unit], data_dirs: Mapping[str, bool]) -> RoleDecision:
     running = [u for u in units if u.subcommand is not None]
     if not running:
-        return _from_data_dir(data_dirs, units)
+        return _by_name(units) or _from_data_dir(data_dirs, units)
     chosen = _prefer_enabled(running)
     if chosen is None:
         names = ", ".join(f"{u.name} (k3s {u.subcommand})" for u in running)
@@ -358,6 +358,17 @@ def _detected(units: Sequence[Unit], data_dirs: Mapping[str, bool]) -> RoleDecis
     if role == "agent" and data_dirs.get("server"):
         notes.append("a server data dir is left from an earlier install (k3s agent does not use it)")
     return RoleDecision(Role(role, chosen.name, f"ExecStart of {chosen.path}"), chosen, notes=tuple(notes))
+
+
+def _by_name(units: Sequence[Unit]) -> RoleDecision | None:
+    """One unit named as install.sh names a server's or an agent's, whose ExecStart does not
+    say which (k3s started through a wrapper or a variable): weak evidence, no server keys."""
+    named = [(role, u) for u in units for role, name in DEFAULT_UNITS.items() if u.name == name]
+    if len(named) != 1:
+        return None
+    role, unit = named[0]
+    how = f"unit name {unit.path} (its ExecStart does not say k3s server or agent)"
+    return RoleDecision(Role(role, unit.name, how, certain=False), unit)
 
 
 def _from_data_dir(data_dirs: Mapping[str, bool], units: Sequence[Unit]) -> RoleDecision:

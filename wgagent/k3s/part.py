@@ -81,6 +81,8 @@ class Written:
     error: str | None
     addresses: PublicAddresses | None
     address_from: str | None
+    values: Mapping[str, Value]
+    """What the drop-in tells k3s (``dropin_values``): a restart need's ``want``."""
 
 
 class K3sPart(Part):
@@ -98,6 +100,7 @@ class K3sPart(Part):
         restarter: Restarter,
         families: Callable[[], Families] = _ipv4_only,
         cluster: Callable[[], ClusterView | None] = lambda: None,
+        private_ipv4: Callable[[], str | None] = lambda: None,
         unit_dirs: Sequence[str] = UNIT_DIRS,
     ) -> None:
         super().__init__(state)
@@ -110,8 +113,15 @@ class K3sPart(Part):
         self._public_ip = public_ip
         self._families = families
         self._cluster = cluster
+        self._private_ipv4 = private_ipv4
         self._unit_dirs = tuple(unit_dirs)
         self._reported: tuple[str, ...] = ()
+
+    @property
+    def _scan_role(self) -> str | None:
+        """The role k3s's config is checked for: only one known for sure (an uncertain server must
+        not be told it lacks flannel-backend, which wgagent then declines to write)."""
+        return self.role.name if self.role is not None and self.role.certain else None
 
     @property
     def dropin(self) -> str:
@@ -126,11 +136,11 @@ class K3sPart(Part):
         key_note = self._keep_wireguard_key()
         if written.error is None:
             files[_OWN_REL] = written.content
-        scan = scan_config(self.identity.config, files, role=self.role.name if self.role else None)
+        scan = scan_config(self.identity.config, files, role=self._scan_role)
         errors = [*scan.errors, *self._unit_findings()]
         blocked = self._server_backend_block(role_name, written)
         if written.diff and self.role is not None and blocked is None:
-            self.restarter.need("config", _fingerprint(dropin_values(role_name, written.addresses, self.cfg)),
+            self.restarter.need("config", _fingerprint(written.values),
                                 f"{DROPIN_NAME} changed: {written.diff}")  # fmt: skip
         stuck_backend = self._agent_backend() if role_name == "agent" else None
         restart = await self.restarter.serve() if self.role is not None else None
@@ -164,18 +174,23 @@ class K3sPart(Part):
         families = self._families()
         adopted = families.keep(self._public_ip())
         addresses = adopted or families.keep(addresses_from_dropin(old_bytes))
-        content = render_dropin(role_name, addresses, self.cfg).encode()
+        advertise = self._advertise(role_name)
+        content = render_dropin(role_name, addresses, self.cfg, advertise).encode()
         address_from = "public_ip" if adopted else "existing drop-in" if addresses else None
         try:
             changed = fsutil.atomic_write(self.dropin, content, mode=0o600)
         except WriteError as exc:
             log.error("%s; k3s keeps the previous %s", exc, DROPIN_NAME)
-            return Written(content, False, "", str(exc), addresses, address_from)
-        new_values = dropin_values(role_name, addresses, self.cfg)
+            return Written(content, False, "", str(exc), addresses, address_from, {})
+        new_values = dropin_values(role_name, addresses, self.cfg, advertise)
         diff = _diff(read_dropin_values(old_bytes), new_values) if changed else ""
         if changed:
             log.info("wrote %s: %s", self.dropin, diff or "comments only")
-        return Written(content, changed, diff, None, addresses, address_from)
+        return Written(content, changed, diff, None, addresses, address_from, new_values)
+
+    def _advertise(self, role_name: str) -> str | None:
+        """``advertise-address`` for a server with ``k3s.advertise_private_address``, else None."""
+        return self._private_ipv4() if role_name == "server" and self.cfg.advertise_private_address else None
 
     def _server_backend_block(self, role_name: str, written: Written) -> str | None:
         """On a server: why not to restart for a new flannel-backend the other servers do not run."""
@@ -202,12 +217,13 @@ class K3sPart(Part):
         unit = read_unit(self.role.unit, self._unit_dirs)
         if unit is None:
             return []
-        return scan_unit(unit.files, role=self.role.name, config_dir=self.identity.config)
+        return scan_unit(unit.files, role=self._scan_role or "unknown", config_dir=self.identity.config)
 
     def _keep_wireguard_key(self) -> str | None:
-        """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted)."""
+        """Write the unit drop-in keeping flannel's key; a note for /status (None: not wanted, or
+        no k3s unit file to drop it in: a drop-in is only written beside a unit that exists)."""
         unit = self.role.unit if self.role is not None else None
-        if not self.cfg.persistent_wireguard_key or unit is None:
+        if not self.cfg.persistent_wireguard_key or unit is None or read_unit(unit, self._unit_dirs) is None:
             return None
         path = wgkey.unit_dropin_path(unit, *self._unit_dirs[:1])
         try:

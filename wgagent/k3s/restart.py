@@ -68,6 +68,9 @@ KINDS = {
 }
 """Every kind of need, and what it means (for ``/status`` and the docs)."""
 UNIT_FILE_KINDS = frozenset({"wireguard-key"})
+APPLIED_AT_START = frozenset({"config", "wireguard-key"})
+"""Needs for what k3s reads when it starts: met by any start after a restart for the same want.
+The others (``overwrite``, ``backend``) are judged by their effect, which their part watches."""
 """Needs that changed a unit file: ``systemctl daemon-reload`` runs before the restart."""
 
 
@@ -340,13 +343,20 @@ class Restarter:
         return RestartResult(False, f"{unit} restarted at {utc_text(started)}; no restart needed")
 
     def _sort_out_served(self, started: float | None) -> set[str]:
-        """The open needs wgagent's last restart was already for. While that restart may still
-        be settling they wait; once it has settled they are stuck: dropped, never served again."""
+        """The open needs wgagent's last restart was already for. A config k3s reads at start is
+        in effect once k3s started after that restart (a value that went and came back): met.
+        Any other kind waits while that restart may still be settling; once it has settled it is
+        stuck: dropped, never served again."""
         now = self._clock()
         waiting = set()
         for kind, need in list(self._book.needs.items()):
             served = self._book.served.get(kind)
             if served is None or served.want != need.want:
+                continue
+            if kind in APPLIED_AT_START and started is not None and started >= served.at:
+                log.info("%s: k3s has run with %s since %s; no restart needed", kind, need.want, utc_text(started))
+                del self._book.needs[kind]
+                self._save()
                 continue
             settled = started is not None and started >= served.at and now - started >= SETTLE_S
             if settled or now - served.at >= SETTLE_S * 5:
@@ -398,14 +408,17 @@ class Restarter:
         if UNIT_FILE_KINDS & served.keys():
             reload = await self._runner.run(["systemctl", "daemon-reload"], timeout_s=self._timeout_s)
             if reload.returncode != 0:
-                return self._pending("systemctl", f"systemctl daemon-reload failed: {reload.first_line()}", reason)
+                # the unit-file change waits for its next chance; the restart the others need goes on
+                log.warning("systemctl daemon-reload failed (%s): %s wait for the next restart",
+                            reload.first_line(), ", ".join(sorted(UNIT_FILE_KINDS & served.keys())))  # fmt: skip
+                served = {k: w for k, w in served.items() if k not in UNIT_FILE_KINDS}
         log.info("restarting %s: %s", unit, reason)
         done = await self._runner.run(["systemctl", "--no-block", "try-restart", unit], timeout_s=self._timeout_s)
         if done.returncode != 0:
             return self._pending("systemctl", f"systemctl try-restart {unit} failed: {done.first_line()}", reason)
         self._restarts.inc()
         self._book.served.update({k: Served(w, now) for k, w in served.items()})
-        self._book.needs.clear()
+        self._book.needs = {k: n for k, n in self._book.needs.items() if k not in served}
         self._save()
         self._pending_gauge.set(0)
         self._logged = None

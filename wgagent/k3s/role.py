@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wgagent import fsutil
 from wgagent.config import Config, K3sConfig
@@ -61,12 +61,13 @@ class Identity:
     node_source: str
     """Where the name came from (:class:`NodeName`'s ``source``)."""
     role: Role | None
+    config: ConfigLocation
+    """Where k3s reads its config (never a default: every caller says where)."""
+    data_dir: str
     unit: Unit | None = None
     conflict: str = ""
     """Why the role is not known although k3s seems installed (two units...)."""
     notes: tuple[str, ...] = ()
-    config: ConfigLocation = field(default_factory=lambda: ConfigLocation.in_dir("/etc/rancher/k3s"))
-    data_dir: str = "/var/lib/rancher/k3s"
     kubeconfig: str | None = None
     """Where the server writes its admin kubeconfig when told (``--write-kubeconfig``,
     ``K3S_KUBECONFIG_OUTPUT``); None: ``<k3s.config_dir>/k3s.yaml`` (k3s's default is
@@ -112,11 +113,11 @@ def decide_identity_from(
         name.name,
         name.source,
         decision.role,
+        location,
+        _first(flags, settings, _env(unit), ("data-dir", "d"), "K3S_DATA_DIR") or k3s.data_dir,
         unit,
         decision.conflict,
         decision.notes,
-        location,
-        _first(flags, settings, _env(unit), ("data-dir", "d"), "K3S_DATA_DIR") or k3s.data_dir,
         _first(flags, settings, _env(unit), ("write-kubeconfig", "o"), "K3S_KUBECONFIG_OUTPUT"),
     )
 
@@ -160,17 +161,16 @@ def _first(
 
 
 def config_location(k3s: K3sConfig, unit: Unit | None, flags: Mapping[str, str]) -> ConfigLocation:
-    """Where k3s reads its config: ``--config``/``-c`` on its command line, else
-    ``K3S_CONFIG_FILE`` in its environment (k3s ``pkg/configfilearg`` ``FindString``, then
-    ``EnvName``), else ``<k3s.config_dir>/config.yaml``."""
-    for name in ("config", "c"):
-        if flags.get(name):
-            return ConfigLocation(
-                os.path.normpath(flags[name]), f"--{name} in ExecStart of {unit.path if unit else '?'}"
-            )
+    """Where k3s reads its config: ``K3S_CONFIG_FILE`` in its environment, else ``--config``/``-c``
+    on its command line (k3s ``pkg/configfilearg/parser.go``: the variable is looked at first;
+    docs/UPSTREAM.md §2), else ``<k3s.config_dir>/config.yaml``."""
     setting = unit.env.get("K3S_CONFIG_FILE") if unit is not None else None
     if setting is not None and setting.value:
         return ConfigLocation(os.path.normpath(setting.value), f"K3S_CONFIG_FILE in {setting.source}")
+    for name in ("config", "c"):
+        if flags.get(name):
+            where = unit.path if unit is not None else "?"
+            return ConfigLocation(os.path.normpath(flags[name]), f"--{name} in ExecStart of {where}")
     return ConfigLocation.in_dir(k3s.config_dir)
 
 

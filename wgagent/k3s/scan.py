@@ -38,6 +38,7 @@ DROPIN_NAME = "50-wgagent.yaml"
 MAX_FILE_BYTES = 1 << 20
 
 NODE_EXTERNAL_IP = "node-external-ip"
+ADVERTISE_ADDRESS = "advertise-address"
 FLANNEL_BACKEND = "flannel-backend"
 FLANNEL_EXTERNAL_IP = "flannel-external-ip"
 WIREGUARD_BACKEND = "wireguard-native"
@@ -94,6 +95,7 @@ _OWNED_BY_KEY = {
     NODE_EXTERNAL_IP: "the public IP it discovers (public_ip.static pins one)",
     FLANNEL_BACKEND: "k3s.flannel_backend",
     FLANNEL_EXTERNAL_IP: "k3s.flannel_external_ip",
+    ADVERTISE_ADDRESS: "k3s.advertise_private_address",
 }
 
 Value = str | tuple[str, ...] | None
@@ -103,7 +105,7 @@ Value = str | tuple[str, ...] | None
 def owned_keys(role: str | None) -> tuple[str, ...]:
     """The keys wgagent's drop-in sets: the flannel options are server flags, fatal on an agent."""
     if role == "server":
-        return (NODE_EXTERNAL_IP, FLANNEL_BACKEND, FLANNEL_EXTERNAL_IP)
+        return (NODE_EXTERNAL_IP, FLANNEL_BACKEND, FLANNEL_EXTERNAL_IP, ADVERTISE_ADDRESS)
     return (NODE_EXTERNAL_IP,)
 
 
@@ -362,6 +364,8 @@ def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[Fin
     out = []
     for key in owned_keys(role):
         ours = merged.own_values.get(key)
+        if ours is None and key == ADVERTISE_ADDRESS:  # written only when asked for: otherwise the user's
+            continue
         for index, path, entry in merged.occurrences.get(key, []):
             if index > merged.own_index:
                 message = _override_message(key, entry, ours, own)

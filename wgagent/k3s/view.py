@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wgagent.config import K3sConfig
 from wgagent.k3s.dropin import render_dropin
@@ -50,6 +50,9 @@ class K3sView:
     flannel_external_ip: bool | None
     """This node's effective ``flannel-external-ip``: known on a server; None on an agent,
     which takes the servers' (k3s hands it to every agent)."""
+    dropin_written: bool = True
+    """wgagent's drop-in on disk already says what it is about to say (False: the k3s part has
+    yet to write it, so k3s cannot have started with it)."""
 
     def family(self, version: int) -> ExternalIP:
         return self.ipv4 if version == 4 else self.ipv6
@@ -93,8 +96,11 @@ def read_view(identity: Identity, k3s: K3sConfig, addresses: PublicAddresses | N
     files = read_config_files(identity.config)
     own_rel = f"{DROPIN_DIR}/{DROPIN_NAME}"
     role_keys = "server" if identity.server_keys_safe else "agent"
+    written = True
     if k3s.enabled and addresses is not None:
-        files[own_rel] = render_dropin(role_keys, addresses, k3s).encode()
+        rendered = render_dropin(role_keys, addresses, k3s).encode()
+        written = files.get(own_rel) == rendered
+        files[own_rel] = rendered
     settings = scan_config(identity.config, files, role=None).settings
     cli: list[str] = []
     fei_cli: str | None = None
@@ -114,4 +120,4 @@ def read_view(identity: Identity, k3s: K3sConfig, addresses: PublicAddresses | N
         fei = None  # an agent takes the servers' value
     own_path = identity.config.path(own_rel)
     cli_source = f"ExecStart of {unit.path}" if unit is not None else "ExecStart"
-    return view_of(settings.get(NODE_EXTERNAL_IP), own_path, cli, cli_source, fei)
+    return replace(view_of(settings.get(NODE_EXTERNAL_IP), own_path, cli, cli_source, fei), dropin_written=written)

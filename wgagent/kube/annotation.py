@@ -32,6 +32,8 @@ with one GET (its annotations, ``spec.podCIDRs``, ``status.nodeInfo.kubeletVersi
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +48,7 @@ from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
     ANN_K3S_EXTERNAL_IP,
+    ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
     ANN_PUBLIC_IPV6,
@@ -139,6 +142,8 @@ class FamilyFacts:
     """The k3s part still needs a restart for its drop-in (k3s runs an older config)."""
     shared_with: str | None = None
     stuck: bool = False
+    dropin_written: bool = True
+    """wgagent's drop-in on disk already holds it (``K3sView.dropin_written``)."""
 
     @property
     def overwrite(self) -> str | None:
@@ -150,7 +155,13 @@ class FamilyFacts:
 
     @property
     def running(self) -> str | None:
-        """``k3s.io/external-ip``: what the running k3s took (absent with its cloud controller off)."""
+        """The running k3s's ``node-external-ip`` list, comma-joined, or None when unknown: from
+        ``k3s.io/node-args`` (its effective flags, written at every start), else
+        ``k3s.io/external-ip`` (only with k3s's cloud controller, and never removed when the
+        flag goes away: docs/UPSTREAM.md §2, §3)."""
+        from_args = node_args_external_ips(self.annotations.get(ANN_K3S_NODE_ARGS))
+        if from_args is not None:
+            return ",".join(from_args)
         return self.annotations.get(ANN_K3S_EXTERNAL_IP)
 
 
@@ -176,8 +187,21 @@ def decide_family(f: FamilyFacts) -> Verdict:
             f"other's WireGuard tunnels; wgagent does not advertise it here", SHARED_FIX,
         )  # fmt: skip
     if same_ip(f.published, f.want):
-        return Verdict("ok", True, f"{pub} is {f.want}")
+        return _restore(f, ow, pub) or Verdict("ok", True, f"{pub} is {f.want}")
     return _k3s_rules(f, ow, pub) or _overwrite_rules(f, ow, pub)
+
+
+def _restore(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
+    """Published right, but the overwrite is gone or changed (someone removed it): put it back
+    where this k3s leaves it alone, so flannel's next start publishes the same; no restart. Not
+    where k3s sets or removes it itself at every start: that would be fighting it."""
+    if same_ip(f.overwrite, f.want) or f.version is None or wipes_overwrite_when_off(f.version):
+        return None
+    if _k3s_rules(f, ow, pub) is not None:
+        return None
+    how = "removed" if f.overwrite is None else f"changed to {f.overwrite}"
+    return Verdict("restore", True, f"{pub} is {f.want}; {ow} was {how}, put back (k3s {f.version} leaves it alone)",
+                   patch=f.want)  # fmt: skip
 
 
 def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
@@ -193,9 +217,22 @@ def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
             f"remove node-external-ip from {f.k3s.source} (wgagent's drop-in sets it), or pin the address with "
             "public_ip.static",
         )  # fmt: skip
-    if f.k3s_restart_pending or (f.running is not None and not in_list(f.running, f.want)):
-        return Verdict("restart", False, f"k3s has not restarted since node-external-ip became {f.want}")
+    # What the running k3s took: its flags when it published them (k3s.io/node-args); else k3s
+    # has it unless its drop-in is yet to be written or its restart is still pending.
+    stale = not in_list(f.running, f.want) if f.running is not None else not f.dropin_written
+    if f.k3s_restart_pending or stale:
+        return Verdict(
+            "restart", False, f"k3s has not restarted since node-external-ip became {f.want}", patch=_ahead(f)
+        )
     return None
+
+
+def _ahead(f: FamilyFacts) -> str | None:
+    """The overwrite to set now, before the restart k3s needs anyway, so that one restart serves
+    both: only where this k3s leaves the overwrite alone (with flannel-external-ip on it would
+    set the same; where it removes it at start, setting it is pointless)."""
+    leaves_it = f.version is not None and not wipes_overwrite_when_off(f.version)
+    return f.want if leaves_it and not same_ip(f.overwrite, f.want) else None
 
 
 def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict:
@@ -233,6 +270,28 @@ def _wiped(f: FamilyFacts, ow: str) -> Verdict:
     )  # fmt: skip
 
 
+def node_args_external_ips(text: str | None) -> list[str] | None:
+    """The ``--node-external-ip`` values in ``k3s.io/node-args`` (a JSON list: the subcommand, then
+    each flag and its value; k3s ``pkg/nodeconfig``), or None when it cannot be read.
+
+    >>> node_args_external_ips('["agent","--node-external-ip","203.0.113.7,2001:db8::7","--node-label","a=b"]')
+    ['203.0.113.7', '2001:db8::7']
+    >>> node_args_external_ips('["agent","--node-label","a=b"]')
+    []
+    """
+    try:
+        items = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        return None
+    out: list[str] = []
+    for flag, value in itertools.pairwise(items):
+        if flag == "--node-external-ip":
+            out += [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
 def shared_with(own: str, address: str, family: int, cluster: ClusterView | None) -> str | None:
     """Another Node that publishes ``address`` and keeps it: the one already publishing it while
     this one does not, or, when both do, the one whose name sorts first (stable on both sides)."""
@@ -261,6 +320,7 @@ class _Seen:
 
     node: OwnNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
+    """Each overwrite as it was when a GET last found all well ("" for none)."""
 
 
 class AnnotationPart(Part):
@@ -337,7 +397,8 @@ class AnnotationPart(Part):
         self._slow.reset()
         self._ask_restart(want, verdicts)
         if all(v.ok for v in verdicts.values()):
-            return self._succeed(want, "api", families)
+            self._seen.confirmed = {OVERWRITE[v]: node.annotations.get(OVERWRITE[v], "") for v in want}
+            return self._succeed(want, "api", families, verdicts)
         self._record(want, node.annotations, "api", families, verdicts)
         kind = next(v.rule for v in verdicts.values() if not v.ok)
         detail = f"Node {self.node}: " + "; ".join(_line(v) for v in verdicts.values() if not v.ok)
@@ -346,14 +407,23 @@ class AnnotationPart(Part):
     # --- steps -------------------------------------------------------------------------
 
     def _all_published(self, want: Mapping[int, str]) -> bool:
+        """All is well by the watch alone: published as decided, shared with nobody, and each
+        overwrite as it was when a GET last found all well (a change there is worth a look)."""
         view = self._cluster()
         info = view.nodes.get(self.node) if view is not None else None
         if info is None:
             return False
-        return all(
-            same_ip(info.annotations.get(PUBLISHED[v]), ip) and shared_with(self.node, ip, v, view) is None
+        anns = info.annotations
+        confirmed = self._seen.confirmed
+        well = all(
+            same_ip(anns.get(PUBLISHED[v]), ip)
+            and shared_with(self.node, ip, v, view) is None
+            and anns.get(OVERWRITE[v], "") == confirmed.get(OVERWRITE[v], anns.get(OVERWRITE[v], ""))
             for v, ip in want.items()
         )
+        if well:
+            confirmed.update({OVERWRITE[v]: anns.get(OVERWRITE[v], "") for v in want})
+        return well
 
     def _decide(self, node: OwnNode, want: Mapping[int, str], addrs: PublicAddresses) -> dict[int, Verdict]:
         view = self._k3s_view(addrs)
@@ -364,7 +434,7 @@ class AnnotationPart(Part):
         for v, ip in want.items():
             facts = FamilyFacts(
                 v, ip, node.annotations, view.family(v), node.version, pending,
-                shared_with(self.node, ip, v, cluster), stuck == _want_key(want),
+                shared_with(self.node, ip, v, cluster), stuck == _want_key(want), view.dropin_written,
             )  # fmt: skip
             out[v] = decide_family(facts)
         return out
@@ -417,12 +487,17 @@ class AnnotationPart(Part):
 
     # --- reporting ---------------------------------------------------------------------
 
-    def _succeed(self, want: Mapping[int, str], source: str, families: Families) -> float:
+    def _succeed(
+        self, want: Mapping[int, str], source: str, families: Families, verdicts: Mapping[int, Verdict] | None = None
+    ) -> float:
         if self._restarter is not None:
             self._restarter.drop("overwrite")
         self._retry.reset()
         self._slow.reset()
-        detail = "; ".join(f"{short(PUBLISHED[v])} is {ip}" for v, ip in want.items())
+        if verdicts:
+            detail = "; ".join(v.detail for v in verdicts.values())
+        else:
+            detail = "; ".join(f"{short(PUBLISHED[v])} is {ip}" for v, ip in want.items())
         if self._problem is not None:
             log.info("Node %s: %s", self.node, detail)
         self._problem = None
