@@ -129,11 +129,13 @@ class FaultLab:
     def nat_ruleset(self, name: str, forward: bool) -> str:
         """The router of a NAT'd node: source ports mapped at random; UDP 51820 forwarded or not."""
         inside, outside = NATTED[name]
-        dnat = f"  chain pre {{ type nat hook prerouting priority -100; policy accept;\n" \
-               f'   iifname "wan0" ip daddr {outside} udp dport {PORT} dnat to {inside}\n  }}\n' if forward else ""  # fmt: skip
+        dnat = (
+            "  chain pre { type nat hook prerouting priority -100; policy accept;\n"
+            f'   iifname "wan0" ip daddr {outside} udp dport {PORT} dnat to {inside}\n  }}\n'
+        )
         return (
             "add table ip wgtnat\ndelete table ip wgtnat\ntable ip wgtnat {\n"
-            f"{dnat}"
+            f"{dnat if forward else ''}"
             '  chain post { type nat hook postrouting priority 100; policy accept; oifname "wan0" masquerade random }\n'
             "}\n"
         )
@@ -310,7 +312,7 @@ def test_healthy_no_cell_is_faulty_and_every_agent_is_healthy(fl: FaultLab) -> N
         assert all(not r["stale"] for r in doc["reports"].values()), doc["reports"]
         time.sleep(2)
     for name in NAMES:
-        code, body = fl.ns[name].http(f"http://{HEALTH}/healthz")
+        _, body = fl.ns[name].http(f"http://{HEALTH}/healthz")
         checks = json.loads(body)["checks"]
         assert checks["mesh"]["ok"], (name, checks["mesh"])
         status = json.loads(fl.ns[name].http(f"http://{HEALTH}/status")[1])["parts"]["mesh"]
@@ -381,9 +383,8 @@ def test_an_endpoint_moved_to_a_wrong_port_on_both_sides_is_named_then_healed_by
         lines = [f"public_key={x25519_public(fl.nodes[other].private).hex()}", "update_only=true",
                  f"endpoint={ip}:{port}"]  # fmt: skip
         labkit.uapi_set(fl.nodes[me].uapi_dir, lines, ifname=IF)
-    fl.named(f"endpoint drift between {x} and {y}",
-             lambda cells: cells.get((x, y)) == ("down", m.ENDPOINT_DRIFT, x)
-             and cells.get((y, x)) == ("down", m.ENDPOINT_DRIFT, y) and only(cells, lambda k, v: set(k) == {x, y}))  # fmt: skip
+    drift = {(x, y): ("down", m.ENDPOINT_DRIFT, x), (y, x): ("down", m.ENDPOINT_DRIFT, y)}
+    fl.named(f"endpoint drift between {x} and {y}", lambda cells: cells == drift)
     fl.cleared(f"endpoint drift between {x} and {y} (healed by wgagent)")
     resets = [e for e in fl.events() if e["reason"] == "EndpointReset"]
     assert {e["involvedObject"]["name"] for e in resets} & {x, y}, resets
@@ -414,8 +415,8 @@ def test_a_nodes_interface_deleted(fl: FaultLab) -> None:
     fl.lab.run(c.host, "ip", "link", "del", IF)
     assert c.wg is not None
     wait_for(lambda: not c.wg.alive(), 10, "wireguard-go on c to exit")  # type: ignore[union-attr]
-    fl.named("c's interface deleted",
-             lambda cells: len(cells) == 8 and only(cells, lambda k, v: v == ("down", m.NO_INTERFACE, "c")))  # fmt: skip
+    gone = ("down", m.NO_INTERFACE, "c")
+    fl.named("c's interface deleted", lambda cells: len(cells) == 8 and only(cells, lambda k, v: v == gone))
     fl.start_wireguard(c)  # flannel makes it again when k3s restarts
     assert c.flannel is not None
     c.flannel.start(fl.node_objects())
@@ -427,8 +428,10 @@ def test_an_agent_stopped(fl: FaultLab) -> None:
     assert "wgagent_probe" in fl.lab.run(c.host, "nft", "list", "tables")
     assert fl.stop_agent(c) == 0
     assert "wgagent_probe" not in fl.lab.run(c.host, "nft", "list", "tables")  # a clean stop removes it
-    fl.named("c's agent stopped",
-             lambda cells: len(cells) == 4 and only(cells, lambda k, v: k[0] == "c" and v == ("unknown", m.NO_REPORT, "c")))  # fmt: skip
+    silent = ("unknown", m.NO_REPORT, "c")
+    fl.named(
+        "c's agent stopped", lambda cells: len(cells) == 4 and only(cells, lambda k, v: k[0] == "c" and v == silent)
+    )
     assert fl.mesh_json()["reports"]["c"]["state"] == "stopped"
     fl.start_agent(c)
     fl.cleared("c's agent stopped")

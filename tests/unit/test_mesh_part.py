@@ -16,7 +16,7 @@ from wgagent import events as ev
 from wgagent.config import Config, EventsConfig, K3sConfig, KubeConfig, MeshConfig, PublicIPConfig, WireGuardConfig
 from wgagent.errors import KubeUnreachable, NftUnavailable, TapUnavailable
 from wgagent.events import EventsPart
-from wgagent.k3s.role import Identity
+from wgagent.k3s.role import ConfigLocation, Identity
 from wgagent.mesh import probe as pb
 from wgagent.mesh import report as rp
 from wgagent.mesh.part import RETRY_S, MeshHost, MeshPart
@@ -242,7 +242,8 @@ def test_the_wiring_builds_the_mesh_part_last_and_the_event_recorder_once(
     tmp_path: Path, sections: dict[str, Any], expected: list[list[str]]
 ) -> None:
     seams = Seams(kube_client=lambda path, timeout, metrics: FakeKube())  # type: ignore[arg-type,return-value]
-    stages = build_parts(config(tmp_path, **sections), Identity("a", "test", None), State(node="a", version="t"), seams)
+    identity = Identity("a", "test", None, ConfigLocation.in_dir(str(tmp_path / "etc")), str(tmp_path / "data"))
+    stages = build_parts(config(tmp_path, **sections), identity, State(node="a", version="t"), seams)
     assert [[p.name for p in stage] for stage in stages] == expected
     recorders = [p for stage in stages for p in stage if isinstance(p, EventsPart)]
     meshes = [p for stage in stages for p in stage if isinstance(p, MeshPart)]

@@ -150,7 +150,7 @@ def test_every_python_dependency_is_a_debian_dependency_and_nothing_comes_from_p
         assert DEBIAN_NAME[dist] in depends, f"{DEBIAN_NAME[dist]} is missing from Depends"
     allowed = {"python3", "procps", "${misc:Depends}", "${python3:Depends}", *DEBIAN_NAME.values()}
     assert set(depends) <= allowed, set(depends) - allowed
-    assert control_field(binary, "Recommends") == ["wireguard-tools"]
+    assert control_field(binary, "Recommends") == ["nftables", "wireguard-tools"]  # nft: the mesh counters
     assert re.search(r"^Architecture: all$", binary, re.M)
     assert "debhelper-compat (= 13)" in read("packaging", "debian", "control")
 
