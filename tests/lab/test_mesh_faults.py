@@ -136,7 +136,8 @@ class FaultLab:
         return (
             "add table ip wgtnat\ndelete table ip wgtnat\ntable ip wgtnat {\n"
             f"{dnat if forward else ''}"
-            '  chain post { type nat hook postrouting priority 100; policy accept; oifname "wan0" masquerade random }\n'
+            "  chain post {\n   type nat hook postrouting priority 100; policy accept;\n"
+            '   oifname "wan0" masquerade random\n  }\n'
             "}\n"
         )
 
@@ -277,7 +278,7 @@ def column(node: str, cause: str) -> Callable[[Cells], bool]:
 @pytest.fixture(scope="module")
 def fl() -> Iterator[FaultLab]:
     require("wireguard-go", "nft", "openssl", "ip", root=True)
-    lab = Lab()
+    lab = Lab(keep_dir=bool(os.environ.get("WGAGENT_LAB_KEEP")))  # keep the logs to look at them
     world = FaultLab(lab)
     try:
         world.up()
@@ -320,8 +321,10 @@ def test_healthy_no_cell_is_faulty_and_every_agent_is_healthy(fl: FaultLab) -> N
 
 
 def test_udp_dropped_on_the_path_to_c(fl: FaultLab) -> None:
-    rule = f"table inet fault {{ chain fwd {{ type filter hook forward priority 0; ip daddr {PUBLIC['c']} " \
-           f"udp dport {PORT} drop; }} }}\n"  # fmt: skip
+    rule = (
+        "table inet fault {\n chain path {\n  type filter hook forward priority 0;\n"
+        f"  ip daddr {PUBLIC['c']} udp dport {PORT} drop\n }}\n}}\n"
+    )
     fl.lab.run(fl.hosts["inet"], "nft", "-f", "-", input=rule)  # a security group in front of c
     fl.named("UDP dropped on the path to c", column("c", m.INBOUND_BLOCKED_UPSTREAM))
     fl.lab.run(fl.hosts["inet"], "nft", "delete", "table", "inet", "fault")
@@ -329,8 +332,10 @@ def test_udp_dropped_on_the_path_to_c(fl: FaultLab) -> None:
 
 
 def test_a_host_firewall_reject_on_c(fl: FaultLab) -> None:
-    rule = "table inet filter { chain input { type filter hook input priority 0; policy accept; " \
-           f"udp dport {PORT} reject; }} }}\n"  # fmt: skip
+    rule = (
+        "table inet filter {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+        f"  udp dport {PORT} reject\n }}\n}}\n"
+    )
     host = fl.nodes["c"].host
     fl.lab.run(host, "nft", "-f", "-", input=rule)
     doc = fl.named("a host firewall REJECT on c", column("c", m.INBOUND_BLOCKED_HOST))

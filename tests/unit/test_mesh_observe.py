@@ -164,6 +164,22 @@ def test_rx_silence_shorter_than_two_keepalives_is_not_down() -> None:
     assert look(device(peer(1, hs_age=70, rx=500, tx=900)), view, previous=mem).peers[0].status == ob.OK
 
 
+def test_a_silent_peer_looked_at_every_2_s_stays_down_between_its_retries() -> None:
+    """A dead peer is sent an initiation every 5 s at best: looks 2 s apart often see no tx at
+    all. Sent since last heard is what counts, not sent since the last look (the fault lab's
+    drift flickered to ok when it was the latter)."""
+    view = cluster(node(1, port=51820))
+    mem = look(device(peer(1, hs_age=10, rx=500, tx=500, keepalive=2)), view, now=NOW - 30).memory
+    statuses = []
+    for t in range(-28, 1, 2):  # a look every 2 s; tx grows only every 5 s
+        tx = 500 + 148 * ((30 + t) // 5)
+        obs = look(device(peer(1, hs_age=40 + t, rx=500, tx=tx, keepalive=2)), view, now=NOW + t, previous=mem)
+        mem = obs.memory
+        statuses.append(obs.peers[0].status)
+    assert statuses[:4] == [ob.OK] * 4  # 2 x keepalive + 15 s: not yet
+    assert set(statuses[10:]) == {ob.DOWN}, statuses
+
+
 def test_no_keepalive_and_tx_growing_with_an_old_handshake_is_down() -> None:
     view = cluster(node(1))
     mem = look(device(peer(1, hs_age=900, keepalive=None, tx=100)), view, now=NOW - 30).memory

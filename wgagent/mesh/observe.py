@@ -87,8 +87,8 @@ class Memory:
     """What one look leaves for the next: counters and status changes, by key and by Node."""
 
     at: float
-    counters: Mapping[str, tuple[int, int, float, float]] = field(default_factory=dict)
-    """key -> (rx_bytes, tx_bytes, when rx last changed, when first seen)."""
+    counters: Mapping[str, tuple[int, int, float, float, float]] = field(default_factory=dict)
+    """key -> (rx_bytes, tx_bytes, when rx last changed, when first seen, when tx last changed)."""
     statuses: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     """node -> (status, since)."""
 
@@ -149,7 +149,7 @@ def observe(
     old = _old_keys(device, wanted, by_key, local_port)
     prev_counters = previous.counters if previous else {}
     prev_statuses = previous.statuses if previous else {}
-    counters: dict[str, tuple[int, int, float, float]] = {}
+    counters: dict[str, tuple[int, int, float, float, float]] = {}
     statuses: dict[str, tuple[str, float]] = {}
     views = []
     for key, (name, info) in wanted.items():
@@ -181,18 +181,21 @@ def _since(previous: tuple[str, float] | None, status: str, now: float) -> float
     return previous[1] if previous is not None and previous[0] == status else now
 
 
-def _counters(peer: Peer, prev: tuple[int, int, float, float] | None, now: float) -> tuple[int, int, float, float]:
+def _counters(
+    peer: Peer, prev: tuple[int, int, float, float, float] | None, now: float
+) -> tuple[int, int, float, float, float]:
     if prev is None:
-        return (peer.rx_bytes, peer.tx_bytes, now, now)
+        return (peer.rx_bytes, peer.tx_bytes, now, now, now)
     rx_changed = now if peer.rx_bytes != prev[0] else prev[2]
-    return (peer.rx_bytes, peer.tx_bytes, rx_changed, prev[3])
+    tx_changed = now if peer.tx_bytes != prev[1] else prev[4]
+    return (peer.rx_bytes, peer.tx_bytes, rx_changed, prev[3], tx_changed)
 
 
 def _peer_view(
     name: str,
     peer: Peer,
-    counters: tuple[int, int, float, float],
-    prev: tuple[int, int, float, float] | None,
+    counters: tuple[int, int, float, float, float],
+    prev: tuple[int, int, float, float, float] | None,
     advertised: frozenset[str],
     primary: str | None,
     now: float,
@@ -204,7 +207,8 @@ def _peer_view(
     if (rx_delta is not None and rx_delta < 0) or (tx_delta is not None and tx_delta < 0):
         rx_delta = tx_delta = None  # the peer was re-added: its counters restarted
     rx_quiet = now - counters[2]
-    status = _status(peer, age, tx_delta, rx_quiet, counters[3], advertised, now)
+    sent_since_heard = counters[4] > counters[2]  # we sent after the last time we heard it
+    status = _status(peer, age, tx_delta, rx_quiet, sent_since_heard, counters[3], advertised, now)
     return PeerView(
         name,
         status,
@@ -224,6 +228,7 @@ def _status(
     age: float | None,
     tx_delta: int | None,
     rx_quiet_s: float,
+    sent_since_heard: bool,
     first_seen: float,
     advertised: frozenset[str],
     now: float,
@@ -231,7 +236,7 @@ def _status(
     """The status of a current-key peer (the table in the module doc)."""
     drifted = bool(advertised) and peer.endpoint not in advertised
     if age is not None and age <= REJECT_AFTER_S:
-        if _rx_silent(peer, rx_quiet_s, tx_delta):
+        if _rx_silent(peer, rx_quiet_s, sent_since_heard):
             return DRIFT if drifted else DOWN
         roamed = bool(advertised) and endpoint_ip(peer.endpoint) not in {endpoint_ip(e) for e in advertised}
         return ROAMED if roamed else OK
@@ -244,11 +249,14 @@ def _status(
     return DRIFT if drifted else DOWN
 
 
-def _rx_silent(peer: Peer, rx_quiet_s: float, tx_delta: int | None) -> bool:
+def _rx_silent(peer: Peer, rx_quiet_s: float, sent_since_heard: bool) -> bool:
     """With persistent keepalive the other side sends at least every ``keepalive`` seconds
     (flannel configures every node alike; k3s defaults to 25 s): silence for twice that, while
-    we keep sending, means its packets no longer reach us, well before the handshake expires."""
-    if not peer.keepalive or tx_delta is None or tx_delta <= 0:
+    we have sent since we last heard it, means its packets no longer reach us, well before the
+    handshake expires. "Sent since" and not "sent since the last look": a dead peer is sent a
+    handshake initiation every 5 s at best (REKEY_TIMEOUT), so between two looks a few
+    seconds apart nothing may have gone out, and the peer is not fine for that."""
+    if not peer.keepalive or not sent_since_heard:
         return False
     return rx_quiet_s >= 2 * peer.keepalive + RX_QUIET_EXTRA_S
 
