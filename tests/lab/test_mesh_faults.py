@@ -247,7 +247,14 @@ class FaultLab:
         return self.until(lambda doc: expected(self.cells(doc)), NAMED_WITHIN_S, what)[1]
 
     def cleared(self, what: str) -> None:
-        self.until(lambda doc: bool(doc["ok"]), CLEARED_WITHIN_S, f"{what}: ok again")
+        """Every cell ok, in two looks in a row (a single look could catch a flicker)."""
+        streak = [0]
+
+        def ok(doc: dict[str, Any]) -> bool:
+            streak[0] = streak[0] + 1 if doc["ok"] else 0
+            return streak[0] >= 2
+
+        self.until(ok, CLEARED_WITHIN_S, f"{what}: ok again")
 
     def device(self, name: str) -> Device:
         return parse_get(labkit.uapi(self.nodes[name].uapi_dir, "get=1\n\n", ifname=IF), IF)
@@ -377,10 +384,10 @@ def test_a_public_ip_pointing_at_a_wrong_address(fl: FaultLab) -> None:
 def test_an_endpoint_moved_to_a_wrong_port_on_both_sides_is_named_then_healed_by_wgagent(fl: FaultLab) -> None:
     now = time.time()
     ages = {}
-    for x in NAMES:
+    for x in PUBLIC:  # a pair of public nodes (between two NAT'd ones a dead mapping is NAT on both sides)
         for peer in fl.device(x).peers:
             y = next(n for n in NAMES if fl.nodes[n].key == peer.public_key)
-            if x < y and peer.last_handshake is not None:
+            if x < y and y in PUBLIC and peer.last_handshake is not None:
                 ages[(x, y)] = now - peer.last_handshake
     (x, y), _ = max(ages.items(), key=lambda kv: kv[1])  # the oldest session: healed soonest (at 180 s)
     for me, other, port in ((x, y, 40001), (y, x, 40002)):

@@ -154,6 +154,32 @@ def test_two_nated_nodes_that_do_not_hear_each_other_before_any_probe_is_missed(
     assert cells(d) == {("a", "b"): both, ("b", "a"): both} and d.cell("a", "b").since == NOW - 120
 
 
+@pytest.mark.parametrize(
+    ("a_note", "b_note"),
+    [
+        (note("b", wg="down", wg_since=NOW - 60), None),
+        (note("b", wg="drift", wg_since=NOW - 60, endpoint="203.0.113.2:40917"),
+         note("a", wg="drift", wg_since=NOW - 50, endpoint="203.0.113.1:38112")),
+    ],
+    ids=["only one side has seen the session die yet", "both hold the port their NAT had mapped"],
+)  # fmt: skip
+def test_two_nated_nodes_whose_session_died_are_nat_both_sides_at_once(a_note: rp.Note, b_note: rp.Note | None) -> None:
+    reps = healthy("a", "b")
+    reps["a"] = report(a_note, nat=True)
+    reps["b"] = report(*([b_note] if b_note else []), nat=True)
+    d = dg.diagnose(view("a", "b"), reps, NOW)
+    both = ("down", m.NAT_BOTH_SIDES, "a")
+    assert cells(d) == {("a", "b"): both, ("b", "a"): both}
+
+
+def test_a_port_only_drift_towards_a_public_node_is_still_a_drift() -> None:
+    reps = healthy("a", "b")
+    reps["a"] = report(note("b", wg="drift", wg_since=NOW - 60, endpoint="203.0.113.2:40917"), nat=True)
+    reps["b"] = report(note("a", wg="drift", wg_since=NOW - 50, endpoint="203.0.113.1:38112"))
+    d = dg.diagnose(view("a", "b"), reps, NOW)
+    assert cells(d) == {("a", "b"): ("down", m.ENDPOINT_DRIFT, "a"), ("b", "a"): ("down", m.ENDPOINT_DRIFT, "b")}
+
+
 def test_two_cloud_nodes_with_closed_security_groups_are_upstream_each() -> None:
     reps = healthy("a", "b")
     reps["a"] = report(

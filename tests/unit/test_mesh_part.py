@@ -119,6 +119,48 @@ async def test_probes_arriving_at_the_tap_are_read_as_they_come(tmp_path: Path) 
     await part.close()
 
 
+async def test_a_probe_arriving_while_the_counters_are_read_is_not_taken_for_a_host_drop(tmp_path: Path) -> None:
+    """The tap sees a probe at the device before the late input counter counts it; a probe that
+    comes while nft runs must not look seen-but-not-counted (the fault lab's false "host")."""
+    clock = Clock()
+    mesh = Mesh(["a", "b"], [], clock)
+    handshaken(mesh, clock)
+    b_probes = rp.Report(at=int(clock.t), interface="flannel-wg", probe_interval_s=300, probing_since=int(NOW) - 900)
+    mesh.set_annotation("b", rp.ANNOTATION, rp.encode(b_probes))  # b probes a: a expects its probes
+    passed: dict[str, int] = {}
+
+    class Racy:
+        reads = 0
+
+        async def install(self, port: int) -> None:
+            pass
+
+        async def counts(self) -> dict[str, dict[str, int]]:
+            self.reads += 1
+            if self.reads == 2:  # a probe reaches the device now; the input chain counts it later
+                mesh.probe("b", [pb.Target("a", "203.0.113.1", 51820)])
+                for _ in range(5):  # nft takes a while: the event loop reads the tap meanwhile
+                    await asyncio.sleep(0)
+                snapshot = dict(passed)
+                passed["203.0.113.2"] = 1
+                return {"pass": snapshot, "hs_pre": {}, "hs_post": {}}
+            return {"pass": dict(passed), "hs_pre": {}, "hs_post": {}}
+
+        async def remove(self) -> None:
+            pass
+
+    sim = mesh.host("a")
+    host = MeshHost(tap=sim.tap, counters=Racy, send=sim.send, is_local=sim.is_local)  # type: ignore[arg-type]
+    part, _, _ = make(tmp_path, mesh, clock, host=host)
+    for _ in range(3):
+        await part.reconcile()
+        clock.t += 2
+    assert part._last is not None
+    report = part._last.report
+    assert report.inbound.host == 0 and not any(n.inbound == pb.HOST for n in report.notes), report
+    await part.close()
+
+
 async def test_a_tap_and_a_counter_that_cannot_run_are_reported(tmp_path: Path) -> None:
     class NoTap:
         def open(self) -> None:

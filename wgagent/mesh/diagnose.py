@@ -38,8 +38,11 @@ counter does not: B's report says ``i: host`` and names the rule. Node to fix: B
 *Both behind NAT without an inbound path* (``nat-both-sides``). Neither can open a flow to
 the other: the session is down, neither hears the other, and both report ``nat`` and no cloud
 provider (a cloud's 1:1 NAT forwards whatever its security group admits: that is upstream,
-with a control to open). Soon after, both also show no inbound at all (``in.ok`` 0, every
-expected sender missing), which confirms it. One side is enough to fix: the first by name is
+with a control to open). Named as soon as one side has seen the session die, and also when
+each side still holds the port the other's NAT had mapped (the mapping died with the session):
+setting the advertised port back (the heal) helps only where it is forwarded. Soon after,
+both also show no inbound at all (``in.ok`` 0, every expected sender missing), which
+confirms it. One side is enough to fix: the first by name is
 named, the fix says either.
 
 *A wrong public-ip on B* (``wrong-endpoint``). flannel on A sets B's endpoint to the
@@ -440,7 +443,10 @@ def _dead_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found |
     other direction's cause (the pair's root), or who still hears whom."""
     if b.report is None:
         return (m.NO_REPORT, b.name, fix_no_report(b.name, b.state), b.state.at)
-    return _forward_cause(b, a, nb, na) or _heard_cause(a, b, na, nb) or _nat_cause(a, b, na, nb)
+    # Two nodes behind NAT whose session died cannot reach each other either way (one open
+    # inbound would have carried it): NAT on both sides, also while only one side has seen it
+    # die yet, before "who still hears whom" (the one side's silence alone) could say more.
+    return _forward_cause(b, a, nb, na) or _nat_cause(a, b, na, nb) or _heard_cause(a, b, na, nb)
 
 
 def _nat_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:
@@ -461,9 +467,21 @@ def _wireguard_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Fo
             return (m.STALE_KEY, holder.name, fix_stale_key(holder.name, other.name, note.old_key), note.wg_since)
     for holder, other, note in ((a, b, na), (b, a, nb)):
         if note is not None and note.wg == ob.DRIFT and other.wrong_endpoint is None:
+            if a.nat_only and b.nat_only and _port_only(note.endpoint, other):
+                continue  # a NAT mapping that died between two NAT'd nodes: see _nat_cause
             fix = fix_drift(holder.name, other.name, note.endpoint, other)
             return (m.ENDPOINT_DRIFT, holder.name, fix, note.wg_since)
     return None
+
+
+def _port_only(endpoint: str | None, n: _Node) -> bool:
+    """The endpoint is the Node's advertised address on another port: where its NAT had mapped it.
+
+    Between two NAT'd nodes that is how a session over a NAT mapping ends (the mapping expired,
+    the router rebooted): setting the advertised port back (wgagent heals it anyway) works only
+    where that port is forwarded, and if it is not, neither side can reach the other: the cause
+    to name is NAT on both sides, not a drift."""
+    return m.endpoint_ip(endpoint) == _public_ip(n)
 
 
 def _forward_cause(a: _Node, b: _Node, na: Note | None, nb: Note | None) -> Found | None:

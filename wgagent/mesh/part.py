@@ -221,13 +221,19 @@ class MeshPart(Part):
 
     async def _inputs(self, now: float, view: ClusterView, device: Device | None, detail: str) -> agent.Inputs:
         probing = self._probing
+        counts: dict[str, dict[str, int]] | None = None
+        arrivals: list[pb.Arrival] = []
         if self.policy.probe:
             port = device.listen_port if device is not None and device.listen_port else self.cfg.wireguard.listen_port
             self._open_tap(port)
+            # The arrivals first, then the counters (probe.account's order): a probe arriving
+            # while nft runs is then counted ahead of being seen, never seen and not counted,
+            # which would read as a drop by the host firewall.
+            self._on_readable()
+            arrivals, probing.arrivals = probing.arrivals, []
             counts = await self._counts(port)
         else:
-            counts, probing.tap_state = None, "off"
-        arrivals, probing.arrivals = probing.arrivals, []
+            probing.tap_state, probing.arrivals = "off", []
         if self._st is None:
             self._st = agent.start(now, counts.get("pass") if counts else None)
         reports = rp.published(view)
