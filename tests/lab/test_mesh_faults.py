@@ -234,13 +234,17 @@ class FaultLab:
     def until(self, check: Callable[[dict[str, Any]], bool], limit_s: float, what: str) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
         doc = self.mesh_json()
+        seen: list[str] = []  # what was shown on the way (printed with the timings)
         while not check(doc):
+            shown = " ".join(sorted(f"{a}>{b}:{c}@{n}" for (a, b), (_, c, n) in self.cells(doc).items()))
+            if not seen or seen[-1] != shown:
+                seen.append(f"{time.monotonic() - started:.0f}s {shown or 'ok'}")
             if time.monotonic() - started > limit_s:
                 raise AssertionError(f"{what}: not within {limit_s:g} s; now {self.cells(doc)}, {doc['problems']}")
             time.sleep(1.0)
             doc = self.mesh_json()
         took = time.monotonic() - started
-        self.timings[what] = f"{took:.0f} s"
+        self.timings[what] = f"{took:.0f} s" + (f"  (on the way: {' | '.join(seen)})" if len(seen) > 1 else "")
         return took, doc
 
     def named(self, what: str, expected: Callable[[Cells], bool]) -> dict[str, Any]:
@@ -384,10 +388,10 @@ def test_a_public_ip_pointing_at_a_wrong_address(fl: FaultLab) -> None:
 def test_an_endpoint_moved_to_a_wrong_port_on_both_sides_is_named_then_healed_by_wgagent(fl: FaultLab) -> None:
     now = time.time()
     ages = {}
-    for x in PUBLIC:  # a pair of public nodes (between two NAT'd ones a dead mapping is NAT on both sides)
+    for x in NAMES:  # not two NAT'd nodes: between those a dead mapping is NAT on both sides
         for peer in fl.device(x).peers:
             y = next(n for n in NAMES if fl.nodes[n].key == peer.public_key)
-            if x < y and y in PUBLIC and peer.last_handshake is not None:
+            if x < y and (x in PUBLIC or y in PUBLIC) and peer.last_handshake is not None:
                 ages[(x, y)] = now - peer.last_handshake
     (x, y), _ = max(ages.items(), key=lambda kv: kv[1])  # the oldest session: healed soonest (at 180 s)
     for me, other, port in ((x, y, 40001), (y, x, 40002)):
