@@ -30,9 +30,6 @@ from wgagent import __version__
 from wgagent.commands import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from wgagent.errors import ConfigError, DaemonNotRunning, WgAgentError
 
-COMMANDS = ("run", "status", "doctor", "discover", "gc")
-"""Each is ``wgagent.commands.<name>.main(args)``, imported only when it runs."""
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, as for a bad config

@@ -29,6 +29,7 @@ import yaml
 
 from wgagent import fsutil, yamlerr
 from wgagent.errors import ConfigError
+from wgagent.wireguard.model import REJECT_AFTER_S
 
 DEFAULT_PATH = "/etc/wgagent/config.yaml"
 ENV_VAR = "WGAGENT_CONFIG"
@@ -342,7 +343,9 @@ class GCConfig:
     enabled: bool = key(_bool, True, "garbage-collect dead WireGuard peers")
     interval_s: float = key(_seconds(1, 86400), 300.0, "seconds between GC passes")
     stale_after_s: float = key(
-        _seconds(180, 30 * 86400), 300.0, "a peer is stale after this long without a handshake (>= 180)"
+        _seconds(REJECT_AFTER_S, 30 * 86400),
+        300.0,
+        f"a peer is stale after this long without a handshake (>= {REJECT_AFTER_S:g})",
     )
     max_removals_per_pass: int = key(_int(1, 1_000_000), 1000, "removals per pass at most")
     dry_run: bool = key(_bool, False, "decide and report, remove nothing")

@@ -317,4 +317,7 @@ def test_kill_9_at_random_moments_leaves_whole_files_and_every_restart_converges
     assert killed_mid_write >= 1, f"no kill landed mid-write (window {window_s:.3f} s)"
     lingering = temps(w)
     assert len(lingering) <= 4, lingering  # at most the last kill's, one per file
-    print(f"{CYCLES} cycles, kill window {window_s * 1000:.0f} ms, {killed_mid_write} kills mid-write")
+    print(
+        f"{CYCLES} cycles, kill window {window_s * 1000:.0f} ms, {killed_mid_write} kills mid-write, "
+        f"{left_behind} temp file(s) left behind by them"
+    )

@@ -19,7 +19,6 @@ import pytest
 from wgagent import __version__, cli, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEBIAN = os.path.join(ROOT, "packaging", "debian")
 
 
 def read(*parts: str) -> str:

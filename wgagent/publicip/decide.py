@@ -63,8 +63,6 @@ _REJECT_V6: tuple[tuple[IPv6Network, str], ...] = tuple(
 )
 _GLOBAL_UNICAST_V6 = IPv6Network("2000::/3")
 
-_KIND_LABEL = {"stun": "STUN", "http": "HTTP echo", "metadata": "metadata", "interface": "interface"}
-
 
 def rejection(ip: IPAddress) -> str | None:
     """Why ``ip`` cannot be a node's public address, or None when it can.
