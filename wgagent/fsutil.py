@@ -78,8 +78,11 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, make_dirs: bool =
     On any failure (ENOSPC, EROFS, EACCES, ...) the old file is left as it was, the
     temporary file is removed, and WriteError says what went wrong.
 
-    >>> atomic_write("/tmp/x.yaml", b"a: 1\\n")   # doctest: +SKIP
-    True
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.yaml")
+    >>> atomic_write(path, b"a: 1\\n"), atomic_write(path, b"a: 1\\n")   # written, then nothing to do
+    (True, False)
+    >>> import shutil; shutil.rmtree(os.path.dirname(path))
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:

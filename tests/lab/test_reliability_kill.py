@@ -45,7 +45,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -212,8 +212,8 @@ def canonical_json(content: bytes) -> object:
 def check_files(w: World) -> dict[str, str]:
     """Every file the agent owns is whole; returns what they say."""
     seen: dict[str, str] = {}
-    renderings = {render_dropin("agent", PublicAddresses(ipv4=ip_address(a)), w.k3s_cfg).encode(): a
-                  for a in ADDRESSES}  # type: ignore[arg-type]  # fmt: skip
+    renderings = {render_dropin("agent", PublicAddresses(ipv4=IPv4Address(a)), w.k3s_cfg).encode(): a
+                  for a in ADDRESSES}  # fmt: skip
     if w.dropin.exists():
         content = w.dropin.read_bytes()
         assert content in renderings, f"torn drop-in: {content!r}"

@@ -68,7 +68,8 @@ class Host:
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | subprocess.Popen[str]
+    """Its output goes to ``log``; text or bytes mode does not matter here."""
     log: str
     host: Host | None = None
 

@@ -29,10 +29,11 @@ from tests.support import configs
 from tests.support.notify import NotifySocket
 from tests.support.virtualtime import VirtualTimeLoop
 from wgagent import config
-from wgagent.daemon import Daemon, Stages
+from wgagent.daemon import Daemon
 from wgagent.notify import Notifier
 from wgagent.part import Part, Signal, StreamPart
 from wgagent.state import State
+from wgagent.wiring import Stages
 
 T = TypeVar("T")
 
@@ -188,11 +189,12 @@ class FakePart(Part):
         self.passes = 0
         self.finished_at: float | None = None
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> float | None:
         await asyncio.sleep(self.delay_s)
         self.passes += 1
         self.finished_at = asyncio.get_running_loop().time()
         self.state.set_check(self.name, self.ok, "fake")
+        return None
 
 
 class HangingPart(Part):

@@ -8,7 +8,7 @@ must give no problem and no warning.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from typing import Any
@@ -110,7 +110,7 @@ def wireguard(dev: Device | None = None, *, up: bool = True, bound: Iterable[int
     return WireGuardFacts((InterfaceRead("flannel-wg", read, first_seen or {}),), "", frozenset(bound), others)
 
 
-def k3s_facts(files: dict[str, bytes] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
+def k3s_facts(files: Mapping[str, bytes | Unreadable] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
               role: str | None = "server", binary: str | None = "/usr/local/bin/k3s") -> K3sFacts:  # fmt: skip
     if files is None:
         files = {DROPIN: dropin()}
@@ -360,7 +360,10 @@ def test_the_right_backend_set_where_it_defeats_the_dropin_is_a_warning(
 
 
 def test_a_config_file_wgagent_declined_to_read_is_only_noted() -> None:
-    files = {DROPIN: dropin(), "config.yaml.d/20-huge.yaml": Unreadable("larger than 1 MiB", fatal=False)}
+    files: dict[str, bytes | Unreadable] = {
+        DROPIN: dropin(),
+        "config.yaml.d/20-huge.yaml": Unreadable("larger than 1 MiB", fatal=False),
+    }
     findings = diagnose(healthy(k3s=k3s_facts(files)))
     find(findings, "info", "k3s", "20-huge.yaml: not checked: larger than 1 MiB")
     assert is_clear(findings)
