@@ -150,8 +150,10 @@ def test_help_lists_every_command_and_exits_0(capsys: pytest.CaptureFixture[str]
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["version"]) == 0
     assert capsys.readouterr() == (f"wgagent {__version__}\n", "")
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["--version"])
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr() == (f"wgagent {__version__}\n", "")
+    with pytest.raises(SystemExit) as exc:  # among other arguments, argparse's --version answers
+        cli.main(["--config", "/nonexistent.yaml", "--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"wgagent {__version__}\n"
 
@@ -211,6 +213,26 @@ def test_status_with_a_garbled_answer_is_one_line_and_exit_1(
         daemon.close()
     out, err = capsys.readouterr()
     assert out == "" and one_line(err).startswith("wgagent: http://127.0.0.1:")
+
+
+def test_status_when_something_else_answers_is_exit_3(config_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with open(config_path) as f:
+        port = int(yaml.safe_load(f)["health"]["listen"].rsplit(":", 1)[1])
+
+    class NoGet(http.server.BaseHTTPRequestHandler):  # answers 501 to a GET
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), NoGet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert cli.main(["--config", config_path, "status"]) == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capsys.readouterr()
+    assert out == "" and one_line(err).startswith("wgagent: no daemon answers at http://127.0.0.1:")
+    assert "(HTTP 501 " in err
 
 
 @pytest.mark.parametrize("command", ["run", "status", "doctor", "discover", "gc"])

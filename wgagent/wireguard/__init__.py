@@ -14,3 +14,10 @@
 The decisions (``diagnose()``, ``interface_facts()``, ``select_stale_peers()``) are pure
 functions over plain data, so ``wgagent doctor`` can reuse them for its one-shot report.
 """
+
+REJECT_AFTER_S = 180.0
+"""REJECT_AFTER_TIME (wireguard-go device/constants.go, 180 s; the kernel's REJECT_AFTER_TIME in
+drivers/net/wireguard/messages.h is the same): a session older than this is dead, so a peer
+with no handshake for this long is not talking to us. The one statement of this floor:
+``wireguard.gc.stale_after_s`` may not go below it (config.py), a peer is "active" within it.
+Here rather than in model.py so that the config schema can name it without importing the model."""

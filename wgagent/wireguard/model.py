@@ -18,11 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from wgagent.wireguard import REJECT_AFTER_S as REJECT_AFTER_S
+
 KEY_LEN = 32
-REJECT_AFTER_S = 180.0
-"""REJECT_AFTER_TIME (wireguard-go device/constants.go): a session older than this is dead, so a
-peer with no handshake for this long is not talking to us. The one statement of this floor:
-``wireguard.gc.stale_after_s`` may not go below it, and a peer is "active" within it."""
 
 
 class Peer(NamedTuple):
