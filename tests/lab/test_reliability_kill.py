@@ -181,6 +181,9 @@ def world(lab: Lab, tmp_path: Path) -> Iterator[World]:
     k3s_cfg = K3sConfig(**{k: v for k, v in cfg["k3s"].items() if k != "enabled"})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("JOURNAL_STREAM", None)
+    # Agents killed with -9 (or ended by os._exit) write no coverage data: measuring them
+    # would only slow them down and make fewer kills land mid-write.
+    env.pop("COVERAGE_PROCESS_START", None)
     zygote = subprocess.Popen(
         host.argv(sys.executable, "-c", ZYGOTE, path),
         stdin=subprocess.PIPE,
