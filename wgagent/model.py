@@ -76,18 +76,6 @@ class NodeInfo:
     def public_ip(self) -> str | None:
         return self.annotations.get(ANN_PUBLIC_IP)
 
-    @property
-    def public_ip_overwrite(self) -> str | None:
-        return self.annotations.get(ANN_PUBLIC_IP_OVERWRITE)
-
-    @property
-    def public_ipv6(self) -> str | None:
-        return self.annotations.get(ANN_PUBLIC_IPV6)
-
-    @property
-    def backend_type(self) -> str | None:
-        return self.annotations.get(ANN_BACKEND_TYPE)
-
 
 @dataclass(frozen=True)
 class ClusterView:

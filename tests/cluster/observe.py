@@ -131,7 +131,10 @@ def problems(cluster: Cluster, snap: Snapshot) -> list[str]:
     live = {n.public_key: n.name for n in cluster.nodes.values()}
     for spec in NODES:
         node, st = cluster.nodes[spec.name], snap.nodes[spec.name]
-        say = lambda text, name=spec.name: out.append(f"{name}: {text}")  # noqa: E731
+
+        def say(text: str, name: str = spec.name) -> None:
+            out.append(f"{name}: {text}")
+
         if not st.running:
             say("wgagent is not running")
         decided, _ = st.decided()

@@ -68,7 +68,8 @@ class Host:
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | subprocess.Popen[str]
+    """Its output goes to ``log``; text or bytes mode does not matter here."""
     log: str
     host: Host | None = None
 
@@ -92,7 +93,6 @@ class Lab:
     keep_dir: bool = False
     hosts: list[Host] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
-    _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.id = f"{PREFIX}{os.getpid()}x{next(_counter)}"
@@ -240,9 +240,6 @@ class Lab:
 
     # --- waiting ---------------------------------------------------------------------------
 
-    def wait_tcp(self, host: Host | None, port: int, addr: str = "127.0.0.1", timeout: float = 10) -> None:
-        self._wait_listen(host, "-tln", addr, port, timeout)
-
     def wait_udp(self, host: Host | None, port: int, addr: str = "", timeout: float = 10) -> None:
         self._wait_listen(host, "-uln", addr, port, timeout)
 
@@ -262,12 +259,6 @@ class Lab:
     # --- cleanup ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        errors: list[str] = []
-        for cleanup in reversed(self._cleanups):
-            try:
-                cleanup()
-            except Exception as exc:
-                errors.append(repr(exc))
         for proc in reversed(self.procs):
             self.stop(proc, timeout=3)
         for host in reversed(self.hosts):
@@ -276,11 +267,6 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
         self.procs.clear()
-        if errors:
-            raise LabError("lab cleanup: " + "; ".join(errors))
-
-    def on_close(self, fn: Callable[[], None]) -> None:
-        self._cleanups.append(fn)
 
     def logs(self) -> str:
         """The tail of every process's output, for a failing test's report."""

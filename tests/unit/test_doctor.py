@@ -8,7 +8,7 @@ must give no problem and no warning.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from typing import Any
@@ -33,9 +33,12 @@ from wgagent.doctor import (
     is_clear,
     render_json,
 )
+from wgagent.doctor.k3s_findings import _k3s_finding
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.dropin import render_dropin
 from wgagent.k3s.role import NodeName, Role
+from wgagent.k3s.scan import Finding as K3sFinding
+from wgagent.k3s.scan import Unreadable
 from wgagent.model import (
     ANN_BACKEND_DATA,
     ANN_BACKEND_TYPE,
@@ -107,7 +110,7 @@ def wireguard(dev: Device | None = None, *, up: bool = True, bound: Iterable[int
     return WireGuardFacts((InterfaceRead("flannel-wg", read, first_seen or {}),), "", frozenset(bound), others)
 
 
-def k3s_facts(files: dict[str, bytes] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
+def k3s_facts(files: Mapping[str, bytes | Unreadable] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
               role: str | None = "server", binary: str | None = "/usr/local/bin/k3s") -> K3sFacts:  # fmt: skip
     if files is None:
         files = {DROPIN: dropin()}
@@ -232,6 +235,24 @@ def test_a_device_on_another_port() -> None:
     find(findings, "problem", "wireguard", "nothing listens on UDP 51820")
 
 
+def test_an_interface_that_does_not_exist() -> None:
+    read = DeviceRead(Link("flannel-wg", False), None, None, "no such device")
+    w = WireGuardFacts((InterfaceRead("flannel-wg", read, {}),), "", frozenset())
+    findings = diagnose(healthy(wireguard=w))
+    f = find(findings, "problem", "wireguard", "interface flannel-wg does not exist")
+    assert f.detail == "no such device" and f.fix == "systemctl restart k3s (flannel creates flannel-wg when it starts)"
+    assert not any(x.area == "peers" for x in findings)
+
+
+def test_an_interface_that_cannot_be_read() -> None:
+    read = DeviceRead(Link("flannel-wg", True, True, "wireguard"), None, "netlink", "Operation not permitted")
+    w = WireGuardFacts((InterfaceRead("flannel-wg", read, {}),), "", frozenset((51820,)))
+    f = find(diagnose(healthy(wireguard=w)), "problem", "wireguard", "cannot read WireGuard interface flannel-wg")
+    assert (
+        f.detail == "Operation not permitted" and f.fix == "run 'wgagent doctor' as root; by hand: wg show flannel-wg"
+    )
+
+
 def test_a_device_that_is_down() -> None:
     f = find(diagnose(healthy(wireguard=wireguard(up=False))), "problem", "wireguard", "flannel-wg is down")
     assert "ip link set flannel-wg up" in f.fix
@@ -309,6 +330,56 @@ def test_an_earlier_file_replaced_by_the_dropin_is_only_noted() -> None:
     findings = diagnose(healthy(k3s=k3s_facts(files)))
     assert is_clear(findings), problems(findings)
     find(findings, "info", "k3s", "is replaced by wgagent's 50-wgagent.yaml")
+
+
+RIGHT_BACKEND_SET_ITSELF = {
+    "a later file sets wireguard-native": (
+        {DROPIN: dropin(), "config.yaml.d/90-mine.yaml": b"flannel-backend: wireguard-native\n"},
+        "/usr/local/bin/k3s server",
+        f"{ETC}/config.yaml.d/90-mine.yaml:1 sets flannel-backend itself",
+        f"delete the flannel-backend line from {ETC}/config.yaml.d/90-mine.yaml",
+    ),
+    "ExecStart sets --flannel-backend=wireguard-native": (
+        None,
+        "/usr/local/bin/k3s server --flannel-backend=wireguard-native",
+        f"{UNIT} sets flannel-backend itself",
+        f"remove --flannel-backend from ExecStart in {UNIT}, then systemctl daemon-reload",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "exec_start", "title", "fix"), RIGHT_BACKEND_SET_ITSELF.values(), ids=RIGHT_BACKEND_SET_ITSELF.keys()
+)
+def test_the_right_backend_set_where_it_defeats_the_dropin_is_a_warning(
+    files: dict[str, bytes] | None, exec_start: str, title: str, fix: str
+) -> None:
+    findings = diagnose(healthy(k3s=k3s_facts(files, exec_start=exec_start)))
+    assert find(findings, "warn", "k3s", title).fix == fix
+    assert is_clear(findings), problems(findings)
+
+
+def test_a_config_file_wgagent_declined_to_read_is_only_noted() -> None:
+    files: dict[str, bytes | Unreadable] = {
+        DROPIN: dropin(),
+        "config.yaml.d/20-huge.yaml": Unreadable("larger than 1 MiB", fatal=False),
+    }
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    find(findings, "info", "k3s", "20-huge.yaml: not checked: larger than 1 MiB")
+    assert is_clear(findings)
+
+
+def test_a_config_finding_of_an_unknown_kind_still_names_the_file_to_correct() -> None:
+    f = _k3s_finding(K3sFinding(f"{ETC}/config.yaml", 3, "something new", code="future"), healthy())
+    assert (f.severity, f.title) == ("problem", f"{ETC}/config.yaml:3: something new")
+    assert f.fix == f"correct {ETC}/config.yaml, then systemctl restart k3s"
+
+
+def test_without_the_dropin_and_with_k3s_management_off_node_external_ip_is_not_asked_for() -> None:
+    cfg = Config(node_name="n1", k3s=K3sConfig(enabled=False))
+    findings = diagnose(healthy(cfg=cfg, k3s=k3s_facts({"config.yaml": b"flannel-backend: wireguard-native\n"})))
+    assert not any("node-external-ip" in f.title for f in findings)
+    assert is_clear(findings), problems(findings)
 
 
 def test_wgagents_own_backend_setting_not_wireguard_is_a_warning() -> None:
@@ -449,6 +520,8 @@ KUBE_ERRORS = {
                                   f"node_name: <this node's name in kubectl get nodes> in {CONF}"),
     "node not registered": (NotFound('GET ...: 404 NotFound: nodes "n1" not found'), "Node n1 is not registered",
                             "node_name: <the name kubectl get nodes shows"),
+    "any other API failure": (KubeError("GET ...: 500 Internal Server Error"), "the Kubernetes API failed",
+                              "systemctl status k3s; journalctl -u k3s"),
 }  # fmt: skip
 
 
@@ -490,6 +563,12 @@ def test_an_agent_restarts_k3s_agent() -> None:
     findings = diagnose(facts)
     assert find(findings, "problem", "wireguard", "nothing listens").fix.startswith("systemctl restart k3s-agent")
     assert not any(f.area == "flannel" and "flannel-backend" in f.title for f in findings)  # a server option
+
+
+def test_an_own_node_read_without_annotations_or_error_reports_only_the_list() -> None:
+    findings = diagnose(healthy(kube=KubeFacts("/k.yaml", "/k.yaml", None, None, CLUSTER, None)))
+    assert [f.title for f in findings if f.area == "kubernetes"] == ["2 Node(s) listed"]
+    assert not any("annotation" in f.title for f in findings)
 
 
 @pytest.mark.parametrize("area", ["k3s", "module", "public_ip", "kube", "wireguard"])

@@ -219,7 +219,7 @@ async def test_failed_write_keeps_the_old_file_and_fails_the_check(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(fsutil.os, "fsync", no_space)
+    monkeypatch.setattr(os, "fsync", no_space)
     node.clock.advance(700)
     await node.part.reconcile()
     monkeypatch.undo()

@@ -220,7 +220,8 @@ async def test_a_long_outage_is_retried_at_least_every_20_s() -> None:
     api = ScriptedAPI()
     down = KubeUnreachable("WATCH https://127.0.0.1:6444/api/v1/nodes: cannot connect: refused")
     api.lists = [listing(10, meta("n1", 5))]
-    api.watches = [[down]] * 9 + [[ev("ADDED", meta("n2", 11))]]
+    outage: list[WatchEvent | KubeError | str] = [down]
+    api.watches = [outage] * 9 + [[ev("ADDED", meta("n2", 11))]]
     sleeps = Sleeps()
     watch, _, _ = make(api, sleeps)
     await run_until(watch, api)
