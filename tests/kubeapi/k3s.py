@@ -65,7 +65,6 @@ K3S_EXTERNAL_DNS = "k3s.io/external-dns"
 NODE_ARGS = "k3s.io/node-args"
 NODE_ENV = "k3s.io/node-env"
 NODE_CONFIG_HASH = "k3s.io/node-config-hash"
-DEFAULT_CONFIG = "/etc/rancher/k3s/config.yaml"
 DEFAULT_KEY_FILE = "/run/flannel/wgkey"
 TMPFS_PREFIXES = ("/run/", "/dev/shm/")
 WIREGUARD_PORT = 51820
@@ -291,8 +290,23 @@ class Cluster:
         return any(ipaddress.ip_network(c, strict=False).version == 6 for c in self.cluster_cidrs)
 
 
+def compares_config(flags: Flags, node: Obj) -> bool:
+    """Whether this server start runs ``compareConfig`` (k3s ``pkg/cluster/bootstrap.go``,
+    ``Bootstrap`` -> ``shouldBootstrapLoad`` -> ``bootstrap``): only with ``--server`` and the
+    embedded etcd, and then only on the first join (an initialized member restarts without the
+    comparison) or, with ``--disable-etcd`` (control-plane only, never initialized), on every
+    start; with an external datastore (``datastore-endpoint``, no managed DB) never. A server that
+    ran before here is one whose Node carries ``k3s.io/node-args`` of a server."""
+    if not flags.last("server") or flags.last("datastore-endpoint"):
+        return False
+    if flags.bool("disable-etcd"):
+        return True
+    ran = node.get("metadata", {}).get("annotations", {}).get(NODE_ARGS, "")
+    return not ran.startswith('["server"')
+
+
 def critical_mismatch(own: Cluster, cluster: Cluster) -> str | None:
-    """k3s ``pkg/cluster/bootstrap.go`` ``compareConfig`` (a server joining with ``--server``):
+    """k3s ``pkg/cluster/bootstrap.go`` ``compareConfig`` (see :func:`compares_config` for when):
     the names of the critical args that differ, or None."""
     names = ("flannel-backend", "flannel-external-ip", "cluster-cidr", "disable-cloud-controller")
     differ = [n for n, a, b in zip(names, own.critical(), cluster.critical(), strict=True) if a != b]
@@ -381,7 +395,7 @@ def start(
         flags = Flags.parse(args)
         version = K3sVersion.parse(req.version or node["status"]["nodeInfo"]["kubeletVersion"])
         own = Cluster.of_server(flags, version) if req.role == "server" else None
-        differ = critical_mismatch(own, cluster) if own is not None and flags.last("server") else None
+        differ = critical_mismatch(own, cluster) if own is not None and compares_config(flags, node) else None
         if differ:
             raise StartError(
                 "failed to validate server configuration: critical configuration value mismatch between servers "

@@ -93,6 +93,7 @@ class Lab:
     keep_dir: bool = False
     hosts: list[Host] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
+    _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.id = f"{PREFIX}{os.getpid()}x{next(_counter)}"
@@ -259,6 +260,12 @@ class Lab:
     # --- cleanup ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        errors: list[str] = []
+        for cleanup in reversed(self._cleanups):
+            try:
+                cleanup()
+            except Exception as exc:
+                errors.append(repr(exc))
         for proc in reversed(self.procs):
             self.stop(proc, timeout=3)
         for host in reversed(self.hosts):
@@ -267,6 +274,12 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
         self.procs.clear()
+        if errors:
+            raise LabError("lab cleanup: " + "; ".join(errors))
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` first when the lab closes (before its processes stop and hosts go)."""
+        self._cleanups.append(fn)
 
     def logs(self) -> str:
         """The tail of every process's output, for a failing test's report."""

@@ -283,7 +283,7 @@ async def test_a_refused_controller_credential_falls_back_to_the_kubelets_at_onc
 async def test_when_every_credential_is_refused_it_waits_at_most_a_minute_and_starts_over() -> None:
     controller, kubelet = ScriptedAPI(), ScriptedAPI()
     kubelet.source = "/fake/kubelet.kubeconfig"
-    refused = Forbidden("nodes is forbidden")
+    refused: KubeError = Forbidden("nodes is forbidden")
     controller.lists = [refused] * 5 + [listing(10, meta("n1", 5))]  # its RBAC arrives at last
     kubelet.lists = [refused] * 5
     state = State(node="n1", version="test")
