@@ -47,6 +47,8 @@ from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
+    ANN_BACKEND_DATA,
+    ANN_BACKEND_V6_DATA,
     ANN_K3S_EXTERNAL_IP,
     ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
@@ -57,6 +59,7 @@ from wgagent.model import (
     ClusterView,
     PublicAddresses,
     RestartRequests,
+    port_from_backend_data,
 )
 from wgagent.part import Part, Signal
 from wgagent.state import State
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 
 OVERWRITE = {4: ANN_PUBLIC_IP_OVERWRITE, 6: ANN_PUBLIC_IPV6_OVERWRITE}
 PUBLISHED = {4: ANN_PUBLIC_IP, 6: ANN_PUBLIC_IPV6}
+BACKEND_DATA = {4: ANN_BACKEND_DATA, 6: ANN_BACKEND_V6_DATA}
 
 STEADY_INTERVAL_S = 300.0
 """Between passes when all is well. A pass then reads only the watch's memory; the watch
@@ -76,8 +80,9 @@ CREDENTIAL_FILE_RETRY_S = 15.0
 this often; it costs the API server nothing."""
 
 SHARED_FIX = (
-    "give each node its own public IP (an elastic/1:1-NAT address per node), or put nodes behind one NAT in one "
-    "site and let only one of them advertise the shared address"
+    "give each node its own public IP (an elastic or 1:1-NAT address per node); or, with flannel v0.26.6 or later "
+    "on every node (k3s v1.30.12, v1.31.8, v1.32.4, v1.33.0 and later), a WireGuard port of its own per node "
+    "(a flannel-conf whose Backend sets ListenPort) with a UDP port forward on the NAT to each node"
 )
 
 
@@ -294,7 +299,8 @@ def node_args_external_ips(text: str | None) -> list[str] | None:
 
 def shared_with(own: str, address: str, family: int, cluster: ClusterView | None) -> str | None:
     """Another Node that publishes ``address`` and keeps it: the one already publishing it while
-    this one does not, or, when both do, the one whose name sorts first (stable on both sides)."""
+    this one does not, or, when both do, the one whose name sorts first (stable on both sides).
+    Not a Node reached on another port: see :func:`apart_by_port`."""
     if cluster is None:
         return None
     key = PUBLISHED[family]
@@ -302,9 +308,28 @@ def shared_with(own: str, address: str, family: int, cluster: ClusterView | None
     i_publish = mine is not None and same_ip(mine.annotations.get(key), address)
     for name in sorted(cluster.nodes):
         theirs = name != own and same_ip(cluster.nodes[name].annotations.get(key), address)
-        if theirs and (not i_publish or name < own):
+        if theirs and (not i_publish or name < own) and not apart_by_port(own, name, family, cluster):
             return name
     return None
+
+
+def apart_by_port(own: str, other: str, family: int, cluster: ClusterView) -> bool:
+    """Two Nodes behind one public IP that every peer reaches apart: each publishes its own
+    WireGuard port in its backend-data, and every Node's flannel dials the published port (it
+    writes ``Port`` itself, so it is v0.26.6 or later: ``model.port_from_backend_data``). The
+    per-node port of issue 11 §4: a ``flannel-conf`` with its own ``ListenPort`` on each such
+    node and a UDP port forward on the NAT to each."""
+    key = BACKEND_DATA[family]
+    mine = cluster.nodes.get(own)
+    theirs = cluster.nodes.get(other)
+    if mine is None or theirs is None:
+        return False
+    a = port_from_backend_data(mine.annotations.get(key))
+    b = port_from_backend_data(theirs.annotations.get(key))
+    if a is None or b is None or a == b:
+        return False
+    publishing = [n for n in cluster.nodes.values() if n.annotations.get(key)]
+    return all(port_from_backend_data(n.annotations.get(key)) is not None for n in publishing)
 
 
 # --- the part --------------------------------------------------------------------------------
