@@ -545,7 +545,9 @@ def go_json(value: Any, *, go_map: bool = False) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def node_config_annotations(anns: Mapping[str, str], role: str, args: Sequence[str], env: Mapping[str, str]) -> dict:
+def node_config_annotations(
+    anns: Mapping[str, str], role: str, args: Sequence[str], env: Mapping[str, str]
+) -> dict[str, str]:
     """k3s ``pkg/nodeconfig/nodeconfig.go`` ``SetNodeConfigAnnotations``: the subcommand and its
     flags (``--key=value`` split in two; secrets as ``********``), the ``K3S_*`` environment,
     and the base32 SHA-256 of both; written only when the hash changed."""
@@ -617,9 +619,9 @@ def lease_attrs(node: Obj, s: NodeSettings, req: StartRequest, key: str) -> Leas
     public_ipv6 = v6 if s.cluster.ipv6 else None
     backend = s.cluster.flannel_backend
     if backend == "vxlan":
-        data = go_json({"VNI": 1, "VtepMAC": _fake_mac(s.name)})
-        return LeaseAttrs("vxlan", public_ip, public_ipv6, data if s.cluster.ipv4 else "null",
-                          data if s.cluster.ipv6 else "null")  # fmt: skip
+        vxlan = go_json({"VNI": 1, "VtepMAC": _fake_mac(s.name)})
+        return LeaseAttrs("vxlan", public_ip, public_ipv6, vxlan if s.cluster.ipv4 else "null",
+                          vxlan if s.cluster.ipv6 else "null")  # fmt: skip
     if backend != "wireguard-native":
         return LeaseAttrs(backend, public_ip, public_ipv6, "null", "null")
     with_port = flannel_publishes_port(s.flannel)
