@@ -218,10 +218,12 @@ class Lab:
             name=f"{host.name}-wireguard-go-{ifname}",
             private_mounts={uapi_dir: "/run/wireguard"},
         )
+        # The socket file appears at bind(), before listen() (Go's net.ListenUnix in wireguard-go's
+        # ipc/uapi_linux.go UAPIListen): wait until it accepts a connection, not until it exists.
         wait_for(
-            lambda: os.path.exists(os.path.join(uapi_dir, f"{ifname}.sock")),
+            lambda: _accepts(os.path.join(uapi_dir, f"{ifname}.sock")),
             10,
-            f"{ifname}.sock in {host.name}",
+            f"{ifname}.sock in {host.name} accepting connections",
             proc=proc,
         )
         return proc, uapi_dir
@@ -288,6 +290,15 @@ class Lab:
             text = proc.output()[-4000:]
             parts.append(f"--- {proc.name} (pid {proc.pid}, rc {proc.popen.poll()}) ---\n{text}")
         return "\n".join(parts)
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def uapi(uapi_dir: str, request: str | bytes, *, ifname: str, timeout: float = 60) -> bytes:
