@@ -567,7 +567,14 @@ def test_execstart_node_external_ip_and_config_elsewhere() -> None:
     findings = diagnose(facts)
     f = find(findings, "problem", "k3s", "k3s's ExecStart sets --node-external-ip")
     assert "systemctl daemon-reload && systemctl restart k3s" in f.fix
-    assert find(findings, "problem", "k3s", "(--config)").fix == f"k3s.config_dir: /srv in {CONF}"
+    assert find(findings, "problem", "k3s", "(--config)").fix == (
+        f"k3s.unit: <the k3s unit> in {CONF}, so wgagent follows its --config; or k3s.config_dir: /srv"
+    )
+    # K3S_CONFIG_FILE wins over --config (k3s looks at the variable first): wgagent reads what k3s reads
+    env = ConfigLocation("/etc/k3s/main.yaml", "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1")
+    facts = healthy(k3s=k3s_facts(exec_start="/usr/local/bin/k3s server -c /srv/k3s.yaml", location=env))
+    f = find(diagnose(facts), "info", "k3s", "k3s's ExecStart --config /srv/k3s.yaml is not used")
+    assert f.detail.startswith("K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1 names /etc/k3s/main.yaml")
 
 
 def test_the_dropin_missing() -> None:

@@ -36,7 +36,7 @@ from wgagent.doctor import (
 )
 from wgagent.doctor.facts import RestartBook
 from wgagent.doctor.gather import credentials, read_restart_book
-from wgagent.errors import DeviceNotFound, KubeError, Unauthorized
+from wgagent.errors import DeviceNotFound, Forbidden, KubeError, Unauthorized
 from wgagent.health import HealthServer
 from wgagent.k3s.dropin import render_dropin
 from wgagent.k3s.restart import HISTORY_FILE, Served
@@ -432,6 +432,18 @@ def test_k3s_config_file_elsewhere_is_where_doctor_reads(tmp_path: Path) -> None
     assert f"flannel: flannel-backend is wireguard-native ({elsewhere}.d/50-wgagent.yaml:18)" in titles(data, "ok")
 
 
+def test_two_k3s_units_dispute_the_role(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    (node.units / "k3s-agent.service").write_text(f"[Service]\nExecStart={node.bin / 'k3s'} agent\n")
+    code, text = run(node.config(), node.env(), as_json=False)
+    assert code == 1
+    assert text.splitlines()[0].startswith("wgagent doctor: node n1 (k3s role disputed; name from wgagent node_name)")
+    assert "PROBLEM  cannot tell whether k3s runs here as a server or an agent" in text
+    assert "several k3s units could run here: k3s-agent.service (k3s agent), k3s.service (k3s server)" in text
+    assert "k3s is not installed" not in text  # the API and WireGuard are still checked
+    assert node.api.calls == ["get n1", "list"]
+
+
 async def test_flannels_subnet_file_and_the_restarters_book_are_read(tmp_path: Path) -> None:
     node = Node(tmp_path)
     (tmp_path / "run-flannel").mkdir()
@@ -459,6 +471,23 @@ async def test_the_own_node_is_read_whole(tmp_path: Path) -> None:
     assert facts.kube.node.pod_cidrs == ("10.42.1.0/24",)
     assert facts.kube.node.version == K3sVersion.parse("v1.32.4+k3s1")
     assert facts.kube.annotations == anns(1, V4, V4)
+
+
+async def test_the_node_list_falls_back_to_the_own_credential_as_the_node_watch_does(tmp_path: Path) -> None:
+    """A server before k3s v1.32 does not let k3scontroller list Nodes; the kubelet may (k8s < 1.32)."""
+    node = Node(tmp_path)
+    refused = FakeAPI("/controller", node.api.nodes, error=Forbidden("LIST nodes: 403"))
+    apis = {"/kubeconfig": node.api, "/controller": refused}
+    cfg = node.config(kube=KubeConfig(kubeconfig="/kubeconfig", list_kubeconfig="/controller"))
+    facts = await gather(cfg, "/c.yaml", node.env(kube_client=lambda path, timeout_s, metrics: apis[path]))
+    assert isinstance(facts.kube, KubeFacts)
+    assert facts.kube.cluster is not None and set(facts.kube.cluster.nodes) == {"n1", "n2"}
+    assert (facts.kube.list_source, facts.kube.list_error) == ("/kubeconfig", None)
+    assert refused.calls == ["list"] and node.api.calls == ["get n1", "list"] and refused.closed
+    node.api.error = Unauthorized("401")
+    facts = await gather(cfg, "/c.yaml", node.env(kube_client=lambda path, timeout_s, metrics: apis[path]))
+    assert isinstance(facts.kube, KubeFacts)
+    assert (facts.kube.list_source, facts.kube.list_error) == ("/controller", refused.error)  # the first refusal
 
 
 def test_credentials_follow_the_identity_as_the_daemon_does(tmp_path: Path) -> None:

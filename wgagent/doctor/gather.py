@@ -217,19 +217,24 @@ async def read_kube(cfg: Config, identity: Identity | None, node: str, env: Envi
         except KubeError as exc:
             return None, exc
 
-    async def listing() -> tuple[ClusterView | None, KubeError | None]:
-        try:
-            return await list_once(lister), None
-        except KubeError as exc:
-            return None, exc
+    async def listing() -> tuple[ClusterView | None, str, KubeError | None]:
+        # the list credential, then the own one, as the node watch falls back (servers before
+        # k3s v1.32 do not let k3scontroller list Nodes: k3s/versions.py)
+        first: KubeError | None = None
+        for api, source in ((lister, paths.list), (own, paths.own))[: 1 if lister is own else 2]:
+            try:
+                return await list_once(api), source, None
+            except KubeError as exc:
+                first = first or exc
+        return None, paths.list, first
 
     try:
-        (own_node, node_error), (cluster, list_error) = await asyncio.gather(get(), listing())
+        (own_node, node_error), (cluster, list_source, list_error) = await asyncio.gather(get(), listing())
     finally:
         for client in {id(own): own, id(lister): lister}.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2.0)
-    return KubeFacts(paths.own, paths.list, own_node, node_error, cluster, list_error)
+    return KubeFacts(paths.own, list_source, own_node, node_error, cluster, list_error)
 
 
 def other_wireguard_devices(net: HostNet, uapi_dir: str, exclude: Sequence[str]) -> tuple[str, ...]:
