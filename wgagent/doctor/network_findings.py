@@ -5,22 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wgagent.doctor.facts import (
-    DiscoveryFacts,
     Facts,
     Failed,
     InterfaceRead,
     KubeFacts,
     Skipped,
     WireGuardFacts,
+    config_main,
     unit_name,
 )
 from wgagent.doctor.findings import Finding, Severity, could_not_check
+from wgagent.doctor.flannel_findings import check_annotations
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
 )
-from wgagent.kube.annotation import Assessment, assess, short, wanted
-from wgagent.model import ANN_BACKEND_TYPE, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ClusterView, PublicAddresses
+from wgagent.model import ANN_BACKEND_TYPE, ClusterView
 from wgagent.wireguard.gc import GCPolicy, select_stale_peers
 from wgagent.wireguard.interface import (
     HANDSHAKE_FRESH_S,
@@ -95,7 +95,7 @@ def _own_node(facts: Facts, kf: KubeFacts) -> list[Finding]:
         return []
     detail = f"credential {kf.own_source}; name from {facts.node_source}"
     registered = Finding("ok", "kubernetes", f"the API answers; Node {facts.node} is registered", detail)
-    return [registered, *_annotations(facts, kf.annotations)]
+    return [registered, *_backend_annotation(facts, kf.annotations), *check_annotations(facts, kf)]
 
 
 def _kube_error(facts: Facts, kf: KubeFacts, e: KubeError) -> list[Finding]:
@@ -132,17 +132,6 @@ def _node_list(facts: Facts, kf: KubeFacts) -> list[Finding]:
     return []
 
 
-def _annotations(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
-    """flannel's backend-type annotation, then its public-ip annotations against the decided address."""
-    out = _backend_annotation(facts, anns)
-    p = facts.public_ip
-    if not isinstance(p, DiscoveryFacts) or not p.decision.decided:
-        out.append(Finding("info", "flannel", "flannel's public IP annotations not compared: no public IP decided"))
-        return out
-    out.append(_public_ip_annotations(facts, anns, p.decision.addresses))
-    return out
-
-
 def _backend_annotation(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
     backend = anns.get(ANN_BACKEND_TYPE)
     if backend == "wireguard":
@@ -151,7 +140,7 @@ def _backend_annotation(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
         return []
     what = "k3s's removed 'wireguard' extension backend" if backend == "extension" else f"the '{backend}' backend"
     wg_fix = (
-        f"{FLANNEL_BACKEND}: wireguard-native in {facts.cfg.k3s.config_dir}/config.yaml on every server (wgagent's "
+        f"{FLANNEL_BACKEND}: wireguard-native in {config_main(facts)} on every server (wgagent's "
         f"drop-in does it), then systemctl restart k3s on the servers and k3s-agent on the agents"
     )
     return [
@@ -163,39 +152,6 @@ def _backend_annotation(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
             wg_fix,
         )
     ]
-
-
-def _public_ip_annotations(facts: Facts, anns: Mapping[str, str], decided: PublicAddresses) -> Finding:
-    """ok when flannel's annotations carry ``decided``; else what flannel published and the fix."""
-    want = wanted(decided)
-    verdict = assess(anns, want)
-    if verdict.ok:
-        return Finding("ok", "flannel", f"flannel's public-ip annotations are the discovered {decided}", verdict.detail)
-    published = [f"{short(k)} is {anns[k]}" for k in (ANN_PUBLIC_IP, ANN_PUBLIC_IPV6) if k in anns]
-    shown = "; ".join(p for p in published if p.split(" is ")[-1] not in verdict.detail)
-    return Finding(
-        "problem",
-        "flannel",
-        f"flannel's public IP on Node {facts.node} is not the discovered {decided}",
-        verdict.detail + (f"; flannel's {shown}" if shown else ""),
-        _annotation_fix(facts, verdict, want),
-    )
-
-
-def _annotation_fix(facts: Facts, verdict: Assessment, want: Mapping[str, str]) -> str:
-    """Set the wrong overwrites (and restart k3s), restart k3s for a stale flannel, or see why flannel is silent."""
-    node, unit = facts.node, unit_name(facts)
-    if verdict.wrong_overwrites:
-        sets = " ".join(f"{k}={want[k]}" for k in verdict.wrong_overwrites)
-        return (
-            f"kubectl annotate node {node} --overwrite {sets}, then systemctl restart {unit}; or systemctl "
-            "enable --now wgagent, which does both"
-        )
-    if verdict.stale:
-        return f"systemctl restart {unit} (flannel reads public-ip-overwrite only when it starts)"
-    return (
-        f"systemctl status {unit}: flannel has not annotated Node {node} (is it running, with the kube subnet manager?)"
-    )
 
 
 def _module_ok(facts: Facts) -> bool | None:
