@@ -35,10 +35,10 @@ from wgagent.kube.annotation import (
     PUBLISHED,
     FamilyFacts,
     Verdict,
-    _want_key,
     decide_family,
     shared_with,
     short,
+    want_key,
 )
 from wgagent.model import PublicAddresses
 
@@ -139,7 +139,7 @@ def _stuck(facts: Facts, k: K3sFacts, want: Mapping[int, str]) -> bool:
     """Whether wgagent restarted k3s for this very overwrite and the restart has had its time to
     settle (the restarter then reports it stuck and never restarts for it again: k3s/restart.py)."""
     served = k.restarts.served.get("overwrite")
-    return served is not None and served.want == _want_key(want) and facts.now - served.at >= SETTLE_S
+    return served is not None and served.want == want_key(want) and facts.now - served.at >= SETTLE_S
 
 
 def verdict_finding(facts: Facts, f: FamilyFacts, v: Verdict) -> Finding:

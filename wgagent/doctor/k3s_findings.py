@@ -222,12 +222,6 @@ def _defeating_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
             f"remove --{f.key} from ExecStart in {f.path} (INSTALL_K3S_EXEC), then systemctl "
             f"daemon-reload && systemctl restart {unit}",
         )
-    k = facts.k3s
-    location = k.identity.config if isinstance(k, K3sFacts) else None
-    if location is not None and location.source.startswith("K3S_CONFIG_FILE"):
-        # k3s looks at the variable first (pkg/configfilearg, docs/UPSTREAM.md §2): --config is not used
-        detail = f"{location.source} names {location.main}, which k3s reads instead; wgagent follows it too"
-        return Finding("info", "k3s", f"k3s's ExecStart --config {f.value} is not used", detail)
     return Finding(
         "problem",
         "k3s",

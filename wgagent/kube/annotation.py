@@ -459,7 +459,7 @@ class AnnotationPart(Part):
         for v, ip in want.items():
             facts = FamilyFacts(
                 v, ip, node.annotations, view.family(v), node.version, pending,
-                shared_with(self.node, ip, v, cluster), stuck == _want_key(want), view.dropin_written,
+                shared_with(self.node, ip, v, cluster), stuck == want_key(want), view.dropin_written,
             )  # fmt: skip
             out[v] = decide_family(facts)
         return out
@@ -486,7 +486,7 @@ class AnnotationPart(Part):
             return
         self._m_restarts.inc()
         keys = ", ".join(short(OVERWRITE[f]) for f, v in verdicts.items() if v.restart)
-        self._restarter.need("overwrite", _want_key(want), f"flannel re-reads {keys}")
+        self._restarter.need("overwrite", want_key(want), f"flannel re-reads {keys}")
 
     def _api_failed(self, exc: KubeError) -> float:
         if isinstance(exc, NotFound):
@@ -567,7 +567,9 @@ class AnnotationPart(Part):
         self.state.set_part(self.name, self._status)
 
 
-def _want_key(want: Mapping[int, str]) -> str:
+def want_key(want: Mapping[int, str]) -> str:
+    """The ``overwrite`` restart need's want: the decided addresses, IPv4 first (doctor reads it
+    back from the restart book)."""
     return ",".join(ip for _, ip in sorted(want.items()))
 
 
