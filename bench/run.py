@@ -9,6 +9,7 @@ Runs, in this order, each against a baseline measured in the same run:
     resources   bench_resources.py    RSS after start and after the soak; CPU per idle minute
     discovery   bench_discovery.py    a public IP round (6 sources, 2 hanging) vs the serial sum
     kube        bench_kube_requests.py  API requests in a steady hour vs a polling agent
+    cli         bench_cli.py          version/status start vs their imports; a whole gc process vs the loop
     mesh        bench_mesh.py, bench_mesh_writes.py  wgagent mesh over 1,000 nodes; report writes per node per hour
     gc          bench_gc.py           GC of 10,000 dead peers vs the wg set loop and a raw transaction
     kernel      bench_kernel.py       kernel WireGuard in user-mode Linux: netlink read, GC pass, interface check
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -50,7 +52,7 @@ from bench import bench_health, bench_resources, bench_start
 
 HERE = Path(__file__).resolve().parent
 
-ALL = ("start", "health", "resources", "discovery", "kube", "mesh", "gc", "kernel")
+ALL = ("start", "health", "resources", "discovery", "kube", "mesh", "cli", "gc", "kernel")
 
 
 @dataclass
@@ -154,6 +156,18 @@ def mesh(quick: bool) -> list[Row]:
     else:
         rows.append(Row("mesh", "mesh report writes per node per hour", "?", "?", "-", "see its output", "FAILED"))
     return rows
+
+
+def cli(quick: bool) -> list[Row]:
+    quick_args = ["--runs", "5", "--gc-runs", "1", "--loop-sample", "200"] if quick else []
+    argv = ["bench/bench_cli.py", "--json", *quick_args]
+    if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
+        argv.append("--no-gc")  # the gc row needs root and wireguard-go, as for bench_gc.py
+    _, out = run_script("cli", argv)
+    try:
+        return rows_of(json.loads(out.strip().splitlines()[-1]))
+    except (ValueError, IndexError, KeyError):
+        return [Row("cli", "command start and the gc process", "?", "?", "-", "see its output", "FAILED")]
 
 
 def gc(quick: bool) -> list[Row]:
@@ -311,6 +325,7 @@ def main() -> int:
         "discovery": lambda: discovery(q),
         "kube": lambda: kube(q),
         "mesh": lambda: mesh(q),
+        "cli": lambda: cli(q),
         "gc": lambda: gc(q),
         "kernel": lambda: kernel(q),
     }

@@ -15,32 +15,57 @@ stderr, never a traceback); 3 the daemon is not running (``status``); 70 a bug (
 ``WGAGENT_DEBUG=1`` shows the trace).
 
 This module only parses and dispatches: each command lives in ``wgagent/commands/`` and
-is imported when it runs, so ``wgagent version`` and ``wgagent status`` start fast.
+is imported when it runs, so ``wgagent version`` and ``wgagent status`` start fast (the
+version imports nothing at all: not even argparse; bench/bench_cli.py holds the numbers).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from wgagent import __version__
 from wgagent.commands import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
-from wgagent.errors import ConfigError, DaemonNotRunning, WgAgentError
 
-COMMANDS = ("run", "status", "doctor", "discover", "gc", "mesh")
-"""Each is ``wgagent.commands.<name>.main(args)``, imported only when it runs."""
+# No typing, no argparse until needed: each costs ``wgagent version`` a measurable part of its start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+
+_VERSION_ONLY = (["version"], ["--version"])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2, as for a bad config
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+def _help_width() -> int:
+    """The width argparse gives help text (``shutil.get_terminal_size()``'s columns, less 2),
+    computed as shutil does but without importing it: shutil imports five compression modules,
+    and every command builds its parser (argparse asks for a formatter with each argument)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    width = _help_width()
+
+    class _Parser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", lambda prog: argparse.HelpFormatter(prog, width=width))
+            super().__init__(**kwargs)
+
+        def error(self, message: str) -> NoReturn:  # one line, exit 2, as for a bad config
+            self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
     p = _Parser(prog="wgagent", description="Keeps a k3s node's flannel-over-WireGuard networking right.")
     p.add_argument(
         "--config", metavar="PATH", help="config file (default: $WGAGENT_CONFIG or /etc/wgagent/config.yaml)"
@@ -65,15 +90,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in _VERSION_ONLY:  # nothing to parse and nothing to load
+        print(f"wgagent {__version__}")
+        return EXIT_OK
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command is None:
-        _parser().print_usage(sys.stderr)
+        parser.print_usage(sys.stderr)
         return EXIT_USAGE
     if args.command == "version":
         print(f"wgagent {__version__}")
         return EXIT_OK
+    from wgagent.errors import ConfigError, DaemonNotRunning, WgAgentError
+
     try:
-        command = importlib.import_module(f"wgagent.commands.{args.command}")
+        command = __import__(f"wgagent.commands.{args.command}", fromlist=["main"])
         code: int = command.main(args)
         return code
     except ConfigError as exc:

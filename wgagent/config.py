@@ -16,19 +16,25 @@ config and the man page's key reference are checked against this schema by the t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
 from wgagent import fsutil, yamlerr
 from wgagent.errors import ConfigError
+from wgagent.wireguard import REJECT_AFTER_S
+
+TYPE_CHECKING = False  # not typing's: ``wgagent status`` needs this module and not typing (cli.py)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+    Converter = Callable[[Any], Any]
 
 DEFAULT_PATH = "/etc/wgagent/config.yaml"
 ENV_VAR = "WGAGENT_CONFIG"
@@ -38,7 +44,6 @@ DEFAULT_HEALTH_PORT = 8795
 exporter range (WireGuard exporters 9586), NodePorts 30000-32767, ephemeral ports 32768+."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-T = TypeVar("T")
 
 
 class _Invalid(Exception):
@@ -46,8 +51,6 @@ class _Invalid(Exception):
 
 
 # --- converters: raw YAML value -> typed value, or _Invalid("expected ...") ---------------
-
-Converter = Callable[[Any], Any]
 
 
 def _bool(value: Any) -> bool:
@@ -213,6 +216,8 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class ListenAddress:
+    """A ``host:port`` to listen on; ``host`` is an IP literal or ``localhost``."""
+
     host: str
     port: int
 
@@ -284,6 +289,8 @@ DEFAULT_METADATA_ENDPOINTS: Mapping[str, str] = types.MappingProxyType(
 
 @dataclass(frozen=True)
 class HealthConfig:
+    """``health.*``: the local health endpoint."""
+
     listen: ListenAddress = key(
         _listen,
         ListenAddress("127.0.0.1", DEFAULT_HEALTH_PORT),
@@ -293,6 +300,8 @@ class HealthConfig:
 
 @dataclass(frozen=True)
 class PublicIPConfig:
+    """``public_ip.*``: which sources discovery asks and how it decides."""
+
     enabled: bool = key(_bool, True, "discover the node's public IP")
     static: tuple[IPAddress, ...] = key(
         _static_ips, (), "pin the public address(es), one IPv4 and/or one IPv6; nothing else is asked"
@@ -321,6 +330,8 @@ class PublicIPConfig:
 
 @dataclass(frozen=True)
 class K3sConfig:
+    """``k3s.*``: where k3s keeps its config, and the drop-in and restarts wgagent manages."""
+
     enabled: bool = key(_bool, True, "write the k3s config drop-in and restart k3s when it must re-read it")
     role: str = key(
         _choice("auto", "server", "agent"), "auto", "auto = from the k3s unit's ExecStart (k3s server|agent)"
@@ -350,6 +361,8 @@ class K3sConfig:
 
 @dataclass(frozen=True)
 class KubeConfig:
+    """``kube.*``: the Kubernetes API credentials and timeouts."""
+
     enabled: bool = key(_bool, True, "keep the public-ip-overwrite annotation and watch the cluster's nodes")
     kubeconfig: str | None = key(
         _optional(_abspath), None, "credential for the own Node (default: k3s.yaml on servers, kubelet's on agents)"
@@ -362,10 +375,14 @@ class KubeConfig:
 
 @dataclass(frozen=True)
 class GCConfig:
+    """``wireguard.gc.*``: the dead-peer garbage collection."""
+
     enabled: bool = key(_bool, True, "garbage-collect dead WireGuard peers")
     interval_s: float = key(_seconds(1, 86400), 300.0, "seconds between GC passes")
     stale_after_s: float = key(
-        _seconds(180, 30 * 86400), 300.0, "a peer is stale after this long without a handshake (>= 180)"
+        _seconds(REJECT_AFTER_S, 30 * 86400),
+        300.0,
+        f"a peer is stale after this long without a handshake (>= {REJECT_AFTER_S:g})",
     )
     max_removals_per_pass: int = key(_int(1, 1_000_000), 1000, "removals per pass at most")
     dry_run: bool = key(_bool, False, "decide and report, remove nothing")
@@ -373,6 +390,8 @@ class GCConfig:
 
 @dataclass(frozen=True)
 class WireGuardConfig:
+    """``wireguard.*``: flannel's WireGuard interface, its module and its peers."""
+
     enabled: bool = key(_bool, True, "watch the WireGuard interface")
     interface: str = key(_text, "auto", "auto = flannel's device (flannel-wg, flannel-wg-v6, flannel.1), or a name")
     listen_port: int = key(_int(1, 65535), 51820, "UDP port the interface should listen on")
@@ -408,6 +427,12 @@ class EventsConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole file; ``Config()`` is every default.
+
+    (Every dataclass here has a docstring: without one, ``dataclass`` computes a signature to
+    make one, a measurable part of ``wgagent status``'s start.)
+    """
+
     node_name: str | None = key(_optional(_node_name), None, "this node's Kubernetes name (default: the hostname)")
     state_dir: str = key(_abspath, "/var/lib/wgagent", "where wgagent keeps its state")
     log_level: str = key(_choice("debug", "info", "warning", "error"), "info", "least severe level logged")
@@ -501,6 +526,8 @@ def _build(cls: type[T], raw: dict[str, Any], prefix: str, lines: dict[str, int]
     for name in raw:
         if name not in known:
             dotted = prefix + name
+            import difflib  # only for a misspelt key
+
             hint = difflib.get_close_matches(name, known, n=1)
             suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{path}:{lines.get(dotted, 1)}: unknown key '{dotted}'{suggestion}")

@@ -13,7 +13,6 @@
     │       ├── Conflict (409), Gone (410), Invalid (422), ServerError (5xx)
     ├── WireGuardError            a WireGuard device could not be read or changed
     │   └── DeviceNotFound        no such device, or no backend can reach it
-    ├── ModuleError               the wireguard kernel module cannot be loaded
     ├── TapUnavailable            the mesh probe tap (AF_PACKET) cannot run here
     ├── NftUnavailable            nft cannot count probes or list the ruleset here
     └── DaemonNotRunning          a command needs the running daemon and found none
@@ -127,10 +126,6 @@ class WireGuardError(WgAgentError):
 
 class DeviceNotFound(WireGuardError):
     """The interface does not exist, or neither backend can talk to it."""
-
-
-class ModuleError(WgAgentError):
-    """The wireguard kernel module cannot be loaded; the message says why and what to do."""
 
 
 class TapUnavailable(WgAgentError):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
-from typing import Any
 
 from wgagent.errors import WriteError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # not typing's: ``wgagent status`` reads its config through here (cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 _TMP_MARK = ".wgagent-tmp-"
 
@@ -78,8 +78,11 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, make_dirs: bool =
     On any failure (ENOSPC, EROFS, EACCES, ...) the old file is left as it was, the
     temporary file is removed, and WriteError says what went wrong.
 
-    >>> atomic_write("/tmp/x.yaml", b"a: 1\\n")   # doctest: +SKIP
-    True
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.yaml")
+    >>> atomic_write(path, b"a: 1\\n"), atomic_write(path, b"a: 1\\n")   # written, then nothing to do
+    (True, False)
+    >>> import shutil; shutil.rmtree(os.path.dirname(path))
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -155,7 +158,7 @@ def _fsync_dir(directory: str) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:  # the rename happened; only its durability is in doubt
-        log.warning("fsync of directory %s failed: %s", directory, exc.strerror)
+        _warn("fsync of directory %s failed: %s", directory, exc.strerror)
     finally:
         os.close(fd)
 
@@ -168,17 +171,24 @@ def load_json(path: str) -> Any | None:
     try:
         data = read_bytes(path)
     except OSError as exc:
-        log.warning("cannot read state file %s: %s; starting without it", path, exc.strerror)
+        _warn("cannot read state file %s: %s; starting without it", path, exc.strerror)
         return None
     if data is None:
         return None
     try:
         return json.loads(data)
     except ValueError:
-        log.warning("state file %s is not valid JSON; starting without it", path)
+        _warn("state file %s is not valid JSON; starting without it", path)
         return None
 
 
 def save_json(path: str, value: Any) -> bool:
     """Atomically write ``value`` as JSON (sorted keys, so unchanged state is not rewritten)."""
     return atomic_write(path, json.dumps(value, sort_keys=True, indent=1).encode() + b"\n")
+
+
+def _warn(message: str, *args: object) -> None:
+    # logging is imported here, not above: a command reading its config logs nothing
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)

@@ -76,18 +76,6 @@ class NodeInfo:
     def public_ip(self) -> str | None:
         return self.annotations.get(ANN_PUBLIC_IP)
 
-    @property
-    def public_ip_overwrite(self) -> str | None:
-        return self.annotations.get(ANN_PUBLIC_IP_OVERWRITE)
-
-    @property
-    def public_ipv6(self) -> str | None:
-        return self.annotations.get(ANN_PUBLIC_IPV6)
-
-    @property
-    def backend_type(self) -> str | None:
-        return self.annotations.get(ANN_BACKEND_TYPE)
-
 
 @dataclass(frozen=True)
 class ClusterView:
@@ -132,6 +120,23 @@ def wireguard_key_from_backend_data(data: str | None) -> str | None:
     if isinstance(value, dict):
         value = value.get("PublicKey")
     return value if isinstance(value, str) and value else None
+
+
+def port_from_backend_data(data: str | None) -> int | None:
+    """The ``Port`` in flannel's backend-data (``{"PublicKey": ..., "Port": 51820}``), written since
+    flannel v0.26.6 (PR #2200, ``pkg/backend/wireguard/wireguard.go`` ``newSubnetAttrs``); None
+    before that, for another backend, or when it does not parse. Peers dial ``public-ip:Port``
+    since v0.26.6 (``wireguard_network.go`` ``handleSubnetEvents``), their own listen port before.
+
+    >>> port_from_backend_data('{"PublicKey":"abc=","Port":51822}'), port_from_backend_data('{"PublicKey":"abc="}')
+    (51822, None)
+    """
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return None
+    port = value.get("Port") if isinstance(value, dict) else None
+    return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else None
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,6 @@ class Notifier:
             self.watchdog_interval_s = int(usec) / 2 / 1e6
         self.last_status: str | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self._notifier is not None
-
     def _send(self, message: str) -> None:
         if self._notifier is not None:
             self._notifier.notify(message)

@@ -99,10 +99,6 @@ class State:
             self._parts[name] = dict(data)
             self._bump()
 
-    def drop_part(self, name: str) -> None:
-        if self._parts.pop(name, None) is not None:
-            self._bump()
-
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change (it must be cheap and must not raise)."""
         self._listeners.append(listener)

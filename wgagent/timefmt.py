@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 
 def iso8601(ts: float) -> str:
     """Epoch seconds as ISO 8601 in UTC, to the second (JSON, ``/status``)."""
+    from datetime import UTC, datetime  # here: ``wgagent status`` needs only duration_text
+
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
@@ -24,6 +24,8 @@ def iso8601_or_none(ts: float | None) -> str | None:
 
 def utc_text(ts: float) -> str:
     """Epoch seconds for a sentence: ``2026-05-28 20:26:40 UTC``."""
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -228,6 +228,7 @@ class _Builder:
         self.cluster: Callable[[], ClusterView | None] = _unknown
         self.own_node: Callable[[], OwnNode | None] = _unknown
         self.events: Callable[[Record], None] = _ignore
+        self.own_api: NodeAPI | None = None
 
     def build(self) -> Stages:
         cfg = self.cfg
@@ -279,6 +280,15 @@ class _Builder:
             pod_cidrs=own.pod_cidrs if own is not None else (), subnet_env=read_subnet_env(), cluster_cidrs=cidrs
         )
 
+    async def annotate_own_node(self, annotations: Mapping[str, str]) -> None:
+        """Merge ``annotations`` into this node's Node (the k3s part's HA servers: k3s/servers.py)."""
+        from wgagent.errors import KubeError
+
+        api = self.own_api
+        if api is None:
+            raise KubeError("no Kubernetes API client: kube.enabled is off")
+        await api.patch_node(self.identity.node, {"metadata": {"annotations": dict(annotations)}})
+
     # --- one concern each -----------------------------------------------------------------
 
     def _public_ip(self) -> PublicIPPart:
@@ -308,8 +318,11 @@ class _Builder:
     def _k3s(self) -> K3sPart:
         from wgagent.k3s.part import K3sPart
         from wgagent.k3s.restart import Restarter
+        from wgagent.k3s.servers import Stagger
 
         cfg, seams, identity = self.cfg, self.seams, self.identity
+        # a server known for sure restarts one at a time with the other servers (k3s/servers.py)
+        servers_take_turns = identity.server_keys_safe and cfg.kube.enabled
         restarter = Restarter(
             cfg.k3s,
             state_dir=cfg.state_dir,
@@ -318,10 +331,12 @@ class _Builder:
             runner=seams.runner,
             clock=seams.clock,
             monotonic=seams.monotonic,
+            gate=Stagger(identity.node, lambda: self.cluster(), self.annotate_own_node) if servers_take_turns else None,
         )
         part = K3sPart(self.state, cfg.k3s, identity, public_ip=self.published_here, restarter=restarter,
                        families=self.families, cluster=lambda: self.cluster(), private_ipv4=seams.private_ipv4,
-                       unit_dirs=seams.unit_dirs)  # fmt: skip
+                       unit_dirs=seams.unit_dirs,
+                       annotate=self.annotate_own_node if cfg.kube.enabled else None)  # fmt: skip
         rebuild = self.rebuild
         if rebuild is not None:
             part.role_found.connect(lambda _: rebuild())
@@ -336,6 +351,7 @@ class _Builder:
 
         cfg, identity, state = self.cfg, self.identity, self.state
         own_api, list_api = kube_clients(cfg, identity, self.seams, state.metrics)
+        self.own_api = own_api
         watch = NodeWatch(state, list_api, fallback=self._list_fallback(own_api, list_api), rand=self.seams.rand)
         self.cluster = watch.view
         annotation = AnnotationPart(

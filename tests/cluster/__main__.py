@@ -35,7 +35,7 @@ class Interrupted(BaseException):
 _interrupted = False
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
     global _interrupted
     if not _interrupted:  # the first one only: the next ones must not cut the tear-down short
         _interrupted = True

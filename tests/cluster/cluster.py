@@ -137,6 +137,10 @@ def device(node: Node) -> Device:
     return parse_get(uapi(node.uapi_dir, "get=1\n\n"), WG_IF)
 
 
+def _says_ready(proc: Proc) -> bool:
+    return "ready" in proc.output()
+
+
 def hexkey(b64: str) -> str:
     return base64.b64decode(b64).hex()
 
@@ -204,7 +208,7 @@ class Cluster:
         metadata = {"kind": "metadata", "provider": "aliyun", "listen": METADATA, "ipv4": NODES[1].public_ip}
         meta = self._ipservices(gw, "metadata", [metadata])
         for proc in (echo, meta):
-            wait_for(lambda proc=proc: "ready" in proc.output(), 20, f"{proc.name} ready", proc=proc)
+            wait_for(functools.partial(_says_ready, proc), 20, f"{proc.name} ready", proc=proc)
         lab.wait_udp(inet, 3478, STUND[0])
         lab.wait_udp(inet, 3478, COTURN, timeout=20)
 

@@ -131,7 +131,10 @@ def problems(cluster: Cluster, snap: Snapshot) -> list[str]:
     live = {n.public_key: n.name for n in cluster.nodes.values()}
     for spec in NODES:
         node, st = cluster.nodes[spec.name], snap.nodes[spec.name]
-        say = lambda text, name=spec.name: out.append(f"{name}: {text}")  # noqa: E731
+
+        def say(text: str, name: str = spec.name) -> None:
+            out.append(f"{name}: {text}")
+
         if not st.running:
             say("wgagent is not running")
         decided, _ = st.decided()
@@ -142,8 +145,12 @@ def problems(cluster: Cluster, snap: Snapshot) -> list[str]:
                 say(f"public IP source {obs.get('source')} failed: {obs['error']}")
         if st.dropin != node.expected_dropin():
             say("drop-in missing" if st.dropin is None else "drop-in differs from render_dropin() for the address")
-        if st.overwrite != spec.public_ip or st.public_ip != spec.public_ip:
-            say(f"public-ip-overwrite {st.overwrite}, public-ip {st.public_ip}; both should be {spec.public_ip}")
+        # flannel must publish the address; the overwrite is needed only where flannel's own pick
+        # (the interface address) is not it, and k3s sets it only with flannel-external-ip in force
+        # at its start (a node whose k3s started before the server's drop-in may have none)
+        if st.public_ip != spec.public_ip or st.overwrite not in (None, spec.public_ip):
+            say(f"public-ip {st.public_ip}, public-ip-overwrite {st.overwrite}; want {spec.public_ip} "
+                "(the overwrite that, or none)")  # fmt: skip
         if st.device_error:
             say(f"flannel-wg: {st.device_error}")
         want = {k for k, name in live.items() if name != spec.name}

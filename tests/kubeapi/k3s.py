@@ -65,7 +65,6 @@ K3S_EXTERNAL_DNS = "k3s.io/external-dns"
 NODE_ARGS = "k3s.io/node-args"
 NODE_ENV = "k3s.io/node-env"
 NODE_CONFIG_HASH = "k3s.io/node-config-hash"
-DEFAULT_CONFIG = "/etc/rancher/k3s/config.yaml"
 DEFAULT_KEY_FILE = "/run/flannel/wgkey"
 TMPFS_PREFIXES = ("/run/", "/dev/shm/")
 WIREGUARD_PORT = 51820
@@ -291,8 +290,23 @@ class Cluster:
         return any(ipaddress.ip_network(c, strict=False).version == 6 for c in self.cluster_cidrs)
 
 
+def compares_config(flags: Flags, node: Obj) -> bool:
+    """Whether this server start runs ``compareConfig`` (k3s ``pkg/cluster/bootstrap.go``,
+    ``Bootstrap`` -> ``shouldBootstrapLoad`` -> ``bootstrap``): only with ``--server`` and the
+    embedded etcd, and then only on the first join (an initialized member restarts without the
+    comparison) or, with ``--disable-etcd`` (control-plane only, never initialized), on every
+    start; with an external datastore (``datastore-endpoint``, no managed DB) never. A server that
+    ran before here is one whose Node carries ``k3s.io/node-args`` of a server."""
+    if not flags.last("server") or flags.last("datastore-endpoint"):
+        return False
+    if flags.bool("disable-etcd"):
+        return True
+    ran = node.get("metadata", {}).get("annotations", {}).get(NODE_ARGS, "")
+    return not ran.startswith('["server"')
+
+
 def critical_mismatch(own: Cluster, cluster: Cluster) -> str | None:
-    """k3s ``pkg/cluster/bootstrap.go`` ``compareConfig`` (a server joining with ``--server``):
+    """k3s ``pkg/cluster/bootstrap.go`` ``compareConfig`` (see :func:`compares_config` for when):
     the names of the critical args that differ, or None."""
     names = ("flannel-backend", "flannel-external-ip", "cluster-cidr", "disable-cloud-controller")
     differ = [n for n, a, b in zip(names, own.critical(), cluster.critical(), strict=True) if a != b]
@@ -381,7 +395,7 @@ def start(
         flags = Flags.parse(args)
         version = K3sVersion.parse(req.version or node["status"]["nodeInfo"]["kubeletVersion"])
         own = Cluster.of_server(flags, version) if req.role == "server" else None
-        differ = critical_mismatch(own, cluster) if own is not None and flags.last("server") else None
+        differ = critical_mismatch(own, cluster) if own is not None and compares_config(flags, node) else None
         if differ:
             raise StartError(
                 "failed to validate server configuration: critical configuration value mismatch between servers "
@@ -531,7 +545,9 @@ def go_json(value: Any, *, go_map: bool = False) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def node_config_annotations(anns: Mapping[str, str], role: str, args: Sequence[str], env: Mapping[str, str]) -> dict:
+def node_config_annotations(
+    anns: Mapping[str, str], role: str, args: Sequence[str], env: Mapping[str, str]
+) -> dict[str, str]:
     """k3s ``pkg/nodeconfig/nodeconfig.go`` ``SetNodeConfigAnnotations``: the subcommand and its
     flags (``--key=value`` split in two; secrets as ``********``), the ``K3S_*`` environment,
     and the base32 SHA-256 of both; written only when the hash changed."""
@@ -603,9 +619,9 @@ def lease_attrs(node: Obj, s: NodeSettings, req: StartRequest, key: str) -> Leas
     public_ipv6 = v6 if s.cluster.ipv6 else None
     backend = s.cluster.flannel_backend
     if backend == "vxlan":
-        data = go_json({"VNI": 1, "VtepMAC": _fake_mac(s.name)})
-        return LeaseAttrs("vxlan", public_ip, public_ipv6, data if s.cluster.ipv4 else "null",
-                          data if s.cluster.ipv6 else "null")  # fmt: skip
+        vxlan = go_json({"VNI": 1, "VtepMAC": _fake_mac(s.name)})
+        return LeaseAttrs("vxlan", public_ip, public_ipv6, vxlan if s.cluster.ipv4 else "null",
+                          vxlan if s.cluster.ipv6 else "null")  # fmt: skip
     if backend != "wireguard-native":
         return LeaseAttrs(backend, public_ip, public_ipv6, "null", "null")
     with_port = flannel_publishes_port(s.flannel)

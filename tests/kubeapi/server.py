@@ -211,7 +211,7 @@ class KubeAPI:
             app = web.Application(client_max_size=8 << 20)
             app.router.add_route("*", "/{tail:.*}", self._handle)
             # Where the shutdown grace is given moved between aiohttp 3.8 and 3.9.
-            grace: dict[str, float] = {"shutdown_timeout": 1.0}
+            grace: dict[str, Any] = {"shutdown_timeout": 1.0}
             runner_takes_it = "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters
             self._runner = web.AppRunner(app, access_log=None, **(grace if runner_takes_it else {}))
             await self._runner.setup()
@@ -354,7 +354,7 @@ class KubeAPI:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
         if transport is not None:
-            self._transports.add(transport)  # type: ignore[arg-type]
+            self._transports.add(transport)
         try:
             if self._stopping:
                 if transport is not None:
@@ -365,7 +365,7 @@ class KubeAPI:
             return web.Response(status=500)  # never reaches the client: its connection is gone
         finally:
             if transport is not None:
-                self._transports.discard(transport)  # type: ignore[arg-type]
+                self._transports.discard(transport)
 
     async def _handle_counted(self, request: web.Request) -> web.StreamResponse:
         user = self._authenticate(request)
@@ -745,14 +745,18 @@ async def _change(request: web.Request, verb: str) -> Callable[[Obj], Obj]:
         return lambda _old: body
     ctype = request.content_type
     patch = await _body_json(request, allow_list=ctype == "application/json-patch+json")
-    if ctype == "application/merge-patch+json":
-        apply = lambda obj: merge_patch(obj, patch)  # noqa: E731
-    elif ctype == "application/strategic-merge-patch+json":
-        apply = lambda obj: strategic_merge_patch(obj, patch)  # noqa: E731
-    elif ctype == "application/json-patch+json":
-        apply = lambda obj: json_patch(obj, patch)  # noqa: E731
-    else:
+    appliers: dict[str, Callable[[Obj, Any], Obj]] = {
+        "application/merge-patch+json": merge_patch,
+        "application/strategic-merge-patch+json": strategic_merge_patch,
+        "application/json-patch+json": json_patch,
+    }
+    applier = appliers.get(ctype)
+    if applier is None:
         raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+
+    def apply(obj: Obj) -> Obj:
+        return applier(obj, patch)
+
     rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
     return lambda obj: _keep_rv(apply(obj), rv)
 

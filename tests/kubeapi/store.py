@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import copy
+import functools
 import hashlib
 import ipaddress
 import json
@@ -117,6 +119,11 @@ def _unversioned(node: Obj) -> Obj:
     return new
 
 
+def _replaced_by(node: Obj, _current: Obj) -> Obj:
+    """An ``update`` that stores ``node`` whatever the current object is (see _unversioned)."""
+    return _unversioned(node)
+
+
 def node_role(node: Obj) -> str:
     labels = node["metadata"].get("labels") or {}
     return "server" if "node-role.kubernetes.io/control-plane" in labels else "agent"
@@ -189,7 +196,7 @@ class NodeStore:
     def list(self) -> list[Obj]:
         return [copy.deepcopy(self.nodes[n]) for n in sorted(self.nodes)]
 
-    def events_since(self, rv: int) -> list[Event]:
+    def events_since(self, rv: int) -> builtins.list[Event]:
         self._trim()
         if rv < self.oldest_rv:
             raise TooOld(rv, self.oldest_rv)
@@ -368,7 +375,7 @@ class NodeStore:
         key = self.wg_keys.get(name) or published_key(node) or fake_wg_key(name)
         outcome = k3s.start(node, req, self.cluster, public_key=key, new_key=self.new_key)
         for write in outcome.writes:
-            self.update(name, lambda _n, w=write: _unversioned(w.node))
+            self.update(name, functools.partial(_replaced_by, write.node))
         if outcome.writes and outcome.public_key is not None:
             self.wg_keys[name] = outcome.public_key
         if outcome.started and outcome.cluster is not None:

@@ -5,8 +5,8 @@ The k3s history was read in a full clone of k3s (the fork k3s-vip/k3s, whose bra
 upstream's commits up to 2026-08); flannel's in flannel-io/flannel at its tags.
 
     >>> v = K3sVersion.parse("v1.32.11+k3s3")
-    >>> (v.minor, v.patch, v.k3s), removes_overwrites_when_off(v), annotation_writer(v)
-    ((32, 11, 3), True, 'syncAnnotations')
+    >>> (v.minor, v.patch, v.k3s), annotation_writer(v)
+    ((32, 11, 3), 'syncAnnotations')
     >>> str(flannel_of_k3s(K3sVersion.parse("v1.32.3+k3s1"))), str(flannel_of_k3s(K3sVersion.parse("v1.32.4+k3s1")))
     ('v0.25.7', 'v0.26.7')
 """
@@ -114,12 +114,6 @@ def annotation_writer(version: K3sVersion) -> str:
     if _at_least(version, _SET_ANNOTATIONS_FIRST, later_lines=False):
         return "setAnnotations"
     return "updateAddressAnnotations"
-
-
-def removes_overwrites_when_off(version: K3sVersion) -> bool:
-    """Whether this k3s removes both overwrite annotations at start when ``flannel-external-ip``
-    is off (k3s PR #13431, ``syncAnnotations``)."""
-    return annotation_writer(version) == "syncAnnotations"
 
 
 # --- k3s and Kubernetes: which credential may list Nodes -------------------------------------

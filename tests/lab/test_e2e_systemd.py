@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import json
@@ -308,7 +309,7 @@ def remove_cgroup_tree(top: str, timeout: float = 15) -> None:
             os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not procs(), timeout, f"processes in {top} to die")
     for dirpath, _, _ in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
-        wait_for(lambda d=dirpath: _rmdir(d), timeout, f"cgroup {dirpath} to go")
+        wait_for(functools.partial(_rmdir, dirpath), timeout, f"cgroup {dirpath} to go")
 
 
 def _rmdir(path: str) -> bool:

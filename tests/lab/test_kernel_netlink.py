@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,7 +202,7 @@ def test_auto_finds_flannels_kernel_devices_by_devtype_and_checks_them(python: s
         )
         path = configs.write(str(tmp_path / "config.yaml"), cfg)
 
-        def run_once() -> tuple[int, dict[str, object]]:
+        def run_once() -> tuple[int, dict[str, Any]]:
             proc = subprocess.run(
                 node.argv(sys.executable, "-m", "wgagent", "--config", path, "run", "--once"),
                 capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},

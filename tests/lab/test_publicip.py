@@ -96,7 +96,7 @@ def stand_in_specs() -> list[dict[str, Any]]:
     ]
     fixed = {"private": "10.1.2.3", "cgnat": "100.64.1.2"}
     for mode, (port, _, _) in BAD_ECHOES.items():
-        spec = {"kind": "echo", "name": f"echo-{mode}", "listen": f"203.0.113.21:{port}"}
+        spec: dict[str, Any] = {"kind": "echo", "name": f"echo-{mode}", "listen": f"203.0.113.21:{port}"}
         spec.update({"mode": "fixed", "ip": fixed[mode]} if mode in fixed else {"mode": mode})
         specs.append(spec)
     for mode, (port, _, _) in BAD_STUN.items():

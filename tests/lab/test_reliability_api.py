@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
 import re
@@ -204,7 +205,7 @@ async def flap(tmp: Path, api: KubeAPI, seed: int) -> Run:
             else:
                 api.faults.clear()
             outage = Outage(kind, event, attempts)
-            outage.converged_after_s = await until(lambda a=address: converged(daemon, api, a), UP_S)
+            outage.converged_after_s = await until(functools.partial(converged, daemon, api, address), UP_S)
             run.outages.append(outage)
             assert not task.done(), "the daemon stopped"
             if outage.converged_after_s is not None:

@@ -265,9 +265,9 @@ def test_no_secret_in_any_output_log_endpoint_or_file(world: World, tmp_path: Pa
     outputs["daemon log"] = Path(daemon.log).read_bytes()
     outputs["notify messages"] = "\n".join(notify.lines()).encode()
     assert b"ready" in outputs["daemon log"] and b"reloading" in outputs["daemon log"].lower()
-    for path in [*w.state_dir.rglob("*"), *w.k3s_dir.rglob("*")]:
-        if path.is_file() and path.name != "config.yaml":
-            outputs[f"file {path}"] = path.read_bytes()
+    for written in [*w.state_dir.rglob("*"), *w.k3s_dir.rglob("*")]:
+        if written.is_file() and written.name != "config.yaml":
+            outputs[f"file {written}"] = written.read_bytes()
     assert any(name.startswith("file ") and "50-wgagent.yaml" in name for name in outputs), sorted(outputs)
 
     hits = find(w.secrets, outputs)

@@ -68,7 +68,8 @@ class Host:
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | subprocess.Popen[str]
+    """Its output goes to ``log``; text or bytes mode does not matter here."""
     log: str
     host: Host | None = None
 
@@ -217,10 +218,12 @@ class Lab:
             name=f"{host.name}-wireguard-go-{ifname}",
             private_mounts={uapi_dir: "/run/wireguard"},
         )
+        # The socket file appears at bind(), before listen() (Go's net.ListenUnix in wireguard-go's
+        # ipc/uapi_linux.go UAPIListen): wait until it accepts a connection, not until it exists.
         wait_for(
-            lambda: os.path.exists(os.path.join(uapi_dir, f"{ifname}.sock")),
+            lambda: _accepts(os.path.join(uapi_dir, f"{ifname}.sock")),
             10,
-            f"{ifname}.sock in {host.name}",
+            f"{ifname}.sock in {host.name} accepting connections",
             proc=proc,
         )
         return proc, uapi_dir
@@ -239,9 +242,6 @@ class Lab:
         return proc.popen.returncode
 
     # --- waiting ---------------------------------------------------------------------------
-
-    def wait_tcp(self, host: Host | None, port: int, addr: str = "127.0.0.1", timeout: float = 10) -> None:
-        self._wait_listen(host, "-tln", addr, port, timeout)
 
     def wait_udp(self, host: Host | None, port: int, addr: str = "", timeout: float = 10) -> None:
         self._wait_listen(host, "-uln", addr, port, timeout)
@@ -280,6 +280,7 @@ class Lab:
             raise LabError("lab cleanup: " + "; ".join(errors))
 
     def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` first when the lab closes (before its processes stop and hosts go)."""
         self._cleanups.append(fn)
 
     def logs(self) -> str:
@@ -289,6 +290,15 @@ class Lab:
             text = proc.output()[-4000:]
             parts.append(f"--- {proc.name} (pid {proc.pid}, rc {proc.popen.poll()}) ---\n{text}")
         return "\n".join(parts)
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def uapi(uapi_dir: str, request: str | bytes, *, ifname: str, timeout: float = 60) -> bytes:

@@ -101,7 +101,7 @@ def node(
     *,
     port: int | None = 51820,
     v6_subnet: str | None = None,
-    **more: str,
+    more: Mapping[str, str] | None = None,
 ) -> Obj:
     """A Node object as flannel leaves it (for tests and labs): IPv4 only unless ``more`` adds
     flannel annotations by their short names (``public-ipv6``, ``backend-v6-data``...)."""
@@ -112,7 +112,7 @@ def node(
         FLANNEL + "backend-data": json.dumps(data, separators=(",", ":")),
         FLANNEL + "public-ip": public_ip,
     }
-    anns.update({FLANNEL + k: v for k, v in more.items()})
+    anns.update({FLANNEL + k: v for k, v in (more or {}).items()})
     cidrs = [subnet] + ([v6_subnet] if v6_subnet else [])
     return {"metadata": {"name": name, "annotations": anns}, "spec": {"podCIDR": subnet, "podCIDRs": cidrs}}
 

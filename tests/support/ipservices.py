@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
 import json
 import os
 import secrets
@@ -194,8 +196,8 @@ async def _metadata(svc: Service, req: Request, writer: asyncio.StreamWriter) ->
         if path == "/latest/meta-data/public-ipv4":
             return await text(ipv4)
     elif provider == "aliyun":
-        token = h.get("x-aliyun-ecs-metadata-token")
-        if (token is not None or spec.get("hardened")) and token not in svc.tokens:
+        given = h.get("x-aliyun-ecs-metadata-token")
+        if (given is not None or spec.get("hardened")) and given not in svc.tokens:
             return await _respond(writer, 401, b"")
         if path == "/latest/meta-data/eipv4":
             return await text(spec.get("eip"))
@@ -224,10 +226,14 @@ async def _metadata(svc: Service, req: Request, writer: asyncio.StreamWriter) ->
             return await text(ipv4)
     elif provider == "vultr":
         if path == "/v1.json":
-            public = {"network-type": "public", "ipv4": {"address": ipv4 or ""}, "ipv6": {"address": ipv6 or ""}}
-            private = {"network-type": "private", "ipv4": {"address": "10.9.0.2"}}
-            doc = {"hostname": "node", "interfaces": [private, public], "user-data": "x" * 3000}
-            return await _respond(writer, 200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+            public: dict[str, Any] = {
+                "network-type": "public",
+                "ipv4": {"address": ipv4 or ""},
+                "ipv6": {"address": ipv6 or ""},
+            }
+            private: dict[str, Any] = {"network-type": "private", "ipv4": {"address": "10.9.0.2"}}
+            vultr = {"hostname": "node", "interfaces": [private, public], "user-data": "x" * 3000}
+            return await _respond(writer, 200, json.dumps(vultr).encode(), {"Content-Type": "application/json"})
     elif provider == "tencent" and path == "/latest/meta-data/public-ipv4":
         return await text(ipv4)
     await _respond(writer, 404, b"not found")
@@ -349,7 +355,7 @@ async def start(specs: Sequence[dict[str, Any]]) -> Services:
         if svc.spec["kind"] == "stun":
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             transport, _ = await loop.create_datagram_endpoint(
-                lambda svc=svc: _StunProtocol(svc), local_addr=(host, port), family=family
+                functools.partial(_StunProtocol, svc), local_addr=(host, port), family=family
             )
             svc.server = transport
         else:
@@ -379,7 +385,8 @@ async def _main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(sys.argv[1]))
     os._exit(0)

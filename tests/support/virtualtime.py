@@ -65,8 +65,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, quiet_s: float = 0.0002) -> None:
         self._offset = 0.0
         self._t0 = time.monotonic()
-        self.skipped_s = 0.0
-        """Virtual seconds that passed without real time passing."""
         self._children: set[asyncio.SubprocessTransport] = set()
         super().__init__(_SkippingSelector(self, quiet_s))
         self.set_default_executor(_InlineExecutor(max_workers=1))
@@ -86,7 +84,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def skip(self, seconds: float) -> None:
         if seconds > 0:
             self._offset += seconds
-            self.skipped_s += seconds
 
 
 def wall(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -122,7 +122,7 @@ def _reports(item: pytest.Item, group: _Group) -> Iterator[pytest.TestReport]:
     inner = group.reports.get(item.nodeid)
     if not inner:
         b = group.boot
-        what = "the kernel did not run it" if b is None else f"the {b.kind} kernel exited, status {b.status}"
+        what = "the kernel did not run it" if b is None else f"the {group.kind} kernel exited, status {b.status}"
         tail = "" if b is None else "\n" + b.tail()
         yield report("setup", "failed", f"no result from inside the kernel: {what}{tail}")
         yield report("teardown", "passed", None)

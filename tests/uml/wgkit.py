@@ -46,7 +46,6 @@ def keypair() -> tuple[str, str]:
 class Device:
     host: Host
     ifname: str
-    private_key: str
     public_key: str
     port: int
 
@@ -83,7 +82,7 @@ def make_device(
         lab.run(host, "ip", "addr", "add", address, "dev", ifname)
     if up:
         lab.run(host, "ip", "link", "set", ifname, "up")
-    return Device(host, ifname, private, public, port)
+    return Device(host, ifname, public, port)
 
 
 def peer_conf(peers: Iterable[PeerSpec]) -> str:

@@ -29,10 +29,11 @@ from tests.support import configs
 from tests.support.notify import NotifySocket
 from tests.support.virtualtime import VirtualTimeLoop
 from wgagent import config
-from wgagent.daemon import Daemon, Stages
+from wgagent.daemon import Daemon
 from wgagent.notify import Notifier
 from wgagent.part import Part, Signal, StreamPart
 from wgagent.state import State
+from wgagent.wiring import Stages
 
 T = TypeVar("T")
 
@@ -188,11 +189,12 @@ class FakePart(Part):
         self.passes = 0
         self.finished_at: float | None = None
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> float | None:
         await asyncio.sleep(self.delay_s)
         self.passes += 1
-        self.finished_at = time.monotonic()
+        self.finished_at = asyncio.get_running_loop().time()
         self.state.set_check(self.name, self.ok, "fake")
+        return None
 
 
 class HangingPart(Part):
@@ -200,14 +202,40 @@ class HangingPart(Part):
 
     name = "public_ip"
     checks = ("public_ip",)
-    released = False
+
+    def __init__(self, state: State) -> None:
+        super().__init__(state)
+        self.released = False
 
     async def reconcile(self) -> None:
         while True:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.05)
-            if HangingPart.released:
+            if self.released:
                 raise asyncio.CancelledError
+
+
+class RecordingNotifier(Notifier):
+    """Records each sd_notify message with the clock at the moment the daemon sends it.
+
+    The wire protocol itself is tested on a real socket by the process tests above; here a
+    send is recorded synchronously, so no socket delivery delay blurs when it happened.
+    ``clock`` is the loop's (virtual) time unless a test needs real time.
+    """
+
+    def __init__(self, watchdog_interval_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
+        self._notifier = None  # whatever the test process's environment says: nothing goes out
+        self.watchdog_interval_s = watchdog_interval_s
+        self.clock = clock
+        self.sent: list[tuple[float, str]] = []
+
+    def _send(self, message: str) -> None:
+        now = self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+        self.sent.append((now, message))
+
+    def times(self, message: str) -> list[float]:
+        return [t for t, m in self.sent if m == message]
 
 
 class BrokenPart(Part):
@@ -226,12 +254,6 @@ class DyingStream(StreamPart):
 
     async def run(self) -> None:
         raise RuntimeError("watch exploded")
-
-
-def notifier_for(sock: NotifySocket, monkeypatch: pytest.MonkeyPatch, watchdog_usec: int | None = None) -> Notifier:
-    for name, value in sock.env(watchdog_usec).items():
-        monkeypatch.setenv(name, value)
-    return Notifier()
 
 
 def daemon_with(
@@ -265,12 +287,21 @@ class RetryingPart(FakePart):
 
 
 def in_virtual_time(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main()`` on a loop whose clock skips waits (tests/support/virtualtime.py)."""
+    """Run ``main()`` on a loop whose clock skips waits (tests/support/virtualtime.py); then,
+    as ``asyncio.run`` does, cancel what is left and wait for it before closing the loop."""
     loop = VirtualTimeLoop()
     try:
         return loop.run_until_complete(main())
     finally:
+        loop.run_until_complete(_cancel_the_rest())
         loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
 
 
 async def until_virtual(cond: Callable[[], object], task: asyncio.Task[int], timeout_s: float = 86400) -> None:
@@ -330,47 +361,62 @@ async def test_a_part_that_raises_fails_its_checks_and_is_counted(tmp_path: Path
     assert daemon.state.reconcile_errors.get(part="k3s") == 1
 
 
-async def test_stages_run_in_order_and_ready_follows_the_first_pass(
-    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stages_run_in_order_and_ready_follows_the_first_pass(tmp_path: Path) -> None:
     made: list[FakePart] = []
+    notifier = RecordingNotifier()
 
     def parts(s: State) -> Stages:
-        made[:] = [FakePart(s, "public_ip", delay_s=0.3), FakePart(s, "k3s_config")]
+        made[:] = [FakePart(s, "public_ip", delay_s=10.0), FakePart(s, "k3s_config")]
         return [[made[0]], [made[1]]]
 
-    daemon = daemon_with(parts, tmp_path, notifier=notifier_for(notify_socket, monkeypatch))
-    task = asyncio.create_task(daemon.serve())
-    await until(lambda: notify_socket.times("READY=1"), task)
-    ready_at = notify_socket.times("READY=1")[0]
+    async def main() -> float:
+        daemon = daemon_with(parts, tmp_path, notifier=notifier)
+        started = asyncio.get_running_loop().time()
+        task = asyncio.create_task(daemon.serve())
+        await until_virtual(lambda: notifier.times("READY=1"), task)
+        daemon.stop()
+        assert await task == 0
+        return started
+
+    started = in_virtual_time(main)
+    (ready_at,) = notifier.times("READY=1")
     first, second = made
     assert first.finished_at is not None and second.finished_at is not None
-    assert first.finished_at <= second.finished_at <= ready_at
-    daemon.stop()
-    assert await asyncio.wait_for(task, 5) == 0
+    assert started + 10.0 <= first.finished_at <= second.finished_at <= ready_at
+    assert ready_at < started + 20.0  # the first pass, not startup_deadline_s, made it ready
 
 
-async def test_ready_comes_by_the_deadline_when_a_part_hangs_and_shutdown_is_bounded(
-    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    daemon = daemon_with(
-        lambda s: [[HangingPart(s)]],
-        tmp_path,
-        notifier=notifier_for(notify_socket, monkeypatch),
-        startup_deadline_s=1.0,
-    )
-    started = time.monotonic()
-    task = asyncio.create_task(daemon.serve())
-    await until(lambda: notify_socket.times("READY=1"), task)
-    assert 0.9 <= notify_socket.times("READY=1")[0] - started < 3
-    stop_at = time.monotonic()
-    daemon.stop()
-    try:
-        assert await asyncio.wait_for(task, 6) == 0
-        assert time.monotonic() - stop_at < 5
-        assert notify_socket.times("STOPPING=1")
-    finally:
-        HangingPart.released = True  # let the test's event loop end
+def test_ready_comes_by_the_deadline_when_a_part_hangs_and_shutdown_is_bounded(tmp_path: Path) -> None:
+    notifier = RecordingNotifier()
+    made: list[HangingPart] = []
+
+    def parts(s: State) -> Stages:
+        made[:] = [HangingPart(s)]
+        return [list(made)]
+
+    async def main() -> tuple[float, float, float]:
+        daemon = daemon_with(parts, tmp_path, notifier=notifier, startup_deadline_s=30.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.create_task(daemon.serve())
+        await until_virtual(lambda: notifier.times("READY=1"), task)
+        stop_at = loop.time()
+        daemon.stop()
+        try:
+            assert await task == 0
+            stopped_at = loop.time()
+        finally:
+            for part in made:
+                part.released = True  # let its task end before the loop closes
+            await asyncio.sleep(0.1)
+        return started, stop_at, stopped_at
+
+    started, stop_at, stopped_at = in_virtual_time(main)
+    (ready_at,) = notifier.times("READY=1")
+    assert 30.0 <= ready_at - started < 31.0  # at the deadline, though the first pass never ended
+    assert stopped_at - stop_at < 5.0  # shutdown is bounded although the part ignores cancellation
+    (stopping_at,) = notifier.times("STOPPING=1")
+    assert stop_at <= stopping_at <= stopped_at
 
 
 async def test_a_dying_task_is_logged_at_once_and_the_daemon_exits_1(
@@ -381,18 +427,18 @@ async def test_a_dying_task_is_logged_at_once_and_the_daemon_exits_1(
     assert "task watch-stream failed" in caplog.text and "watch exploded" in caplog.text
 
 
-async def test_a_wedged_loop_stops_the_watchdog(
-    tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    notifier = notifier_for(notify_socket, monkeypatch, watchdog_usec=100_000)  # ping every 50 ms
+async def test_a_wedged_loop_stops_the_watchdog(tmp_path: Path) -> None:
+    # Real time on purpose: the wedge is a blocking call, and the watchdog must stop with the
+    # loop, not tick on in a thread. Each ping is recorded as the daemon sends it, so the
+    # check needs no margin for socket delivery.
+    notifier = RecordingNotifier(watchdog_interval_s=0.05, clock=time.monotonic)
     daemon = daemon_with(None, tmp_path, notifier=notifier)
     task = asyncio.create_task(daemon.serve())
-    await until(lambda: len(notify_socket.times("WATCHDOG=1")) >= 3, task)
+    await until(lambda: len(notifier.times("WATCHDOG=1")) >= 3, task)
     wedged_at = time.monotonic()
-    time.sleep(0.6)  # the wedge itself: a blocking call on the event loop
+    time.sleep(0.3)  # the wedge itself: a blocking call on the event loop, six ping intervals
     unwedged_at = time.monotonic()
-    await until(lambda: [t for t in notify_socket.times("WATCHDOG=1") if t > unwedged_at], task)  # resumes
-    during = [t for t in notify_socket.times("WATCHDOG=1") if wedged_at + 0.06 < t < unwedged_at]
-    assert during == []
+    await until(lambda: [t for t in notifier.times("WATCHDOG=1") if t > unwedged_at], task)  # resumes
+    assert [t for t in notifier.times("WATCHDOG=1") if wedged_at < t < unwedged_at] == []
     daemon.stop()
     assert await asyncio.wait_for(task, 5) == 0

@@ -8,9 +8,10 @@ must give no problem and no warning.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import shlex
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import pytest
@@ -33,9 +34,18 @@ from wgagent.doctor import (
     is_clear,
     render_json,
 )
+from wgagent.doctor.facts import RestartBook
+from wgagent.doctor.k3s_findings import _k3s_finding
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.dropin import render_dropin
-from wgagent.k3s.role import NodeName, Role
+from wgagent.k3s.install import Unit
+from wgagent.k3s.restart import Served
+from wgagent.k3s.role import Identity, Role
+from wgagent.k3s.scan import ConfigLocation, Unreadable
+from wgagent.k3s.scan import Finding as K3sFinding
+from wgagent.k3s.servers import ANN_BACKEND_WANTED
+from wgagent.k3s.versions import K3sVersion
+from wgagent.kube.annotation import OwnNode
 from wgagent.model import (
     ANN_BACKEND_DATA,
     ANN_BACKEND_TYPE,
@@ -59,6 +69,9 @@ CONF = "/etc/wgagent/config.yaml"
 UNIT = "/etc/systemd/system/k3s.service"
 DROPIN = "config.yaml.d/50-wgagent.yaml"
 ETC = "/etc/rancher/k3s"
+NO_RESTARTS = RestartBook()
+OLD_K3S = "v1.32.4+k3s1"  # updateAddressAnnotations: leaves the overwrite alone with flannel-external-ip off
+NEW_K3S = "v1.33.7+k3s3"  # syncAnnotations (k3s PR #13431): removes it at every start when off
 
 
 def dropin(address: str = V4, **k3s: Any) -> bytes:
@@ -107,15 +120,42 @@ def wireguard(dev: Device | None = None, *, up: bool = True, bound: Iterable[int
     return WireGuardFacts((InterfaceRead("flannel-wg", read, first_seen or {}),), "", frozenset(bound), others)
 
 
-def k3s_facts(files: dict[str, bytes] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
-              role: str | None = "server", binary: str | None = "/usr/local/bin/k3s") -> K3sFacts:  # fmt: skip
+def identity(role: str | None = "server", exec_start: str = "/usr/local/bin/k3s server", *, certain: bool = True,
+             conflict: str = "", notes: tuple[str, ...] = (),
+             location: ConfigLocation | None = None) -> Identity:  # fmt: skip
+    """The identity ``decide_identity_from`` gives a node whose unit (or, without a role, none) runs ``exec_start``."""
+    name = f"k3s{'-agent' if role == 'agent' else ''}.service"
+    the_role = Role(role, name, f"ExecStart of {UNIT}", certain) if role else None
+    files = ((UNIT, f"[Service]\nExecStart={exec_start}\n"),)
+    unit = Unit(name, UNIT, files, tuple(shlex.split(exec_start)), UNIT) if role else None
+    where = location or ConfigLocation.in_dir(ETC)
+    return Identity("n1", "wgagent node_name", the_role, where, "/var/lib/rancher/k3s", unit, conflict, notes)
+
+
+def k3s_facts(files: Mapping[str, bytes | Unreadable] | None = None, *, exec_start: str = "/usr/local/bin/k3s server",
+              role: str | None = "server", binary: str | None = "/usr/local/bin/k3s", certain: bool = True,
+              conflict: str = "", notes: tuple[str, ...] = (), location: ConfigLocation | None = None,
+              subnet_env: Mapping[str, str] | None = None,
+              restarts: RestartBook = NO_RESTARTS) -> K3sFacts:  # fmt: skip
     if files is None:
         files = {DROPIN: dropin()}
-    the_role = Role(role, f"k3s{'-agent' if role == 'agent' else ''}.service", f"unit {UNIT}") if role else None
-    unit_files = ((UNIT, f"[Service]\nExecStart={exec_start}\n"),) if role else ()
-    missing = "no k3s found: neither k3s.service nor k3s-agent.service in /etc/systemd/system" if not role else ""
+    ident = identity(role, exec_start, certain=certain, conflict=conflict, notes=notes, location=location)
+    unit_files = ident.unit.files if ident.unit is not None else ()
+    if conflict:
+        missing = f"{conflict} (wgagent writes only the agent-safe drop-in until then)"
+    else:
+        missing = "no k3s found: neither k3s.service nor k3s-agent.service in /etc/systemd/system" if not role else ""
     looked = "" if binary else "there is no k3s binary (not on PATH, nor in /usr/local/bin)"
-    return K3sFacts(the_role, missing, binary, looked, files, unit_files, NodeName("n1", "wgagent node_name"))
+    return K3sFacts(ident, missing, binary, looked, files, unit_files, subnet_env or {}, restarts)
+
+
+def own(anns: Mapping[str, str], *, cidrs: tuple[str, ...] = ("10.42.1.0/24",), version: str = OLD_K3S) -> OwnNode:
+    """The own Node as one GET reads it (``own_node_of``)."""
+    return OwnNode(dict(anns), cidrs, K3sVersion.parse(version))
+
+
+def kube(anns: Mapping[str, str] = OWN_ANNS, cluster: ClusterView | None = None, **node: Any) -> KubeFacts:
+    return KubeFacts("/k.yaml", "/k.yaml", own(anns, **node), None, CLUSTER if cluster is None else cluster, None)
 
 
 def healthy(**changes: Any) -> Facts:
@@ -128,7 +168,7 @@ def healthy(**changes: Any) -> Facts:
         k3s=k3s_facts(),
         module=ModuleFacts("6.1.0-28-amd64", loaded=True, builtin=False, modules_dir=True, module_file=True),
         public_ip=discovery(stun("stun:a", 40000), stun("stun:cc", 40000)),
-        kube=KubeFacts("/etc/rancher/k3s/k3s.yaml", "/etc/rancher/k3s/k3s.yaml", OWN_ANNS, None, CLUSTER, None),
+        kube=KubeFacts("/etc/rancher/k3s/k3s.yaml", "/etc/rancher/k3s/k3s.yaml", own(OWN_ANNS), None, CLUSTER, None),
         wireguard=wireguard(),
         daemon=DaemonFacts("http://127.0.0.1:8795", 200),
     )
@@ -155,7 +195,7 @@ def test_a_healthy_node_is_all_clear() -> None:
     find(findings, "ok", "kernel", "WireGuard is available in kernel 6.1.0-28-amd64")
     find(findings, "ok", "k3s", "k3s server installed (/usr/local/bin/k3s)")
     find(findings, "ok", "flannel", "flannel-backend is wireguard-native")
-    find(findings, "ok", "flannel", f"flannel's public-ip annotations are the discovered {V4}")
+    find(findings, "ok", "flannel", f"flannel's public-ip is the discovered {V4}")
     find(findings, "ok", "k3s", f"k3s's node-external-ip is the discovered {V4}")
     find(findings, "ok", "public-ip", "STUN ports agree")
     find(findings, "ok", "wireguard", "flannel-wg: up, listening on UDP 51820")
@@ -232,35 +272,156 @@ def test_a_device_on_another_port() -> None:
     find(findings, "problem", "wireguard", "nothing listens on UDP 51820")
 
 
+def test_an_interface_that_does_not_exist() -> None:
+    read = DeviceRead(Link("flannel-wg", False), None, None, "no such device")
+    w = WireGuardFacts((InterfaceRead("flannel-wg", read, {}),), "", frozenset())
+    findings = diagnose(healthy(wireguard=w))
+    f = find(findings, "problem", "wireguard", "interface flannel-wg does not exist")
+    assert f.detail == "no such device" and f.fix == "systemctl restart k3s (flannel creates flannel-wg when it starts)"
+    assert not any(x.area == "peers" for x in findings)
+
+
+def test_an_interface_that_cannot_be_read() -> None:
+    read = DeviceRead(Link("flannel-wg", True, True, "wireguard"), None, "netlink", "Operation not permitted")
+    w = WireGuardFacts((InterfaceRead("flannel-wg", read, {}),), "", frozenset((51820,)))
+    f = find(diagnose(healthy(wireguard=w)), "problem", "wireguard", "cannot read WireGuard interface flannel-wg")
+    assert (
+        f.detail == "Operation not permitted" and f.fix == "run 'wgagent doctor' as root; by hand: wg show flannel-wg"
+    )
+
+
 def test_a_device_that_is_down() -> None:
     f = find(diagnose(healthy(wireguard=wireguard(up=False))), "problem", "wireguard", "flannel-wg is down")
     assert "ip link set flannel-wg up" in f.fix
 
 
-@pytest.mark.parametrize(
-    ("anns", "fix"),
-    [
-        pytest.param(node_anns(1, "104.156.140.173"), f"kubectl annotate node n1 --overwrite "
-                     f"{ANN_PUBLIC_IP_OVERWRITE}={V4}, then systemctl restart k3s", id="seed-no-overwrite"),
-        pytest.param(node_anns(1, "10.0.0.3", overwrite="198.51.100.9"), f"{ANN_PUBLIC_IP_OVERWRITE}={V4}",
-                     id="overwrite-wrong"),
-        pytest.param(node_anns(1, "10.0.0.3", overwrite=V4), "systemctl restart k3s (flannel reads "
-                     "public-ip-overwrite only when it starts)", id="overwrite-right-flannel-stale"),
-        pytest.param({ANN_PUBLIC_IP_OVERWRITE: V4}, "flannel has not annotated Node n1", id="flannel-never-ran"),
-    ],
-)  # fmt: skip
-def test_seed_public_ip_annotation_differs_from_the_discovered_one(anns: dict[str, str], fix: str) -> None:
-    kube = KubeFacts("/k.yaml", "/k.yaml", anns, None, CLUSTER, None)
-    f = find(diagnose(healthy(kube=kube)), "problem", "flannel", f"flannel's public IP on Node n1 is not the "
-             f"discovered {V4}")  # fmt: skip
-    assert fix in f.fix
-    if ANN_PUBLIC_IP in anns:  # what flannel published is named
-        assert f.detail.count(anns[ANN_PUBLIC_IP]) == 1
+# --- flannel's public IP: the annotation part's verdict per family (kube/annotation.py decide_family) -------
+
+OTHER = "198.51.100.1"
+WRONG = "10.0.0.3"  # what flannel publishes without an overwrite: its interface's address
+WRONG_IP = f"flannel's public-ip on Node n1 is not the discovered {V4}"
+LATER = "config.yaml.d/99-old.yaml"
+
+
+def verdict_case(anns: Mapping[str, str], *, files: Mapping[str, bytes] | None = None, version: str = OLD_K3S,
+                 restarts: RestartBook = NO_RESTARTS, cluster: ClusterView | None = None) -> Facts:  # fmt: skip
+    return healthy(k3s=k3s_facts(files, restarts=restarts), kube=kube(anns, cluster, version=version))
+
+
+VERDICTS = {
+    "ok": (verdict_case(OWN_ANNS), "ok", f"flannel's public-ip is the discovered {V4}", "public-ip is 203.0.113.7",
+           ""),
+    "restore: the overwrite removed, put back where k3s leaves it alone": (
+        verdict_case(node_anns(1, V4)), "ok", f"flannel's public-ip is the discovered {V4}",
+        f"public-ip-overwrite was removed, put back (k3s {OLD_K3S} leaves it alone); the running wgagent does so",
+        ""),
+    "shared: another Node publishes the address": (
+        verdict_case(node_anns(1, WRONG), cluster=ClusterView(
+            {"n1": NodeInfo("n1", node_anns(1, WRONG)), "n2": NodeInfo("n2", node_anns(2, V4))})),
+        "problem", f"Nodes n1 and n2 share the public IP {V4}", "already published by Node n2",
+        "give each node its own public IP"),
+    "override: a later file sets node-external-ip": (
+        verdict_case(node_anns(1, WRONG, overwrite=OTHER),
+                     files={DROPIN: dropin(), LATER: f"node-external-ip: {OTHER}\n".encode()}),
+        "problem", f"k3s will use node-external-ip {OTHER}, not the discovered {V4}",
+        f"from {ETC}/{LATER}:1, not {V4}", f"remove node-external-ip from {ETC}/{LATER}:1"),
+    "drop-in: wgagent's drop-in still has an old address": (
+        verdict_case(node_anns(1, WRONG), files={DROPIN: dropin(OTHER)}), "warn",
+        f"k3s's node-external-ip is not the discovered {V4} yet",
+        f"wgagent's drop-in is about to set node-external-ip {V4}: wgagent writes {ETC}/{DROPIN}, then restarts k3s "
+        "once (at most once per 600 s)",
+        "none while wgagent runs; else systemctl enable --now wgagent"),
+    "drop-in: not written yet": (
+        verdict_case(node_anns(1, WRONG), files={"config.yaml": b"flannel-backend: wireguard-native\n"}), "warn",
+        f"k3s's node-external-ip is not the discovered {V4} yet",
+        "about to set node-external-ip", "none while wgagent runs"),
+    "restart: k3s runs an older drop-in": (
+        verdict_case(node_anns(1, WRONG), restarts=RestartBook(frozenset({"config"}))), "warn",
+        f"k3s has not restarted since node-external-ip became {V4}",
+        "wgagent restarts k3s once (at most once per 600 s)", "none while wgagent runs"),
+    "wiped: a k3s that removes the overwrite at every start": (
+        verdict_case(node_anns(1, WRONG), version=NEW_K3S), "problem",
+        f"{WRONG_IP}: k3s removes public-ip-overwrite at every start",
+        f"k3s {NEW_K3S} runs with node-external-ip {V4} but public-ip-overwrite is not set",
+        "set flannel-external-ip: true on every server"),
+    "patch: a k3s that leaves the overwrite alone (the seed)": (
+        verdict_case(node_anns(1, "104.156.140.173")), "problem", WRONG_IP,
+        f"k3s {OLD_K3S} runs with node-external-ip {V4} but did not set public-ip-overwrite",
+        f"systemctl enable --now wgagent (it sets public-ip-overwrite and restarts k3s once, rate-limited); or by "
+        f"hand: kubectl annotate node n1 --overwrite {ANN_PUBLIC_IP_OVERWRITE}={V4}, then systemctl restart k3s"),
+    "flannel: the overwrite right, flannel published before it": (
+        verdict_case(node_anns(1, WRONG, overwrite=V4)), "problem", f"{WRONG_IP}: flannel has not restarted since",
+        f"public-ip-overwrite is {V4} but flannel's public-ip is still {WRONG}",
+        "systemctl enable --now wgagent (it restarts k3s once, rate-limited: flannel reads public-ip-overwrite"),
+    "flannel: never published": (
+        verdict_case({ANN_PUBLIC_IP_OVERWRITE: V4}), "problem", f"{WRONG_IP}: flannel has not restarted since",
+        "flannel's public-ip is still not set", "systemctl enable --now wgagent"),
+    "stuck: wgagent restarted k3s for it and nothing changed": (
+        verdict_case(node_anns(1, WRONG, overwrite=V4),
+                     restarts=RestartBook(served={"overwrite": Served(V4, NOW - 600)})),
+        "problem", f"{WRONG_IP}: a k3s restart for it did not help", "even after a k3s restart for 203.0.113.7",
+        "check that flannel runs on this node"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("facts", "severity", "title", "detail", "fix"), VERDICTS.values(), ids=VERDICTS.keys())
+def test_each_verdict_rule_is_a_finding(facts: Facts, severity: str, title: str, detail: str, fix: str) -> None:
+    findings = diagnose(facts)
+    f = find(findings, severity, "flannel", title)
+    assert detail in f.detail and fix in f.fix, f
+    assert [p for p in problems(findings) if p.startswith("flannel")] == (
+        [f"flannel: {f.title}"] if severity == "problem" else []
+    )
+
+
+def test_a_restart_for_an_older_overwrite_or_one_that_has_not_settled_is_not_stuck() -> None:
+    anns = node_anns(1, WRONG, overwrite=V4)
+    for served in (Served(OTHER, NOW - 600), Served(V4, NOW - 30)):
+        findings = diagnose(verdict_case(anns, restarts=RestartBook(served={"overwrite": served})))
+        find(findings, "problem", "flannel", f"{WRONG_IP}: flannel has not restarted since")
+
+
+def test_the_same_node_on_a_k3s_that_wipes_or_one_that_leaves_the_overwrite_alone() -> None:
+    anns = node_anns(1, WRONG)
+    wiped = find(diagnose(verdict_case(anns, version=NEW_K3S)), "problem", "flannel", WRONG_IP)
+    assert "k3s PR #13431" in wiped.detail and "kubectl annotate" not in wiped.fix
+    patch = find(diagnose(verdict_case(anns, version="v1.31.4+k3s1")), "problem", "flannel", WRONG_IP)
+    assert "kubectl annotate node n1" in patch.fix
+
+
+def test_an_ipv4_only_cluster_with_an_ipv6_address_has_no_ipv6_problem() -> None:
+    v6 = "2001:db8::7"
+    obs = (stun("stun:a", 40000), stun("stun:cc", 40000), stun("stun:a6", 40000, v6), stun("stun:cc6", 40000, v6))
+    facts = healthy(public_ip=discovery(*obs))
+    findings = diagnose(facts)
+    assert is_clear(findings), problems(findings)
+    f = find(findings, "info", "public-ip", "IPv6 not checked: the Node has pod CIDRs 10.42.1.0/24")
+    assert f"the discovered {v6} is not advertised" in f.detail
+    assert not any(v6 in x.title for x in findings if x.area in ("flannel", "k3s"))
+    # A dual-stack cluster checks IPv6 too: flannel has published no public-ipv6 for it.
+    both = render_dropin("server", PublicAddresses(IPv4Address(V4), IPv6Address(v6)), K3sConfig()).encode()
+    dual = replace(facts, k3s=k3s_facts({DROPIN: both}), kube=kube(cidrs=("10.42.1.0/24", "2001:db8:42:1::/64")))
+    found = diagnose(dual)
+    assert not any("IPv6 not checked" in x.title for x in found)
+    find(found, "problem", "flannel", f"flannel's public-ipv6 on Node n1 is not the discovered {v6}")
+
+
+def test_the_families_without_the_own_node_come_from_flannels_subnet_file() -> None:
+    v6 = "2001:db8::7"
+    obs = (stun("stun:a", 40000), stun("stun:cc", 40000), stun("stun:a6", 40000, v6), stun("stun:cc6", 40000, v6))
+    subnet = {"FLANNEL_SUBNET": "10.42.1.1/24", "FLANNEL_IPV6_SUBNET": "2001:db8:42:1::1/64"}
+    facts = healthy(public_ip=discovery(*obs), kube=Skipped("kube.enabled is false"),
+                    k3s=k3s_facts(subnet_env=subnet))  # fmt: skip
+    findings = diagnose(facts)
+    assert not any("IPv6 not checked" in x.title for x in findings)
+    find(findings, "warn", "k3s", f"k3s's node-external-ip is not the discovered {v6} yet")  # the drop-in has IPv4
+    v4_only = replace(facts, k3s=k3s_facts(subnet_env={"FLANNEL_SUBNET": "10.42.1.1/24"}))
+    assert "IPv6 not checked: flannel's /run/flannel/subnet.env" in [x.title for x in diagnose(v4_only)]
 
 
 def test_seed_backend_type_extension_is_the_removed_wireguard_backend() -> None:
     anns = {**OWN_ANNS, ANN_BACKEND_TYPE: "extension"}
-    kube = KubeFacts("/k.yaml", "/k.yaml", anns, None, CLUSTER, None)
+    kube = KubeFacts("/k.yaml", "/k.yaml", own(anns), None, CLUSTER, None)
     f = find(diagnose(healthy(kube=kube)), "problem", "flannel", "runs k3s's removed 'wireguard' extension backend")
     assert f.fix.startswith("flannel-backend: wireguard-native in /etc/rancher/k3s/config.yaml on every server")
 
@@ -311,6 +472,56 @@ def test_an_earlier_file_replaced_by_the_dropin_is_only_noted() -> None:
     find(findings, "info", "k3s", "is replaced by wgagent's 50-wgagent.yaml")
 
 
+RIGHT_BACKEND_SET_ITSELF = {
+    "a later file sets wireguard-native": (
+        {DROPIN: dropin(), "config.yaml.d/90-mine.yaml": b"flannel-backend: wireguard-native\n"},
+        "/usr/local/bin/k3s server",
+        f"{ETC}/config.yaml.d/90-mine.yaml:1 sets flannel-backend itself",
+        f"delete the flannel-backend line from {ETC}/config.yaml.d/90-mine.yaml",
+    ),
+    "ExecStart sets --flannel-backend=wireguard-native": (
+        None,
+        "/usr/local/bin/k3s server --flannel-backend=wireguard-native",
+        f"{UNIT} sets flannel-backend itself",
+        f"remove --flannel-backend from ExecStart in {UNIT}, then systemctl daemon-reload",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "exec_start", "title", "fix"), RIGHT_BACKEND_SET_ITSELF.values(), ids=RIGHT_BACKEND_SET_ITSELF.keys()
+)
+def test_the_right_backend_set_where_it_defeats_the_dropin_is_a_warning(
+    files: dict[str, bytes] | None, exec_start: str, title: str, fix: str
+) -> None:
+    findings = diagnose(healthy(k3s=k3s_facts(files, exec_start=exec_start)))
+    assert find(findings, "warn", "k3s", title).fix == fix
+    assert is_clear(findings), problems(findings)
+
+
+def test_a_config_file_wgagent_declined_to_read_is_only_noted() -> None:
+    files: dict[str, bytes | Unreadable] = {
+        DROPIN: dropin(),
+        "config.yaml.d/20-huge.yaml": Unreadable("larger than 1 MiB", fatal=False),
+    }
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    find(findings, "info", "k3s", "20-huge.yaml: not checked: larger than 1 MiB")
+    assert is_clear(findings)
+
+
+def test_a_config_finding_of_an_unknown_kind_still_names_the_file_to_correct() -> None:
+    f = _k3s_finding(K3sFinding(f"{ETC}/config.yaml", 3, "something new", code="future"), healthy())
+    assert (f.severity, f.title) == ("problem", f"{ETC}/config.yaml:3: something new")
+    assert f.fix == f"correct {ETC}/config.yaml, then systemctl restart k3s"
+
+
+def test_without_the_dropin_and_with_k3s_management_off_node_external_ip_is_not_asked_for() -> None:
+    cfg = Config(node_name="n1", k3s=K3sConfig(enabled=False))
+    findings = diagnose(healthy(cfg=cfg, k3s=k3s_facts({"config.yaml": b"flannel-backend: wireguard-native\n"})))
+    assert not any("node-external-ip" in f.title for f in findings)
+    assert is_clear(findings), problems(findings)
+
+
 def test_wgagents_own_backend_setting_not_wireguard_is_a_warning() -> None:
     files = {DROPIN: dropin(flannel_backend="vxlan")}  # fmt: skip
     findings = diagnose(healthy(k3s=k3s_facts(files)))
@@ -328,10 +539,12 @@ def test_a_later_file_overriding_wgagents_node_external_ip() -> None:
     assert f"198.51.100.1 instead of {V4}" in d.detail
 
 
-def test_the_dropin_with_an_old_address() -> None:
+def test_the_dropin_with_an_old_address_while_flannel_publishes_the_right_one() -> None:
     files = {DROPIN: dropin("198.51.100.1")}
-    f = find(diagnose(healthy(k3s=k3s_facts(files))), "problem", "k3s", "node-external-ip differs")
-    assert f.fix.startswith("systemctl restart wgagent")
+    findings = diagnose(healthy(k3s=k3s_facts(files)))
+    f = find(findings, "warn", "k3s", f"k3s's node-external-ip is not the discovered {V4} yet")
+    assert f.detail.startswith("wgagent's 50-wgagent.yaml says 198.51.100.1: wgagent rewrites it and restarts k3s")
+    assert f.fix == "systemctl enable --now wgagent" and is_clear(findings)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +567,14 @@ def test_execstart_node_external_ip_and_config_elsewhere() -> None:
     findings = diagnose(facts)
     f = find(findings, "problem", "k3s", "k3s's ExecStart sets --node-external-ip")
     assert "systemctl daemon-reload && systemctl restart k3s" in f.fix
-    assert find(findings, "problem", "k3s", "(--config)").fix == f"k3s.config_dir: /srv in {CONF}"
+    assert find(findings, "problem", "k3s", "(--config)").fix == (
+        f"k3s.unit: <the k3s unit> in {CONF}, so wgagent follows its --config; or k3s.config_dir: /srv"
+    )
+    # K3S_CONFIG_FILE wins over --config (k3s looks at the variable first): wgagent reads what k3s reads
+    env = ConfigLocation("/etc/k3s/main.yaml", "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1")
+    facts = healthy(k3s=k3s_facts(exec_start="/usr/local/bin/k3s server -c /srv/k3s.yaml", location=env))
+    f = find(diagnose(facts), "info", "k3s", "ExecStart's --config /srv/k3s.yaml is not used")
+    assert "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1 names /etc/k3s/main.yaml" in f.title
 
 
 def test_the_dropin_missing() -> None:
@@ -385,7 +605,7 @@ def test_a_few_dead_peers_are_a_warning_and_gc_off_is_named() -> None:
 
 
 def test_dead_peers_without_the_node_list_are_only_those_without_allowed_ips() -> None:
-    kube = KubeFacts("/k.yaml", "/l.yaml", OWN_ANNS, None, None, Forbidden("LIST nodes: 403"))
+    kube = KubeFacts("/k.yaml", "/l.yaml", own(OWN_ANNS), None, None, Forbidden("LIST nodes: 403"))
     dev = device(PEER_N2, *dead_peers(4, ips=True), *dead_peers(2, ips=False))
     findings = diagnose(healthy(kube=kube, wireguard=wireguard(dev)))
     f = find(findings, "warn", "peers", "2 dead peer(s)")
@@ -417,7 +637,7 @@ def test_seed_a_live_node_unreachable() -> None:
 
 def test_a_node_without_a_peer_here() -> None:
     cluster = ClusterView({**CLUSTER.nodes, "n3": NodeInfo("n3", node_anns(3, "198.51.100.3"))})
-    kube = KubeFacts("/k.yaml", "/k.yaml", OWN_ANNS, None, cluster, None)
+    kube = KubeFacts("/k.yaml", "/k.yaml", own(OWN_ANNS), None, cluster, None)
     f = find(diagnose(healthy(kube=kube)), "warn", "wireguard", "flannel has no peer on flannel-wg for: n3")
     assert f.fix.startswith("systemctl restart k3s")
 
@@ -449,6 +669,8 @@ KUBE_ERRORS = {
                                   f"node_name: <this node's name in kubectl get nodes> in {CONF}"),
     "node not registered": (NotFound('GET ...: 404 NotFound: nodes "n1" not found'), "Node n1 is not registered",
                             "node_name: <the name kubectl get nodes shows"),
+    "any other API failure": (KubeError("GET ...: 500 Internal Server Error"), "the Kubernetes API failed",
+                              "systemctl status k3s; journalctl -u k3s"),
 }  # fmt: skip
 
 
@@ -490,6 +712,126 @@ def test_an_agent_restarts_k3s_agent() -> None:
     findings = diagnose(facts)
     assert find(findings, "problem", "wireguard", "nothing listens").fix.startswith("systemctl restart k3s-agent")
     assert not any(f.area == "flannel" and "flannel-backend" in f.title for f in findings)  # a server option
+
+
+AGENT = "/usr/local/bin/k3s agent"
+AGENT_UNIT = "/etc/systemd/system/k3s-agent.service"
+
+
+def test_a_server_only_key_in_an_agents_config_stops_k3s_agent() -> None:
+    files = {"config.yaml": b"token: x\nflannel-backend: wireguard-native\n", DROPIN: dropin()}
+    findings = diagnose(healthy(k3s=k3s_facts(files, role="agent", exec_start=AGENT)))
+    f = find(findings, "problem", "k3s", f"k3s agent will not start: flannel-backend in {ETC}/config.yaml:2")
+    assert "flag provided but not defined: -flannel-backend" in f.detail
+    assert f.fix == f"delete the flannel-backend line from {ETC}/config.yaml (it belongs in the servers' config), " \
+                    "then systemctl restart k3s-agent"  # fmt: skip
+    # wgagent's own server drop-in on an agent: every server key in it, named by line
+    keys = {x.title.split(": ")[1].split(" in ")[0] for x in findings if "will not start" in x.title}
+    assert keys == {"flannel-backend", "flannel-external-ip"}, keys
+    assert not any(x.area == "flannel" and "flannel-backend is" in x.title for x in findings)
+
+
+def test_a_server_only_flag_in_an_agents_execstart_stops_k3s_agent() -> None:
+    facts = healthy(k3s=k3s_facts({}, role="agent", exec_start=f"{AGENT} --cluster-cidr=10.0.0.0/16"))
+    f = find(diagnose(facts), "problem", "k3s", "k3s agent will not start: its ExecStart gives --cluster-cidr")
+    assert f.fix == (f"remove --cluster-cidr from ExecStart in {UNIT} (INSTALL_K3S_EXEC), then systemctl daemon-reload"
+                     " && systemctl restart k3s-agent")  # fmt: skip
+
+
+def test_an_uncertain_role_is_not_checked_for_server_or_agent_keys_and_says_so() -> None:
+    facts = healthy(k3s=k3s_facts({"config.yaml": b"flannel-backend: vxlan\n"}, role="agent", certain=False))
+    findings = diagnose(facts)
+    assert not any("will not start" in x.title for x in findings)  # as the k3s part: only a certain role's keys
+    f = find(findings, "info", "k3s", "the k3s role 'agent' is a guess (ExecStart of")
+    assert f.fix == f"k3s.role: agent in {CONF}"
+
+
+def test_a_disputed_role_is_a_problem_with_the_keys_that_settle_it() -> None:
+    conflict = "several k3s units could run here: k3s.service (k3s server), k3s-agent.service (k3s agent)"
+    facts = healthy(k3s=k3s_facts(role=None, conflict=conflict))
+    findings = diagnose(facts)
+    f = find(findings, "problem", "k3s", "cannot tell whether k3s runs here as a server or an agent")
+    assert f.detail == f"{conflict} (wgagent writes only the agent-safe drop-in until then)"
+    assert f.fix == f"k3s.role: server|agent in {CONF} (or k3s.unit: <the k3s unit in use>)"
+    assert not any(x.title == "k3s is not installed" for x in findings)
+
+
+def test_role_notes_are_shown() -> None:
+    notes = ("k3s.service is not enabled: ignored",)
+    facts = healthy(k3s=k3s_facts(role="agent", exec_start=AGENT, notes=notes, files={}))
+    find(diagnose(facts), "info", "k3s", "k3s role: k3s.service is not enabled: ignored")
+
+
+def test_no_backend_names_the_config_file_k3s_reads() -> None:
+    where = ConfigLocation("/srv/k3s/main.yaml", "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1")
+    f = find(diagnose(healthy(k3s=k3s_facts({}, location=where))), "problem", "flannel", "nothing sets flannel-backend")
+    assert f.fix.startswith("flannel-backend: wireguard-native in /srv/k3s/main.yaml on every server")
+    missing = find(diagnose(healthy(k3s=k3s_facts({}, location=where))), "warn", "k3s", "drop-in")
+    assert missing.title == "wgagent's drop-in /srv/k3s/main.yaml.d/50-wgagent.yaml does not exist"
+
+
+def servers(own_type: str, others: Mapping[str, tuple[str, str | None]], *, own_server: bool = True) -> ClusterView:
+    """n1 (own) and other Nodes: name -> (their flannel backend-type, their wgagent's wanted backend)."""
+    nodes = {"n1": NodeInfo("n1", {**OWN_ANNS, ANN_BACKEND_TYPE: own_type}, server=own_server)}
+    for name, (backend, wanted) in others.items():
+        anns = {**node_anns(int(name[1:]), f"198.51.100.{name[1:]}"), ANN_BACKEND_TYPE: backend}
+        if wanted:
+            anns[ANN_BACKEND_WANTED] = wanted
+        nodes[name] = NodeInfo(name, anns, server=True)
+    return ClusterView(nodes)
+
+
+def test_a_server_holding_back_a_backend_switch_says_which_servers_are_not_configured() -> None:
+    cluster = servers("vxlan", {"n2": ("vxlan", "wireguard-native"), "n3": ("vxlan", None)})
+    findings = diagnose(healthy(kube=kube(cluster=cluster)))
+    f = find(findings, "warn", "flannel", "this server keeps flannel-backend vxlan for now")
+    assert (
+        "not yet: n3" in f.detail and f.fix == "k3s.flannel_backend: wireguard-native in every server's wgagent config"
+    )
+    # every server wants it: no hold
+    ready = servers("vxlan", {"n2": ("vxlan", "wireguard-native"), "n3": ("vxlan", "wireguard-native")})
+    assert not any("keeps flannel-backend" in x.title for x in diagnose(healthy(kube=kube(cluster=ready))))
+
+
+def test_an_agent_on_another_backend_than_the_servers() -> None:
+    cluster = servers("vxlan", {"n2": ("wireguard", "wireguard-native")}, own_server=False)
+    facts = healthy(k3s=k3s_facts({}, role="agent", exec_start=AGENT), kube=kube(cluster=cluster))
+    f = find(diagnose(facts), "problem", "flannel", "flannel here runs backend vxlan, the servers wireguard")
+    assert f.fix == "systemctl restart k3s-agent (wgagent does it once)"
+    same = servers("wireguard", {"n2": ("wireguard", None)}, own_server=False)
+    facts = replace(facts, kube=kube(cluster=same))
+    assert not any("the servers" in x.title for x in diagnose(facts))
+
+
+def test_a_server_advertises_its_node_external_ip_to_the_api_clients() -> None:
+    f = find(diagnose(healthy()), "info", "k3s", f"kube-apiserver advertises {V4}, this server's node-external-ip")
+    assert f.fix == f"k3s.advertise_private_address: true in {CONF} to advertise its private IPv4 instead"
+    advertising = render_dropin("server", PublicAddresses(IPv4Address(V4)), K3sConfig(), "10.0.0.5").encode()
+    for facts in (
+        healthy(k3s=k3s_facts({DROPIN: advertising})),
+        healthy(k3s=k3s_facts(exec_start="/usr/local/bin/k3s server --advertise-address=10.0.0.5")),
+        healthy(k3s=k3s_facts({DROPIN: render_dropin("agent", PublicAddresses(IPv4Address(V4)), K3sConfig()).encode()},
+                              role="agent", exec_start=AGENT)),
+    ):  # fmt: skip
+        assert not any("advertises" in x.title for x in diagnose(facts))
+
+
+def test_without_the_own_node_k3s_node_external_ip_from_another_file_is_a_problem() -> None:
+    files = {"config.yaml": b"flannel-backend: wireguard-native\nnode-external-ip: 198.51.100.1\n"}
+    facts = healthy(cfg=Config(node_name="n1", k3s=K3sConfig(enabled=False)), k3s=k3s_facts(files),
+                    kube=Skipped("kube.enabled is false"))  # fmt: skip
+    f = find(diagnose(facts), "problem", "k3s", "k3s's node-external-ip differs from the discovered public IP")
+    assert f.detail == f"{ETC}/config.yaml:2 gives 198.51.100.1 instead of {V4}"
+    assert (
+        f.fix
+        == f"remove node-external-ip from {ETC}/config.yaml:2 (wgagent's drop-in sets it), then systemctl restart k3s"
+    )
+
+
+def test_an_own_node_read_without_annotations_or_error_reports_only_the_list() -> None:
+    findings = diagnose(healthy(kube=KubeFacts("/k.yaml", "/k.yaml", None, None, CLUSTER, None)))
+    assert [f.title for f in findings if f.area == "kubernetes"] == ["2 Node(s) listed"]
+    assert not any("annotation" in f.title for f in findings)
 
 
 @pytest.mark.parametrize("area", ["k3s", "module", "public_ip", "kube", "wireguard"])

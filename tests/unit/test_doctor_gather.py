@@ -34,9 +34,14 @@ from wgagent.doctor import (
     find_k3s_binary,
     gather,
 )
-from wgagent.errors import DeviceNotFound, KubeError, Unauthorized
+from wgagent.doctor.facts import RestartBook
+from wgagent.doctor.gather import credentials, read_restart_book
+from wgagent.errors import DeviceNotFound, Forbidden, KubeError, Unauthorized
 from wgagent.health import HealthServer
 from wgagent.k3s.dropin import render_dropin
+from wgagent.k3s.restart import HISTORY_FILE, Served
+from wgagent.k3s.role import decide_identity_from
+from wgagent.k3s.versions import K3sVersion
 from wgagent.kube.protocol import JSONObject, WatchEvent
 from wgagent.model import ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
 from wgagent.publicip.model import Answer
@@ -86,6 +91,7 @@ class FakeAPI:
     def __init__(self, source: str, nodes: Mapping[str, dict[str, str]], error: KubeError | None = None,
                  hang: bool = False) -> None:  # fmt: skip
         self._source, self.nodes, self.error, self.hang = source, dict(nodes), error, hang
+        self.version = "v1.32.4+k3s1"  # a k3s that leaves public-ip-overwrite alone (k3s/versions.py)
         self.calls: list[str] = []
         self.closed = False
 
@@ -102,7 +108,11 @@ class FakeAPI:
 
     async def get_node(self, name: str) -> JSONObject:
         await self._answer(f"get {name}")
-        return {"metadata": {"name": name, "annotations": self.nodes[name]}}
+        return {
+            "metadata": {"name": name, "annotations": self.nodes[name]},
+            "spec": {"podCIDRs": ["10.42.1.0/24"], "providerID": f"k3s://{name}"},
+            "status": {"nodeInfo": {"kubeletVersion": self.version}},
+        }
 
     async def list_nodes_metadata(self, *, resource_version: str | None = None) -> JSONObject:
         await self._answer("list")
@@ -190,7 +200,8 @@ class Node:
         )
         seam_fields = {f.name for f in fields(Seams)}
         seams = replace(seams, **{k: v for k, v in changes.items() if k in seam_fields})
-        env = Environment(seams=seams, which=lambda name: None, k3s_bin_dirs=(str(self.bin),), health=self.health)
+        env = Environment(seams=seams, which=lambda name: None, k3s_bin_dirs=(str(self.bin),), health=self.health,
+                          subnet_env=str(self.tmp / "run-flannel" / "subnet.env"))  # fmt: skip
         return replace(env, **{k: v for k, v in changes.items() if k not in seam_fields})
 
 
@@ -218,7 +229,7 @@ def test_a_healthy_node_exits_0_and_writes_nothing(tmp_path: Path) -> None:
     assert titles(data, "warn") == []
     oks = titles(data, "ok")
     for title in ("kernel: WireGuard is available in kernel", "k3s: k3s server installed", "public-ip: public IP "
-                  f"{V4} (by quorum)", "flannel: flannel's public-ip annotations are the discovered",
+                  f"{V4} (by quorum)", f"flannel: flannel's public-ip is the discovered {V4}",
                   "wireguard: flannel-wg: up, listening on UDP 51820", "kubernetes: 2 Node(s) listed"):  # fmt: skip
         assert any(t.startswith(title) for t in oks), (title, oks)
     assert node.backends == ["flannel-wg"] and node.api.calls == ["get n1", "list"] and node.api.closed
@@ -242,7 +253,7 @@ def test_a_broken_node_exits_1_with_each_finding_and_its_fix(tmp_path: Path) -> 
     by_title = {f["title"]: f for f in data["findings"] if f["severity"] == "problem"}
     assert set(by_title) == {
         "flannel backend is 'vxlan', not WireGuard",
-        f"flannel's public IP on Node n1 is not the discovered {V4}",
+        f"flannel's public-ip on Node n1 is not the discovered {V4}",
         "nothing listens on UDP 51820",
         "60 dead peer(s) on flannel-wg",
     }, by_title
@@ -396,6 +407,110 @@ async def test_k3s_facts_and_the_node_name_from_k3s(tmp_path: Path) -> None:
     assert facts.k3s.role is not None and facts.k3s.role.unit == "k3s.service"
     assert (facts.node, facts.node_source) == ("web-7", f"node-name in {node.etc}/config.yaml:1")
     assert node.api.calls[0] == "get web-7"
+
+
+def test_k3s_config_file_elsewhere_is_where_doctor_reads(tmp_path: Path) -> None:
+    """K3S_CONFIG_FILE in the unit's environment file: k3s reads that file and its .d, not
+    k3s.config_dir (k3s pkg/configfilearg); doctor reads what k3s reads, like the daemon."""
+    node = Node(tmp_path)
+    (node.etc / "config.yaml.d" / "90-mine.yaml").write_text("flannel-backend: vxlan\n")  # not read by k3s
+    elsewhere = tmp_path / "srv" / "k3s.yaml"
+    (tmp_path / "srv" / "k3s.yaml.d").mkdir(parents=True)
+    os.rename(node.etc / "config.yaml.d" / "50-wgagent.yaml", tmp_path / "srv" / "k3s.yaml.d" / "50-wgagent.yaml")
+    env_file = tmp_path / "k3s.service.env"
+    env_file.write_text(f"K3S_CONFIG_FILE='{elsewhere}'\n")
+    (node.units / "k3s.service").write_text(
+        f"[Service]\nEnvironmentFile=-{env_file}\nExecStart={node.bin / 'k3s'} server\n"
+    )
+    facts = asyncio.run(gather(node.config(), "/c.yaml", node.env()))
+    assert isinstance(facts.k3s, K3sFacts)
+    assert facts.k3s.identity.config.main == str(elsewhere)
+    assert facts.k3s.identity.config.source == f"K3S_CONFIG_FILE in {env_file}:1"
+    assert set(facts.k3s.files) == {"config.yaml.d/50-wgagent.yaml"}
+    code, data = run(node.config(), node.env())
+    assert code == 0, titles(data, "problem")
+    assert f"flannel: flannel-backend is wireguard-native ({elsewhere}.d/50-wgagent.yaml:18)" in titles(data, "ok")
+
+
+def test_two_k3s_units_dispute_the_role(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    (node.units / "k3s-agent.service").write_text(f"[Service]\nExecStart={node.bin / 'k3s'} agent\n")
+    code, text = run(node.config(), node.env(), as_json=False)
+    assert code == 1
+    assert text.splitlines()[0].startswith("wgagent doctor: node n1 (k3s role disputed; name from wgagent node_name)")
+    assert "PROBLEM  cannot tell whether k3s runs here as a server or an agent" in text
+    assert "several k3s units could run here: k3s-agent.service (k3s agent), k3s.service (k3s server)" in text
+    assert "k3s is not installed" not in text  # the API and WireGuard are still checked
+    assert node.api.calls == ["get n1", "list"]
+
+
+async def test_flannels_subnet_file_and_the_restarters_book_are_read(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    (tmp_path / "run-flannel").mkdir()
+    (tmp_path / "run-flannel" / "subnet.env").write_text(
+        "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.1.1/24\nFLANNEL_MTU=1370\n"
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    book = {"version": 2, "needs": {"config": {"want": "x", "why": "drop-in changed", "since": NOW - 5}},
+            "served": {"overwrite": {"want": V4, "at": NOW - 900}}}  # fmt: skip
+    (state / HISTORY_FILE).write_text(json.dumps(book))
+    facts = await gather(node.config(), "/c.yaml", node.env())
+    assert isinstance(facts.k3s, K3sFacts)
+    assert facts.k3s.subnet_env["FLANNEL_SUBNET"] == "10.42.1.1/24"
+    assert facts.k3s.restarts == RestartBook(frozenset({"config"}), {"overwrite": Served(V4, NOW - 900)})
+    (state / HISTORY_FILE).write_text("{not json")
+    assert read_restart_book(str(state)) == RestartBook()  # unreadable: nothing pending, nothing stuck
+    assert read_restart_book(str(tmp_path / "none")) == RestartBook()
+
+
+async def test_the_own_node_is_read_whole(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    facts = await gather(node.config(), "/c.yaml", node.env())
+    assert isinstance(facts.kube, KubeFacts) and facts.kube.node is not None
+    assert facts.kube.node.pod_cidrs == ("10.42.1.0/24",)
+    assert facts.kube.node.version == K3sVersion.parse("v1.32.4+k3s1")
+    assert facts.kube.annotations == anns(1, V4, V4)
+
+
+async def test_the_node_list_falls_back_to_the_own_credential_as_the_node_watch_does(tmp_path: Path) -> None:
+    """A server before k3s v1.32 does not let k3scontroller list Nodes; the kubelet may (k8s < 1.32)."""
+    node = Node(tmp_path)
+    refused = FakeAPI("/controller", node.api.nodes, error=Forbidden("LIST nodes: 403"))
+    apis = {"/kubeconfig": node.api, "/controller": refused}
+    cfg = node.config(kube=KubeConfig(kubeconfig="/kubeconfig", list_kubeconfig="/controller"))
+    facts = await gather(cfg, "/c.yaml", node.env(kube_client=lambda path, timeout_s, metrics: apis[path]))
+    assert isinstance(facts.kube, KubeFacts)
+    assert facts.kube.cluster is not None and set(facts.kube.cluster.nodes) == {"n1", "n2"}
+    assert (facts.kube.list_source, facts.kube.list_error) == ("/kubeconfig", None)
+    assert refused.calls == ["list"] and node.api.calls == ["get n1", "list"] and refused.closed
+    node.api.error = Unauthorized("401")
+    facts = await gather(cfg, "/c.yaml", node.env(kube_client=lambda path, timeout_s, metrics: apis[path]))
+    assert isinstance(facts.kube, KubeFacts)
+    assert (facts.kube.list_source, facts.kube.list_error) == ("/controller", refused.error)  # the first refusal
+
+
+def test_credentials_follow_the_identity_as_the_daemon_does(tmp_path: Path) -> None:
+    """The agent's kubelet credential under K3S_DATA_DIR; the server's admin kubeconfig where
+    K3S_KUBECONFIG_OUTPUT puts it (wiring.kube_clients)."""
+    units = tmp_path / "units"
+    units.mkdir()
+    env_file = tmp_path / "k3s.env"
+    env_file.write_text("K3S_DATA_DIR=/srv/k3s-data\nK3S_KUBECONFIG_OUTPUT=/srv/admin.yaml\n")
+    cfg = Config(node_name="n1", k3s=K3sConfig(config_dir=str(tmp_path / "etc")))
+    for role, own, lister in (
+        ("agent", "/srv/k3s-data/agent/kubelet.kubeconfig", "/srv/k3s-data/agent/k3scontroller.kubeconfig"),
+        ("server", "/srv/admin.yaml", "/srv/admin.yaml"),
+    ):
+        name = "k3s.service" if role == "server" else "k3s-agent.service"
+        for old in units.iterdir():
+            old.unlink()
+        (units / name).write_text(f"[Service]\nEnvironmentFile={env_file}\nExecStart=/usr/local/bin/k3s {role}\n")
+        identity = decide_identity_from(cfg, unit_dirs=(str(units),))
+        paths = credentials(cfg, identity)
+        assert (paths.own, paths.list) == (own, lister)
+    # no identity (k3s's files could not be read): k3s's defaults, by the admin kubeconfig's presence
+    assert credentials(cfg, None).own == "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
 
 
 async def test_other_wireguard_devices_are_named_when_auto_finds_none(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def cluster(**reports: rp.Report | None) -> ClusterView:
 
 
 def with_cluster(view: ClusterView | None) -> list[tuple[str, str, str]]:
-    kube = KubeFacts("own", "list", {}, None, view, None)
+    kube = KubeFacts("own", "list", None, None, view, None)
     return [(f.severity, f.title, f.fix) for f in check_mesh(healthy(kube=kube))]
 
 
@@ -87,7 +87,7 @@ def test_without_the_node_list_or_with_the_mesh_off() -> None:
 
 
 def test_doctor_includes_the_mesh_area() -> None:
-    findings = diagnose(healthy(kube=KubeFacts("own", "list", {}, None, cluster(), None)))
+    findings = diagnose(healthy(kube=KubeFacts("own", "list", None, None, cluster(), None)))
     assert [f.title for f in findings if f.area == "mesh"] == ["every pair from and to n1 is ok (3 nodes)"]
     assert CLUSTER.nodes  # the default facts' cluster has no reports: only information
     assert [f.severity for f in diagnose(healthy()) if f.area == "mesh"] == ["info"]

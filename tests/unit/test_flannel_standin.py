@@ -65,9 +65,9 @@ def test_a_zero_or_missing_port_falls_back_to_the_local_listen_port() -> None:
     "bad",
     [
         {"metadata": {"name": "x", "annotations": {}}},
-        node("x", "198.51.100.9", "10.42.9.0/24", KB2, **{"kube-subnet-manager": "false"}),
+        node("x", "198.51.100.9", "10.42.9.0/24", KB2, more={"kube-subnet-manager": "false"}),
         node("x", "not-an-ip", "10.42.9.0/24", KB2),
-        node("x", "198.51.100.9", "10.42.9.0/24", KB2, **{"backend-type": "vxlan"}),
+        node("x", "198.51.100.9", "10.42.9.0/24", KB2, more={"backend-type": "vxlan"}),
     ],
     ids=["no flannel annotations", "not kube-subnet-managed", "public-ip does not parse", "another backend"],
 )
@@ -119,14 +119,14 @@ def test_only_a_node_delete_removes_a_peer_and_by_its_current_key() -> None:
     ids=["public-ip", "new key", "overwrite alone", "other annotation", "dual-stack v4 only", "dual-stack both"],
 )
 def test_which_node_updates_reach_the_backend(change: dict[str, str], dual_stack: bool, passes: bool) -> None:
-    old = node("b", "198.51.100.2", "10.42.1.0/24", KB, **{"public-ipv6": "2001:db8::2", "backend-v6-data": "{}"})
+    old = node("b", "198.51.100.2", "10.42.1.0/24", KB, more={"public-ipv6": "2001:db8::2", "backend-v6-data": "{}"})
     new = {"metadata": {"name": "b", "annotations": {**old["metadata"]["annotations"],
                                                      **{FLANNEL + k: v for k, v in change.items()}}}}  # fmt: skip
     assert update_event(old, new, dual_stack=dual_stack) is passes
 
 
 def test_the_ipv6_device_uses_public_ipv6_backend_v6_data_and_port_51821() -> None:
-    b = node("b", "198.51.100.2", "10.42.1.0/24", KB, v6_subnet="fd42:0:0:1::/64", **{
+    b = node("b", "198.51.100.2", "10.42.1.0/24", KB, v6_subnet="fd42:0:0:1::/64", more={
         "public-ipv6": "2001:db8::2", "backend-v6-data": f'{{"PublicKey":"{KB}","Port":51821}}'})  # fmt: skip
     a = node("a", "198.51.100.1", "10.42.0.0/24", KA, v6_subnet="fd42::/64")
     v6 = at_start([a, b], own="a", fl=Flannel(ipv6=True))

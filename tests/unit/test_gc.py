@@ -23,6 +23,7 @@ from wgagent.wireguard.gc import (
     FIRST_SEEN_FILE,
     FirstSeenStore,
     GCPolicy,
+    Selection,
     peer_states,
     run_gc_pass,
     select_stale_peers,
@@ -48,7 +49,9 @@ def device(*peers: Peer) -> Device:
     return Device("flannel-wg", 51820, OWN, peers)
 
 
-def select(dev: Device, live: set[int] | None, first_seen: dict[int, float] | None = None, policy: GCPolicy = POLICY):
+def select(
+    dev: Device, live: set[int] | None, first_seen: dict[int, float] | None = None, policy: GCPolicy = POLICY
+) -> Selection:
     keys = None if live is None else frozenset(k(n) for n in live)
     seen = {k(n): NOW - age for n, age in (first_seen or {}).items()}
     return select_stale_peers(dev, keys, seen, NOW, policy)
@@ -274,7 +277,9 @@ def gc_config(tmp_path: Path, **gc: object) -> Config:
     )
 
 
-def gc_part(tmp_path: Path, fake: FakeBackend, cluster: ClusterView | None, clock: list[float], **gc: object):
+def gc_part(
+    tmp_path: Path, fake: FakeBackend, cluster: ClusterView | None, clock: list[float], **gc: object
+) -> tuple[GCPart, State]:
     state = State(node="node-a", version="t")
     part = GCPart(
         state,

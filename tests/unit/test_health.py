@@ -209,7 +209,12 @@ async def test_the_guard_sleeps_while_no_connection_is_open_and_sweeps_by_itself
     server.guard.clock = lambda: next(clock)
     sweeps = []
     sweep = server.guard.sweep
-    server.guard.sweep = lambda now=None: sweeps.append(now) or sweep(now)  # type: ignore[method-assign]
+
+    def recording_sweep(now: float | None = None) -> int:
+        sweeps.append(now)
+        return sweep(now)
+
+    server.guard.sweep = recording_sweep  # type: ignore[method-assign]
     try:
         await asyncio.sleep(0.2)  # twenty ticks' worth of idling
         assert sweeps == []

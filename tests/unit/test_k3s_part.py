@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.families import Families
 from wgagent.k3s import K3sPart, Restarter, Role, render_dropin
+from wgagent.k3s.restart import Gate
 from wgagent.k3s.role import Identity
 from wgagent.k3s.scan import ConfigLocation
-from wgagent.model import PublicAddresses
+from wgagent.k3s.servers import Annotate
+from wgagent.model import ClusterView, PublicAddresses
 from wgagent.state import State
 
 V4 = IPv4Address("203.0.113.7")
@@ -41,6 +44,9 @@ class Node:
         self.families = Families(True, True, "test: a dual-stack cluster")
         self.unit_dir = tmp / "systemd"
         self.unit_dir.mkdir()
+        self.cluster: Callable[[], ClusterView | None] = lambda: None
+        self.annotate: Annotate | None = None
+        self.gate: Gate | None = None
         self.part = self.new_part()
 
     def new_part(self) -> K3sPart:
@@ -52,6 +58,7 @@ class Node:
             runner=self.systemd,
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
+            gate=self.gate,
         )
         identity = Identity("node1", "test", self.role, ConfigLocation.in_dir(self.cfg.config_dir), self.cfg.data_dir)
         return K3sPart(
@@ -62,6 +69,8 @@ class Node:
             restarter=restarter,
             families=lambda: self.families,
             unit_dirs=[str(self.unit_dir)],
+            cluster=self.cluster,
+            annotate=self.annotate,
         )
 
     @property
@@ -219,7 +228,7 @@ async def test_failed_write_keeps_the_old_file_and_fails_the_check(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(fsutil.os, "fsync", no_space)
+    monkeypatch.setattr(os, "fsync", no_space)
     node.clock.advance(700)
     await node.part.reconcile()
     monkeypatch.undo()

@@ -272,8 +272,8 @@ async def test_history_survives_a_restart_of_wgagent_so_a_crash_loop_cannot_rest
     assert len(systemd.restart_calls) == 1
     # and the pending need is picked up by a fresh wgagent once allowed
     clock.advance(600)
-    result = await make(tmp_path, clock, systemd).serve()
-    assert result is not None and result.restarted
+    picked_up = await make(tmp_path, clock, systemd).serve()
+    assert picked_up is not None and picked_up.restarted
     assert len(systemd.restart_calls) == 2
 
 

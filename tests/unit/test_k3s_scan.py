@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -20,7 +21,7 @@ SERVER_DROPIN = render_dropin("server", PublicAddresses(IPv4Address("203.0.113.7
 AGENT_DROPIN = render_dropin("agent", PublicAddresses(IPv4Address("203.0.113.7")), K3sConfig()).encode()
 
 
-def errors(files: dict[str, bytes | Unreadable], role: str | None = "server") -> list[str]:
+def errors(files: Mapping[str, bytes | Unreadable], role: str | None = "server") -> list[str]:
     return [str(f) for f in scan_config(D, files, role=role).errors]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from wgagent.k3s import read_unit, scan_unit
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.k3s.unit import exec_start
 
 UNIT = "/etc/systemd/system/k3s.service"
@@ -76,6 +77,15 @@ def test_config_elsewhere(args: str, expected: list[str]) -> None:
     found = scan_unit([(UNIT, f"[Service]\nExecStart=/usr/local/bin/k3s server {args}\n")], role="server",
                       config_dir="/etc/rancher/k3s")  # fmt: skip
     assert [f.message[: len(e)] for f, e in zip(found, expected, strict=True)] == expected
+
+
+def test_a_config_flag_beaten_by_k3s_config_file_fails_nothing() -> None:
+    """k3s reads K3S_CONFIG_FILE first (pkg/configfilearg): --config is then unused, not a problem."""
+    env = ConfigLocation("/etc/k3s/main.yaml", "K3S_CONFIG_FILE in /etc/systemd/system/k3s.service.env:1")
+    [f] = scan_unit([(UNIT, "[Service]\nExecStart=/usr/local/bin/k3s server --config /srv/k3s.yaml\n")],
+                    role="server", config_dir=env)  # fmt: skip
+    assert (f.error, f.code) == (False, "exec_config_unused")
+    assert "--config /srv/k3s.yaml is not used: K3S_CONFIG_FILE in" in f.message
 
 
 def test_dropin_clearing_exec_start_replaces_it() -> None:

@@ -27,6 +27,7 @@ from wgagent.kube.annotation import (
 )
 from wgagent.kube.protocol import JSONObject, WatchEvent
 from wgagent.model import (
+    ANN_BACKEND_DATA,
     ANN_K3S_EXTERNAL_IP,
     ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
@@ -136,6 +137,28 @@ def test_shared_with(published: dict[str, str], own: str | None, other: str, exp
     nodes.setdefault("nat1", NodeInfo("nat1", {}))
     assert shared_with("nat1", V4, 4, ClusterView(nodes)) == expect
     assert shared_with("nat1", V4, 4, None) is None
+
+
+def backend(port: int | None) -> str:
+    return '{"PublicKey":"k="}' if port is None else f'{{"PublicKey":"k=","Port":{port}}}'
+
+
+@pytest.mark.parametrize(
+    ("ports", "expect"),
+    [
+        pytest.param({"nat1": 51821, "nat0": 51820, "pub": 51820}, None, id="own-ports-every-flannel-dials-them"),
+        pytest.param({"nat1": 51820, "nat0": 51820, "pub": 51820}, "nat0", id="the-same-port"),
+        pytest.param({"nat1": 51821, "nat0": 51820, "pub": None}, "nat0", id="a-flannel-before-v0.26.6-dials-its-own"),
+        pytest.param({"nat1": None, "nat0": 51820, "pub": 51820}, "nat0", id="own-flannel-not-publishing-a-port"),
+    ],
+)
+def test_nodes_behind_one_ip_on_their_own_ports_are_not_shared(
+    ports: dict[str, int | None], expect: str | None
+) -> None:
+    """Issue 11 §4's per-node port: flannel v0.26.6+ dials each peer at its published Port."""
+    ips = {"nat1": V4, "nat0": V4, "pub": "198.51.100.9"}
+    nodes = {n: NodeInfo(n, {PUB: ips[n], ANN_BACKEND_DATA: backend(p)}) for n, p in ports.items()}
+    assert shared_with("nat1", V4, 4, ClusterView(nodes)) == expect
 
 
 @pytest.mark.parametrize(

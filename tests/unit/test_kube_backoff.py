@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -31,7 +32,7 @@ def test_backoff_delay(attempt: int, r: float, delay: float) -> None:
 def test_bounds_for_every_attempt_and_jitter() -> None:
     for attempt, r in itertools.product(range(40), (0.0, 0.1, 0.5, 0.9, 1.0)):
         step = min(CAP_S, 2.0**attempt)
-        d = backoff_delay(attempt, rand=lambda r=r: r)
+        d = backoff_delay(attempt, rand=functools.partial(float, r))
         assert step / 2 <= d <= step <= CAP_S
 
 

@@ -220,7 +220,8 @@ async def test_a_long_outage_is_retried_at_least_every_20_s() -> None:
     api = ScriptedAPI()
     down = KubeUnreachable("WATCH https://127.0.0.1:6444/api/v1/nodes: cannot connect: refused")
     api.lists = [listing(10, meta("n1", 5))]
-    api.watches = [[down]] * 9 + [[ev("ADDED", meta("n2", 11))]]
+    outage: list[WatchEvent | KubeError | str] = [down]
+    api.watches = [outage] * 9 + [[ev("ADDED", meta("n2", 11))]]
     sleeps = Sleeps()
     watch, _, _ = make(api, sleeps)
     await run_until(watch, api)
@@ -282,7 +283,7 @@ async def test_a_refused_controller_credential_falls_back_to_the_kubelets_at_onc
 async def test_when_every_credential_is_refused_it_waits_at_most_a_minute_and_starts_over() -> None:
     controller, kubelet = ScriptedAPI(), ScriptedAPI()
     kubelet.source = "/fake/kubelet.kubeconfig"
-    refused = Forbidden("nodes is forbidden")
+    refused: KubeError = Forbidden("nodes is forbidden")
     controller.lists = [refused] * 5 + [listing(10, meta("n1", 5))]  # its RBAC arrives at last
     kubelet.lists = [refused] * 5
     state = State(node="n1", version="test")

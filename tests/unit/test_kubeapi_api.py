@@ -121,7 +121,10 @@ def test_events_list_by_namespace_and_selectors() -> None:
     store.create(
         "kube-system", event("c", "n1", involvedObject={"kind": "Pod", "name": "p", "namespace": "kube-system"})
     )
-    names = lambda items: [e["metadata"]["name"] for e in items]  # noqa: E731
+
+    def names(items: list[dict[str, Any]]) -> list[str]:
+        return [e["metadata"]["name"] for e in items]
+
     assert names(store.list(None)) == ["a", "b", "c"]
     assert names(store.list("default")) == ["a", "b"]
     assert names(store.list(None, ev.parse_field_selector("involvedObject.name=n1"))) == ["a"]

@@ -129,12 +129,30 @@ def test_a_server_ignores_keys_it_does_not_know_only_an_agent_refuses_them() -> 
     assert out.started and out.cluster is not None and out.cluster.flannel_backend == "wireguard-native"
 
 
+MISMATCH = "critical configuration value mismatch between servers (flannel-backend)"
+RAN_AS_SERVER = {"k3s.io/node-args": '["server","--server","https://10.0.0.1:6443"]'}
+
+
 def test_a_joining_server_with_other_critical_args_does_not_start() -> None:
     r = req("server: https://10.0.0.1:6443", "flannel-backend: vxlan", role="server")
     out = start(node(), r, Cluster(flannel_backend="wireguard-native"), public_key=KEY)
-    assert not out.started and "critical configuration value mismatch between servers (flannel-backend)" in (
-        out.error or ""
-    )
+    assert not out.started and MISMATCH in (out.error or "")
+
+
+def test_an_etcd_member_that_joined_before_restarts_without_the_comparison() -> None:
+    r = req("server: https://10.0.0.1:6443", "flannel-backend: vxlan", role="server")
+    out = start(node(RAN_AS_SERVER), r, Cluster(flannel_backend="wireguard-native"), public_key=KEY)
+    assert out.started, out.error
+
+
+def test_a_control_plane_only_server_compares_at_every_start_an_external_datastore_never() -> None:
+    cp_only = req("server: https://10.0.0.1:6443", "disable-etcd: true", "flannel-backend: vxlan", role="server")
+    out = start(node(RAN_AS_SERVER), cp_only, Cluster(flannel_backend="wireguard-native"), public_key=KEY)
+    assert not out.started and MISMATCH in (out.error or "")
+    kine = req("server: https://10.0.0.1:6443", "datastore-endpoint: mysql://db", "flannel-backend: vxlan",
+               role="server")  # fmt: skip
+    out = start(node(), kine, Cluster(flannel_backend="wireguard-native"), public_key=KEY)
+    assert out.started, out.error
 
 
 def test_an_invalid_node_external_ip_stops_k3s() -> None:

@@ -27,9 +27,8 @@ def log_through(stream: io.TextIOBase | object, level: str = "debug") -> logging
     return logging.getLogger("wgagent.test")
 
 
-def test_journal_lines_carry_their_syslog_priority(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_root: None
-) -> None:
+@pytest.mark.usefixtures("restore_root")
+def test_journal_lines_carry_their_syslog_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open(tmp_path / "journal", "w+") as stream:
         st = os.fstat(stream.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
@@ -48,9 +47,8 @@ def test_journal_lines_carry_their_syslog_priority(
         ]
 
 
-def test_no_prefix_when_stderr_is_not_the_journal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_root: None
-) -> None:
+@pytest.mark.usefixtures("restore_root")
+def test_no_prefix_when_stderr_is_not_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # someone else's journal stream
     stream = io.StringIO()
     log_through(stream).warning("plain")
@@ -58,7 +56,8 @@ def test_no_prefix_when_stderr_is_not_the_journal(
     assert not line.startswith("<") and line.endswith("WARNING wgagent.test: plain")
 
 
-def test_level_filters(restore_root: None) -> None:
+@pytest.mark.usefixtures("restore_root")
+def test_level_filters() -> None:
     stream = io.StringIO()
     log = log_through(stream, "warning")
     log.info("hidden")
@@ -78,13 +77,15 @@ def test_level_filters(restore_root: None) -> None:
     ],
     ids=["bearer", "uapi-private-key", "json-token", "kubeconfig-key", "pem", "password"],
 )
-def test_secret_shapes_are_redacted(text: str, secret: str, restore_root: None) -> None:
+@pytest.mark.usefixtures("restore_root")
+def test_secret_shapes_are_redacted(text: str, secret: str) -> None:
     stream = io.StringIO()
     log_through(stream).info("%s", text)
     assert secret not in stream.getvalue() and "<redacted>" in stream.getvalue()
 
 
-def test_registered_secrets_are_redacted_anywhere_even_in_tracebacks(restore_root: None) -> None:
+@pytest.mark.usefixtures("restore_root")
+def test_registered_secrets_are_redacted_anywhere_even_in_tracebacks() -> None:
     logs.add_secret("s3cr3t-t0ken-value")
     logs.add_secret("short")  # too short to redact safely: ignored
     stream = io.StringIO()

@@ -90,7 +90,7 @@ class Sim:
                             self.counts[other]["hs_post"][self.ip[me]] += 6
 
     def device(self, me: str) -> Device:
-        peers = []
+        peers: list[Peer] = []
         for other in self.names:
             if other != me:
                 hs = self.last_hs[frozenset((me, other))]

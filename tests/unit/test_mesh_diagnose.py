@@ -10,6 +10,7 @@ import pytest
 
 from wgagent.mesh import diagnose as dg
 from wgagent.mesh import model as m
+from wgagent.mesh import probe as pb
 from wgagent.mesh import report as rp
 from wgagent.model import ANN_BACKEND_DATA, ANN_PUBLIC_IP, ClusterView, NodeInfo
 from wgagent.wireguard.model import key_from_bytes
@@ -381,4 +382,4 @@ def test_expected_senders_are_fresh_reports_that_probe() -> None:
         "d": report(at=NOW - 3 * 3600, probing_since=NOW - 100),
         "e": "garbage",
     }
-    assert dg.expected_senders(reps, "me", NOW) == {"a": dg.pb.Expected(NOW - 100, 300)}
+    assert dg.expected_senders(reps, "me", NOW) == {"a": pb.Expected(NOW - 100, 300)}

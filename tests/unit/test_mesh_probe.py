@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import struct
@@ -118,7 +119,7 @@ def test_a_new_target_is_first_due_within_one_interval() -> None:
 def test_after_a_probe_the_next_is_at_least_one_interval_later() -> None:
     t = pb.Target("a", "203.0.113.2", 51820)
     for u in (0.0, 0.5, 1.0):
-        due, sched = pb.plan(pb.Schedule({"a": NOW}), [t], NOW, 300, lambda u=u: u)
+        due, sched = pb.plan(pb.Schedule({"a": NOW}), [t], NOW, 300, functools.partial(float, u))
         assert due == [t]
         assert 300 <= sched.next_at["a"] - NOW <= 375
 

@@ -16,10 +16,9 @@ from types import ModuleType
 
 import pytest
 
-from wgagent import __version__, cli, config
+from wgagent import __version__, cli, commands, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEBIAN = os.path.join(ROOT, "packaging", "debian")
 
 
 def read(*parts: str) -> str:
@@ -114,15 +113,15 @@ def test_man_page_troff_escaping() -> None:
 
 def test_man_page_lists_every_command_endpoint_and_exit_code() -> None:
     page = read("packaging", "wgagent.8")
-    commands = page.split(".SH COMMANDS", 1)[1].split(".SH ", 1)[0]
+    section = page.split(".SH COMMANDS", 1)[1].split(".SH ", 1)[0]
     parser = cli._parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name in sub.choices:  # type: ignore[union-attr]
-        assert re.search(rf"^\.BR? {name}\b", commands, re.M), f"command {name} is not in COMMANDS"
+        assert re.search(rf"^\.BR? {name}\b", section, re.M), f"command {name} is not in COMMANDS"
     for path in ("/livez", "/healthz", "/status", "/metrics"):
         assert f"GET {path}" in page
     exits = page.split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
-    for code in (cli.EXIT_OK, cli.EXIT_FAIL, cli.EXIT_USAGE, cli.EXIT_NOT_RUNNING, 70, 130):
+    for code in (commands.EXIT_OK, commands.EXIT_FAIL, commands.EXIT_USAGE, commands.EXIT_NOT_RUNNING, 70, 130):
         assert f".B {code}\n" in exits, f"exit code {code}"
     files = page.split(".SH FILES", 1)[1]
     for path in (config.DEFAULT_PATH, config.Config().state_dir, config.Config().wireguard.modules_load_file):

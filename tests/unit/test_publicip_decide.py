@@ -48,6 +48,9 @@ class Case:
     outcomes: dict[str, str] = field(default_factory=dict)
     """source -> expected verdict outcome."""
     reason_has: tuple[str, ...] = ()
+    reason_lacks: tuple[str, ...] = ()
+    verdict_reasons: dict[str, str] = field(default_factory=dict)
+    """source -> text its (IPv4) verdict's reason contains."""
 
 
 X, Y, Z = "203.0.113.1", "203.0.113.2", "198.51.100.66"
@@ -148,6 +151,63 @@ CASES = {
         method4="quorum",
     ),
     "nothing answered": Case([], None, reason_has=("no source answered an IPv4 address",)),
+    "an interface address alone decides, with no word on a quorum": Case(
+        [ob("interface", "198.51.100.7", note="eth0")],
+        "198.51.100.7",
+        method4="interface",
+        outcomes={"interface": "agrees"},
+        reason_has=("ipv4 198.51.100.7 (on interface eth0)",),
+        reason_lacks=("quorum",),
+        verdict_reasons={"interface": "agrees with the interface address"},
+    ),
+    "an interface address without a name is reported as '?'": Case(
+        [ob("interface", "198.51.100.7")], "198.51.100.7", method4="interface", reason_has=("on interface ?",)
+    ),
+    "a rejected answer beside an unconfirmed one reports the missing quorum": Case(
+        [ob("http:a", "10.0.0.1"), ob("stun:b", X)],
+        None,
+        outcomes={"http:a": "rejected", "stun:b": "undecided"},
+        reason_has=("only 1 STUN/HTTP source answered 203.0.113.1",),
+        reason_lacks=("every answer was rejected",),
+    ),
+    "a tie below the top does not stop the quorum": Case(
+        [ob("stun:a", X), ob("stun:b", X), ob("stun:c", X), ob("http:d", Y), ob("http:e", Z)],
+        X,
+        method4="quorum",
+        outcomes={"http:d": "differs", "http:e": "differs"},
+        reason_has=("3 of 5",),
+    ),
+    "each method's agreeing verdict says which rule chose": Case(
+        [ob("metadata:aws", X), ob("stun:a", X)],
+        X,
+        method4="metadata",
+        reason_has=("the cloud's metadata, metadata:aws",),
+        verdict_reasons={"metadata:aws": "agrees with the cloud's metadata", "stun:a": "agrees with the cloud's"},
+    ),
+    "a differing verdict names the chosen address and method": Case(
+        [ob("static", X), ob("stun:a", Y)],
+        X,
+        method4="static",
+        verdict_reasons={"static": "agrees with public_ip.static", "stun:a": f"the chosen address is {X} (static)"},
+    ),
+    "a quorum member's verdict says so": Case(
+        [ob("stun:a", X), ob("stun:b", X)], X, method4="quorum", verdict_reasons={"stun:a": "part of the quorum"}
+    ),
+    "an undecided verdict carries the family's reason": Case(
+        [ob("stun:a", X)], None, verdict_reasons={"stun:a": "only 1 STUN/HTTP source answered 203.0.113.1"}
+    ),
+    "a rejected verdict names the class": Case([ob("http:a", "100.64.1.2")], None, verdict_reasons={"http:a": "CGNAT"}),
+    "IPv6 with no answer says so while IPv4 decides": Case(
+        [ob("stun:a", X), ob("stun:b", X)],
+        X,
+        method4="quorum",
+        reason_has=("ipv6 undecided (no source answered an IPv6 address)",),
+    ),
+    "every IPv6 answer rejected names the first": Case(
+        [ob("stun:a", "fd00::1"), ob("stun:b", "fe80::1")],
+        None,
+        reason_has=("ipv6 undecided (every answer was rejected: fd00::1 from stun:a, private address (ULA))",),
+    ),
 }
 
 
@@ -162,6 +222,11 @@ def test_decide(case: Case) -> None:
         assert outcomes[source] == outcome, (source, d.verdicts)
     for text in case.reason_has:
         assert text in d.reason
+    for text in case.reason_lacks:
+        assert text not in d.reason
+    reasons = {v.source: v.reason for v in sorted(d.verdicts, key=lambda v: -v.ip.version)}
+    for source, text in case.verdict_reasons.items():
+        assert text in reasons[source], (source, d.verdicts)
     assert "\n" not in d.reason
     assert d.decided == (case.ipv4 is not None or case.ipv6 is not None)
 

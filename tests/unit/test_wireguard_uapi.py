@@ -245,6 +245,17 @@ def test_another_layout_takes_the_line_parser() -> None:
     assert dev.peers[0] == parse_get(REPLY, "wg0").peers[1]
 
 
+def test_a_peer_out_of_layout_between_two_in_it_takes_the_line_parser() -> None:
+    # The fast path must not skip a peer it cannot read and go on with the next one.
+    odd = f"public_key={'cd' * 32}\nfuture=1\nlast_handshake_time_sec=7\nlast_handshake_time_nsec=0\n"
+    head, _, rest = REPLY.decode().partition(f"public_key={PEER2}")
+    content = (head + odd + f"public_key={PEER2}" + rest).encode()
+    assert _parse_fast(content.removesuffix(b"\n"), "wg0", "x") is None
+    dev = parse_get(content, "wg0")
+    assert [p.public_key for p in dev.peers] == [b64(PEER1), b64("cd" * 32), b64(PEER2)]
+    assert dev.peers[1].last_handshake == 7.0
+
+
 def test_encode_remove_is_one_transaction() -> None:
     keys = [b64(PEER1), b64(PEER2)]
     assert encode_remove(keys) == (

@@ -37,8 +37,10 @@ def doctor_command(cfg: Config, config_path: str, *, as_json: bool, out: TextIO,
     if as_json:
         out.write(render_json(findings) + "\n")
     else:
-        role = facts.k3s.role if isinstance(facts.k3s, K3sFacts) else None
-        what = f"k3s {role.name}" if role is not None else "k3s role unknown"
+        k3s = facts.k3s if isinstance(facts.k3s, K3sFacts) else None
+        role = k3s.role if k3s is not None else None
+        disputed = k3s is not None and bool(k3s.identity.conflict)
+        what = f"k3s {role.name}" if role is not None else "k3s role disputed" if disputed else "k3s role unknown"
         header = f"wgagent doctor: node {facts.node} ({what}; name from {facts.node_source}), config {config_path}"
         out.write(render_text(findings, header) + "\n")
     return EXIT_OK if is_clear(findings) else EXIT_FAIL

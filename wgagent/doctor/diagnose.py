@@ -9,6 +9,7 @@ from wgagent.doctor.facts import (
     Failed,
 )
 from wgagent.doctor.findings import Finding, could_not_check
+from wgagent.doctor.flannel_findings import check_backends
 from wgagent.doctor.k3s_findings import check_k3s, check_public_ip
 from wgagent.doctor.mesh_findings import check_mesh
 from wgagent.doctor.network_findings import check_kube, check_wireguard
@@ -25,6 +26,7 @@ def diagnose(facts: Facts) -> list[Finding]:
     out += check_k3s(facts)
     out += check_public_ip(facts)
     out += check_kube(facts)
+    out += check_backends(facts)
     out += check_wireguard(facts)
     out += check_mesh(facts)
     return out

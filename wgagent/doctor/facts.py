@@ -5,15 +5,18 @@ A probe that failed is ``Failed``, one that was not run ``Skipped``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wgagent.config import Config
 from wgagent.errors import KubeError
-from wgagent.k3s.role import NodeName, Role
+from wgagent.k3s.restart import Served
+from wgagent.k3s.role import Identity, NodeName, Role
 from wgagent.k3s.scan import (
     FileContent,
 )
+from wgagent.kube.annotation import OwnNode
 from wgagent.model import ClusterView
 from wgagent.publicip.model import Decision, Observation
 from wgagent.wireguard.interface import (
@@ -39,32 +42,61 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class RestartBook:
+    """What the daemon's k3s restarter recorded (``<state_dir>/k3s-restarts.json``, read only;
+    ``k3s/restart.py`` ``Book``): empty when wgagent never ran or the file cannot be read."""
+
+    needs: frozenset[str] = frozenset()
+    """The kinds of need still waiting for a restart (``config``: k3s runs an older drop-in)."""
+    served: Mapping[str, Served] = field(default_factory=dict)
+    """kind -> what wgagent's last restart for it was for, and when."""
+
+
+@dataclass(frozen=True)
 class K3sFacts:
-    role: Role | None
+    identity: Identity
+    """Who this node is, decided as the daemon decides it (``decide_identity_from``): role,
+    conflict, notes, where k3s reads its config, its data dir and unit."""
     role_missing: str
-    """``role_missing_detail()`` when ``role`` is None."""
+    """``role_missing_detail()`` when the role is not known."""
     binary: str | None
     looked_for: str
     """Where the k3s binary was looked for, for the report when there is none."""
     files: Mapping[str, FileContent]
-    """k3s's config files, as ``read_config_files()`` returns them."""
+    """k3s's config files, as ``read_config_files(identity.config)`` returns them."""
     unit_files: tuple[tuple[str, str], ...]
-    node: NodeName
+    subnet_env: Mapping[str, str] = field(default_factory=dict)
+    """flannel's subnet file (``families.read_subnet_env``); empty when flannel has not written it."""
+    restarts: RestartBook = field(default_factory=RestartBook)
+
+    @property
+    def role(self) -> Role | None:
+        return self.identity.role
+
+    @property
+    def node(self) -> NodeName:
+        return NodeName(self.identity.node, self.identity.node_source)
 
     @property
     def installed(self) -> bool:
-        return self.role is not None and self.binary is not None
+        """A k3s binary, and a role or units whose role is disputed."""
+        return (self.role is not None or bool(self.identity.conflict)) and self.binary is not None
 
 
 @dataclass(frozen=True)
 class KubeFacts:
     own_source: str
     list_source: str
-    annotations: Mapping[str, str] | None
-    """Every annotation of the own Node; None when it could not be read."""
+    node: OwnNode | None
+    """The own Node (annotations, pod CIDRs, k3s version) as ``own_node_of`` reads it; None when
+    it could not be read."""
     node_error: KubeError | None
     cluster: ClusterView | None
     list_error: KubeError | None
+
+    @property
+    def annotations(self) -> Mapping[str, str] | None:
+        return self.node.annotations if self.node is not None else None
 
 
 @dataclass(frozen=True)
@@ -119,3 +151,9 @@ def unit_name(facts: Facts) -> str:
     """``k3s`` or ``k3s-agent``, for ``systemctl restart ...``."""
     role = facts.k3s.role if isinstance(facts.k3s, K3sFacts) else None
     return role.unit.removesuffix(".service") if role is not None else "k3s"
+
+
+def config_main(facts: Facts) -> str:
+    """The config file k3s reads: ``K3S_CONFIG_FILE``, ``--config``, else ``<k3s.config_dir>/config.yaml``."""
+    k = facts.k3s
+    return k.identity.config.main if isinstance(k, K3sFacts) else os.path.join(facts.cfg.k3s.config_dir, "config.yaml")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from wgagent import wiring
+from wgagent import fsutil, wiring
 from wgagent.config import Config
 from wgagent.doctor.facts import (
     DaemonFacts,
@@ -24,15 +24,19 @@ from wgagent.doctor.facts import (
     InterfaceRead,
     K3sFacts,
     KubeFacts,
+    RestartBook,
     Skipped,
     WireGuardFacts,
 )
 from wgagent.errors import KubeError
-from wgagent.k3s.role import NodeName, decide_identity_from, role_missing_detail
+from wgagent.families import SUBNET_ENV, read_subnet_env
+from wgagent.k3s.install import DEFAULT_UNITS, read_unit
+from wgagent.k3s.restart import HISTORY_FILE, Book
+from wgagent.k3s.role import Identity, decide_identity_from, role_missing_detail
 from wgagent.k3s.scan import read_config_files
-from wgagent.k3s.unit import exec_start, read_unit
-from wgagent.kube.annotation import annotations_of
-from wgagent.kube.kubeconfig import credential_paths
+from wgagent.k3s.unit import exec_start
+from wgagent.kube.annotation import OwnNode, own_node_of
+from wgagent.kube.kubeconfig import CredentialPaths, credential_paths
 from wgagent.kube.watch import list_once
 from wgagent.metrics import Registry
 from wgagent.model import ClusterView
@@ -95,6 +99,8 @@ class Environment:
     health: Callable[[str, float], DaemonFacts] = fetch_health
     timeouts: Mapping[str, float] = field(default_factory=dict)
     """Per probe (k3s, module, public_ip, kube, wireguard, daemon), replacing the defaults."""
+    subnet_env: str = SUBNET_ENV
+    """flannel's subnet file (one of the families' evidence)."""
 
 
 def timeouts(cfg: Config, env: Environment) -> dict[str, float]:
@@ -167,43 +173,70 @@ def find_k3s_binary(
 
 
 def read_k3s(cfg: Config, env: Environment) -> K3sFacts:
+    """k3s as the daemon sees it: the identity decided once (``decide_identity_from``), the
+    config files where k3s reads them (``identity.config``: K3S_CONFIG_FILE, ``--config``, else
+    ``k3s.config_dir``), the unit, the binary, flannel's subnet file and the restarter's book."""
     unit_dirs = env.seams.unit_dirs
-    files = read_config_files(cfg.k3s.config_dir)
-    identity = decide_identity_from(cfg, unit_dirs=unit_dirs, hostname=env.seams.hostname, files=files)
+    identity = decide_identity_from(cfg, unit_dirs=unit_dirs, hostname=env.seams.hostname)
+    files = read_config_files(identity.config)
     role = identity.role
-    unit_files = tuple(read_unit(role.unit, unit_dirs)) if role is not None else ()
-    # Without a role, the unit a server would have still tells what it runs.
-    unit_files_any = unit_files if role is not None else tuple(read_unit("k3s.service", unit_dirs))
-    binary, looked = find_k3s_binary(unit_files_any, env.which, env.k3s_bin_dirs)
-    missing = role_missing_detail(cfg.k3s, unit_dirs) if role is None else ""
-    return K3sFacts(role, missing, binary, looked, files, unit_files, NodeName(identity.node, identity.node_source))
+    # Without a unit of its own, the role's (or, without a role, a server's) still tells what runs.
+    unit = identity.unit or read_unit(role.unit if role is not None else DEFAULT_UNITS["server"], unit_dirs)
+    unit_files = tuple(unit.files) if unit is not None else ()
+    binary, looked = find_k3s_binary(unit_files, env.which, env.k3s_bin_dirs)
+    missing = role_missing_detail(cfg.k3s, unit_dirs, identity) if role is None else ""
+    return K3sFacts(
+        identity, missing, binary, looked, files, unit_files if role is not None else (),
+        read_subnet_env(env.subnet_env), read_restart_book(cfg.state_dir),
+    )  # fmt: skip
 
 
-async def read_kube(cfg: Config, role: str | None, node: str, env: Environment) -> KubeFacts:
-    paths = credential_paths(cfg.kube, cfg.k3s, role)
+def read_restart_book(state_dir: str) -> RestartBook:
+    """The restarter's book, read only (``k3s/restart.py``); empty when absent or unreadable."""
+    book = Book.from_json(fsutil.load_json(os.path.join(state_dir, HISTORY_FILE)))
+    return RestartBook(frozenset(book.needs), dict(book.served))
+
+
+def credentials(cfg: Config, identity: Identity | None) -> CredentialPaths:
+    """The kubeconfigs the daemon uses (``wiring.kube_clients``): by role, data dir and the
+    server's admin kubeconfig as the identity says (k3s's defaults when it is unknown)."""
+    if identity is None:
+        return credential_paths(cfg.kube, cfg.k3s, None)
+    return credential_paths(
+        cfg.kube, cfg.k3s, identity.role_name, data_dir=identity.data_dir, admin_kubeconfig=identity.kubeconfig
+    )
+
+
+async def read_kube(cfg: Config, identity: Identity | None, node: str, env: Environment) -> KubeFacts:
+    paths = credentials(cfg, identity)
     timeout = cfg.kube.request_timeout_s
     own = env.seams.kube_client(paths.own, timeout, None)
     lister = own if paths.list == paths.own else env.seams.kube_client(paths.list, timeout, None)
 
-    async def get() -> tuple[dict[str, str] | None, KubeError | None]:
+    async def get() -> tuple[OwnNode | None, KubeError | None]:
         try:
-            return annotations_of(await own.get_node(node)), None
+            return own_node_of(await own.get_node(node)), None
         except KubeError as exc:
             return None, exc
 
-    async def listing() -> tuple[ClusterView | None, KubeError | None]:
-        try:
-            return await list_once(lister), None
-        except KubeError as exc:
-            return None, exc
+    async def listing() -> tuple[ClusterView | None, str, KubeError | None]:
+        # the list credential, then the own one, as the node watch falls back (servers before
+        # k3s v1.32 do not let k3scontroller list Nodes: k3s/versions.py)
+        first: KubeError | None = None
+        for api, source in ((lister, paths.list), (own, paths.own))[: 1 if lister is own else 2]:
+            try:
+                return await list_once(api), source, None
+            except KubeError as exc:
+                first = first or exc
+        return None, paths.list, first
 
     try:
-        (anns, node_error), (cluster, list_error) = await asyncio.gather(get(), listing())
+        (own_node, node_error), (cluster, list_source, list_error) = await asyncio.gather(get(), listing())
     finally:
         for client in {id(own): own, id(lister): lister}.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2.0)
-    return KubeFacts(paths.own, paths.list, anns, node_error, cluster, list_error)
+    return KubeFacts(paths.own, list_source, own_node, node_error, cluster, list_error)
 
 
 def other_wireguard_devices(net: HostNet, uapi_dir: str, exclude: Sequence[str]) -> tuple[str, ...]:
@@ -243,12 +276,12 @@ async def gather(cfg: Config, config_path: str, env: Environment | None = None) 
     env = env or Environment()
     t = timeouts(cfg, env)
     k3s = await _bounded("reading k3s's config and unit", t["k3s"], _in_thread(lambda: read_k3s(cfg, env)))
+    identity: Identity | None = None
     if isinstance(k3s, K3sFacts):
-        node, source = k3s.node.name, k3s.node.source
-        role = k3s.role.name if k3s.role is not None else None
-        installed: bool | None = k3s.installed
+        identity, installed = k3s.identity, k3s.installed
+        node, source = identity.node, identity.node_source
     else:
-        node, source, role, installed = cfg.node_name or env.seams.hostname().lower(), "hostname", None, None
+        node, source, installed = cfg.node_name or env.seams.hostname().lower(), "hostname", None
     without_k3s = "k3s is not installed" if installed is False else ""
 
     async def skipped(why: str) -> Skipped:
@@ -262,7 +295,7 @@ async def gather(cfg: Config, config_path: str, env: Environment | None = None) 
     if not cfg.kube.enabled or without_k3s:
         kube: Awaitable[KubeFacts | Failed | Skipped] = skipped(without_k3s or "kube.enabled is false")
     else:
-        kube = _bounded("asking the Kubernetes API", t["kube"], read_kube(cfg, role, node, env))
+        kube = _bounded("asking the Kubernetes API", t["kube"], read_kube(cfg, identity, node, env))
     if not cfg.wireguard.enabled or without_k3s:
         wireguard: Awaitable[WireGuardFacts | Failed | Skipped] = skipped(without_k3s or "wireguard.enabled is false")
     else:

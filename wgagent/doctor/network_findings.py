@@ -5,29 +5,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wgagent.doctor.facts import (
-    DiscoveryFacts,
     Facts,
     Failed,
     InterfaceRead,
     KubeFacts,
     Skipped,
     WireGuardFacts,
+    config_main,
     unit_name,
 )
 from wgagent.doctor.findings import Finding, Severity, could_not_check
+from wgagent.doctor.flannel_findings import check_annotations
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, KubeUnreachable, NotFound, Unauthorized
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
 )
-from wgagent.kube.annotation import assess, short, wanted
-from wgagent.model import ANN_BACKEND_TYPE, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ClusterView
+from wgagent.model import ANN_BACKEND_TYPE, ClusterView
 from wgagent.wireguard.gc import GCPolicy, select_stale_peers
 from wgagent.wireguard.interface import (
     HANDSHAKE_FRESH_S,
+    InterfaceFacts,
     expected_port,
     interface_facts,
 )
-from wgagent.wireguard.model import Device
+from wgagent.wireguard.model import Device, Peer
 from wgagent.wireguard.module import ModuleFacts
 from wgagent.wireguard.module import diagnose as diagnose_module
 
@@ -78,35 +79,44 @@ _KUBE_ERRORS: tuple[tuple[type[KubeError], str, str, str], ...] = (
 
 
 def check_kube(facts: Facts) -> list[Finding]:
+    """The own Node (credential, registration, flannel's annotations) and the list of all Nodes."""
     kf = facts.kube
     if isinstance(kf, Skipped):
         return [Finding("info", "kubernetes", "skipped: the Kubernetes API and flannel's annotations", kf.why)]
     if isinstance(kf, Failed):
         return [could_not_check("kubernetes", "the Kubernetes API", kf, f"kubectl get node {facts.node} -o yaml")]
-    out: list[Finding] = []
-    e = kf.node_error
-    if e is not None:
-        for cls, title, detail, fix in _KUBE_ERRORS:
-            if isinstance(e, cls):
-                where = {
-                    "e": e,
-                    "source": kf.own_source,
-                    "node": facts.node,
-                    "unit": unit_name(facts),
-                    "conf": facts.config_path,
-                    "name_from": facts.node_source,
-                }
-                out.append(
-                    Finding("problem", "kubernetes", title.format(**where), detail.format(**where), fix.format(**where))
-                )
-                break
-    elif kf.annotations is not None:
-        detail = f"credential {kf.own_source}; name from {facts.node_source}"
-        out.append(Finding("ok", "kubernetes", f"the API answers; Node {facts.node} is registered", detail))
-        out += _annotations(facts, kf.annotations)
-    le = kf.list_error
+    return [*_own_node(facts, kf), *_node_list(facts, kf)]
+
+
+def _own_node(facts: Facts, kf: KubeFacts) -> list[Finding]:
+    if kf.node_error is not None:
+        return _kube_error(facts, kf, kf.node_error)
+    if kf.annotations is None:
+        return []
+    detail = f"credential {kf.own_source}; name from {facts.node_source}"
+    registered = Finding("ok", "kubernetes", f"the API answers; Node {facts.node} is registered", detail)
+    return [registered, *_backend_annotation(facts, kf.annotations), *check_annotations(facts, kf)]
+
+
+def _kube_error(facts: Facts, kf: KubeFacts, e: KubeError) -> list[Finding]:
+    """The finding for the first class in ``_KUBE_ERRORS`` that ``e`` is an instance of (the last is KubeError)."""
+    title, detail, fix = next((t, d, f) for cls, t, d, f in _KUBE_ERRORS if isinstance(e, cls))
+    where = {
+        "e": e,
+        "source": kf.own_source,
+        "node": facts.node,
+        "unit": unit_name(facts),
+        "conf": facts.config_path,
+        "name_from": facts.node_source,
+    }
+    return [Finding("problem", "kubernetes", title.format(**where), detail.format(**where), fix.format(**where))]
+
+
+def _node_list(facts: Facts, kf: KubeFacts) -> list[Finding]:
+    """Listing all Nodes; its failure is not repeated when it is the own Node's failure again."""
+    e, le = kf.node_error, kf.list_error
     if le is not None and not (e is not None and (kf.list_source == kf.own_source or type(e) is type(le))):
-        out.append(
+        return [
             Finding(
                 "warn",
                 "kubernetes",
@@ -116,76 +126,32 @@ def check_kube(facts: Facts) -> list[Finding]:
                 "are not named",
                 f"kube.list_kubeconfig: <a kubeconfig that may list Nodes> in {facts.config_path}",
             )
-        )
-    elif kf.cluster is not None:
-        out.append(
-            Finding("ok", "kubernetes", f"{len(kf.cluster.nodes)} Node(s) listed", f"credential {kf.list_source}")
-        )
-    return out
+        ]
+    if kf.cluster is not None:
+        return [Finding("ok", "kubernetes", f"{len(kf.cluster.nodes)} Node(s) listed", f"credential {kf.list_source}")]
+    return []
 
 
-def _annotations(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
-    out: list[Finding] = []
-    node, unit = facts.node, unit_name(facts)
+def _backend_annotation(facts: Facts, anns: Mapping[str, str]) -> list[Finding]:
     backend = anns.get(ANN_BACKEND_TYPE)
+    if backend == "wireguard":
+        return [Finding("ok", "flannel", f"flannel on Node {facts.node} runs the WireGuard backend")]
+    if backend is None:
+        return []
+    what = "k3s's removed 'wireguard' extension backend" if backend == "extension" else f"the '{backend}' backend"
     wg_fix = (
-        f"{FLANNEL_BACKEND}: wireguard-native in {facts.cfg.k3s.config_dir}/config.yaml on every server (wgagent's "
+        f"{FLANNEL_BACKEND}: wireguard-native in {config_main(facts)} on every server (wgagent's "
         f"drop-in does it), then systemctl restart k3s on the servers and k3s-agent on the agents"
     )
-    if backend is not None and backend != "wireguard":
-        what = "k3s's removed 'wireguard' extension backend" if backend == "extension" else f"the '{backend}' backend"
-        out.append(
-            Finding(
-                "problem",
-                "flannel",
-                f"flannel on Node {node} runs {what}, not WireGuard",
-                f"{ANN_BACKEND_TYPE} is {backend!r}",
-                wg_fix,
-            )
-        )
-    elif backend == "wireguard":
-        out.append(Finding("ok", "flannel", f"flannel on Node {node} runs the WireGuard backend"))
-    p = facts.public_ip
-    if not isinstance(p, DiscoveryFacts) or not p.decision.decided:
-        out.append(Finding("info", "flannel", "flannel's public IP annotations not compared: no public IP decided"))
-        return out
-    want = wanted(p.decision.addresses)
-    verdict = assess(anns, want)
-    if verdict.ok:
-        out.append(
-            Finding(
-                "ok",
-                "flannel",
-                f"flannel's public-ip annotations are the discovered {p.decision.addresses}",
-                verdict.detail,
-            )
-        )
-        return out
-    if verdict.wrong_overwrites:
-        sets = " ".join(f"{k}={want[k]}" for k in verdict.wrong_overwrites)
-        fix = (
-            f"kubectl annotate node {node} --overwrite {sets}, then systemctl restart {unit}; or systemctl "
-            "enable --now wgagent, which does both"
-        )
-    elif verdict.stale:
-        fix = f"systemctl restart {unit} (flannel reads public-ip-overwrite only when it starts)"
-    else:
-        fix = (
-            f"systemctl status {unit}: flannel has not annotated Node {node} (is it running, with the kube subnet "
-            "manager?)"
-        )
-    published = [f"{short(k)} is {anns[k]}" for k in (ANN_PUBLIC_IP, ANN_PUBLIC_IPV6) if k in anns]
-    shown = "; ".join(p for p in published if p.split(" is ")[-1] not in verdict.detail)
-    out.append(
+    return [
         Finding(
             "problem",
             "flannel",
-            f"flannel's public IP on Node {node} is not the discovered {p.decision.addresses}",
-            verdict.detail + (f"; flannel's {shown}" if shown else ""),
-            fix,
+            f"flannel on Node {facts.node} runs {what}, not WireGuard",
+            f"{ANN_BACKEND_TYPE} is {backend!r}",
+            wg_fix,
         )
-    )
-    return out
+    ]
 
 
 def _module_ok(facts: Facts) -> bool | None:
@@ -226,8 +192,9 @@ def check_wireguard(facts: Facts) -> list[Finding]:
 def _interface(
     facts: Facts, one: InterfaceRead, cluster: ClusterView | None, w: WireGuardFacts, others: str
 ) -> list[Finding]:
-    cfg, unit, name, read = facts.cfg, unit_name(facts), one.name, one.read
-    port = expected_port(name, cfg.wireguard)
+    """One flannel interface: exists and readable, up, on its port, reaching the live nodes; then its peers."""
+    name, read = one.name, one.read
+    port = expected_port(name, facts.cfg.wireguard)
     f = interface_facts(
         read.link,
         read.device,
@@ -239,9 +206,8 @@ def _interface(
         error=read.error,
         own_node=facts.node,
     )
-    out: list[Finding] = []
     if not f.exists:
-        fix = _missing_fix(facts, w, f"systemctl restart {unit} (flannel creates {name} when it starts)")
+        fix = _missing_fix(facts, w, f"systemctl restart {unit_name(facts)} (flannel creates {name} when it starts)")
         return [Finding("problem", "wireguard", f"interface {name} does not exist", (f.error or "") + others, fix)]
     if read.device is None:
         return [
@@ -253,6 +219,17 @@ def _interface(
                 f"run 'wgagent doctor' as root; by hand: wg show {name}",
             )
         ]
+    out = _link_and_port(facts, name, f, port) or [_interface_ok(name, f, port)]
+    out += _unreachable(facts, name, f)
+    out += _without_peer(facts, name, f)
+    out += _peers(facts, one, read.device, cluster)
+    return out
+
+
+def _link_and_port(facts: Facts, name: str, f: InterfaceFacts, port: int) -> list[Finding]:
+    """Problems with the link itself: down, on another port, or nothing bound to the port."""
+    cfg, unit = facts.cfg, unit_name(facts)
+    out: list[Finding] = []
     if not f.up:
         out.append(
             Finding(
@@ -285,108 +262,122 @@ def _interface(
                 f"systemctl restart {unit} (flannel recreates {name} on {port}); check: ss -ulnp | grep {port}",
             )
         )
-    if not out:
-        out.append(
-            Finding(
-                "ok",
-                "wireguard",
-                f"{name}: up, listening on UDP {port}",
-                f"{f.peers} peer(s), {f.active} with a handshake in the last {HANDSHAKE_FRESH_S:g} s; "
-                f"{f.backend} backend",
-            )
-        )
-    if f.unreachable:
-        nodes = sorted({u.node for u in f.unreachable})
-        listed = "; ".join(
-            f"{u.node} at {u.endpoint or '(no endpoint)'}, last handshake "
-            + ("never" if u.last_handshake is None else f"{int(facts.now - u.last_handshake)} s ago")
-            for u in f.unreachable[:10]
-        )
-        out.append(
-            Finding(
-                "problem",
-                "wireguard",
-                f"live node(s) unreachable over {name}: {', '.join(nodes[:5])}"
-                + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""),
-                f"no handshake in the last {HANDSHAKE_FRESH_S:g} s: {listed}",
-                f"open UDP 51820 between this node and {', '.join(nodes[:3])} (firewall, security group), "
-                "check that their flannel public-ip annotation is an address this node can reach, and run "
-                "'wgagent doctor' on them",
-            )
-        )
-    if f.nodes_without_peer:
-        out.append(
-            Finding(
-                "warn",
-                "wireguard",
-                f"flannel has no peer on {name} for: {', '.join(f.nodes_without_peer[:5])}",
-                "these Nodes publish a WireGuard key that is no peer here",
-                f"systemctl restart {unit} (flannel adds a peer for every Node when it starts)",
-            )
-        )
-    out += _peers(facts, one, read.device, cluster)
     return out
 
 
+def _interface_ok(name: str, f: InterfaceFacts, port: int) -> Finding:
+    return Finding(
+        "ok",
+        "wireguard",
+        f"{name}: up, listening on UDP {port}",
+        f"{f.peers} peer(s), {f.active} with a handshake in the last {HANDSHAKE_FRESH_S:g} s; {f.backend} backend",
+    )
+
+
+def _unreachable(facts: Facts, name: str, f: InterfaceFacts) -> list[Finding]:
+    """Live nodes whose peer here had no recent handshake: up to 5 named in the title, 10 in the detail."""
+    if not f.unreachable:
+        return []
+    nodes = sorted({u.node for u in f.unreachable})
+    listed = "; ".join(
+        f"{u.node} at {u.endpoint or '(no endpoint)'}, last handshake "
+        + ("never" if u.last_handshake is None else f"{int(facts.now - u.last_handshake)} s ago")
+        for u in f.unreachable[:10]
+    )
+    return [
+        Finding(
+            "problem",
+            "wireguard",
+            f"live node(s) unreachable over {name}: {', '.join(nodes[:5])}"
+            + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""),
+            f"no handshake in the last {HANDSHAKE_FRESH_S:g} s: {listed}",
+            f"open UDP 51820 between this node and {', '.join(nodes[:3])} (firewall, security group), "
+            "check that their flannel public-ip annotation is an address this node can reach, and run "
+            "'wgagent doctor' on them",
+        )
+    ]
+
+
+def _without_peer(facts: Facts, name: str, f: InterfaceFacts) -> list[Finding]:
+    if not f.nodes_without_peer:
+        return []
+    return [
+        Finding(
+            "warn",
+            "wireguard",
+            f"flannel has no peer on {name} for: {', '.join(f.nodes_without_peer[:5])}",
+            "these Nodes publish a WireGuard key that is no peer here",
+            f"systemctl restart {unit_name(facts)} (flannel adds a peer for every Node when it starts)",
+        )
+    ]
+
+
 def _peers(facts: Facts, one: InterfaceRead, device: Device, cluster: ClusterView | None) -> list[Finding]:
-    cfg = facts.cfg
-    policy = GCPolicy.from_config(cfg.wireguard.gc)
+    """Dead peers by the GC's own rule (``select_stale_peers``), and the peers it cannot judge."""
+    policy = GCPolicy.from_config(facts.cfg.wireguard.gc)
     keys = cluster.current_keys if cluster is not None else None
     sel = select_stale_peers(device, keys, one.first_seen, facts.now, policy)
     dead = (*sel.remove, *sel.deferred)
-    name = one.name
-    out: list[Finding] = []
     if dead:
-        no_ips = sum(1 for p in dead if not p.allowed_ips)
-        detail = (
-            f"{len(dead)} of {len(device.peers)} peers are silent for more than {policy.stale_after_s:g} s "
-            f"and belong to no live Node: {len(dead) - no_ips} hold no Node's key, {no_ips} have no allowed "
-            "IPs (a re-keyed node's leftovers)"
-        )
-        if sel.note:
-            detail += f"; {sel.note}"
-        gc_off = (
-            ""
-            if cfg.wireguard.gc.enabled
-            else f"; to keep them away: wireguard.gc.enabled: true in {facts.config_path}"
-        )
-        severity: Severity = "problem" if len(dead) >= DEAD_PEERS_PROBLEM else "warn"
-        out.append(
-            Finding(
-                severity,
-                "peers",
-                f"{len(dead)} dead peer(s) on {name}",
-                detail,
-                f"wgagent --config {facts.config_path} gc (removes them in one transaction; --dry-run "
-                f"lists them){gc_off}",
-            )
-        )
+        out = [_dead_peers(facts, one.name, device, dead, sel.note, policy)]
     else:
-        out.append(Finding("ok", "peers", f"no dead peers on {name}", f"{len(device.peers)} peer(s)"))
-    live = keys or frozenset()
-    unjudged = sum(
-        1
-        for p in device.peers
-        if p.last_handshake is None and p.public_key not in one.first_seen and p.public_key not in live
-    )
-    if unjudged:
-        out.append(
-            Finding(
-                "info",
-                "peers",
-                f"{unjudged} peer(s) on {name} never completed a handshake",
-                "wgagent has not watched them yet (it records when it first sees a peer), so doctor "
-                "cannot tell how long they have been silent",
-                "systemctl enable --now wgagent (its peer GC removes them once they are stale)",
-            )
-        )
+        out = [Finding("ok", "peers", f"no dead peers on {one.name}", f"{len(device.peers)} peer(s)")]
+    out += _unjudged(one, device, keys or frozenset())
     if sel.kept_unknown:
         out.append(
             Finding(
                 "info",
                 "peers",
-                f"{len(sel.kept_unknown)} stale peer(s) with allowed IPs on {name} not judged",
+                f"{len(sel.kept_unknown)} stale peer(s) with allowed IPs on {one.name} not judged",
                 sel.note or "the node list is unknown",
             )
         )
     return out
+
+
+def _dead_peers(
+    facts: Facts, name: str, device: Device, dead: tuple[Peer, ...], note: str, policy: GCPolicy
+) -> Finding:
+    """A warning, or a problem from ``DEAD_PEERS_PROBLEM`` on, with the GC command as the fix."""
+    no_ips = sum(1 for p in dead if not p.allowed_ips)
+    detail = (
+        f"{len(dead)} of {len(device.peers)} peers are silent for more than {policy.stale_after_s:g} s "
+        f"and belong to no live Node: {len(dead) - no_ips} hold no Node's key, {no_ips} have no allowed "
+        "IPs (a re-keyed node's leftovers)"
+    )
+    if note:
+        detail += f"; {note}"
+    gc_off = (
+        ""
+        if facts.cfg.wireguard.gc.enabled
+        else f"; to keep them away: wireguard.gc.enabled: true in {facts.config_path}"
+    )
+    severity: Severity = "problem" if len(dead) >= DEAD_PEERS_PROBLEM else "warn"
+    return Finding(
+        severity,
+        "peers",
+        f"{len(dead)} dead peer(s) on {name}",
+        detail,
+        f"wgagent --config {facts.config_path} gc (removes them in one transaction; --dry-run lists them){gc_off}",
+    )
+
+
+def _unjudged(one: InterfaceRead, device: Device, live: frozenset[str]) -> list[Finding]:
+    """Peers with no handshake that wgagent never saw: nobody knows how long they have been silent."""
+    unjudged = sum(
+        1
+        for p in device.peers
+        if p.last_handshake is None and p.public_key not in one.first_seen and p.public_key not in live
+    )
+    if not unjudged:
+        return []
+    return [
+        Finding(
+            "info",
+            "peers",
+            f"{unjudged} peer(s) on {one.name} never completed a handshake",
+            "wgagent has not watched them yet (it records when it first sees a peer), so doctor "
+            "cannot tell how long they have been silent",
+            "systemctl enable --now wgagent (its peer GC removes them once they are stale)",
+        )
+    ]

@@ -32,20 +32,6 @@ AGENT_FLAGS = frozenset(
     }
 )
 
-SERVER_ONLY_EXAMPLES = (
-    "flannel-backend",
-    "flannel-external-ip",
-    "cluster-cidr",
-    "service-cidr",
-    "disable",
-    "tls-san",
-    "advertise-address",
-    "cluster-init",
-    "write-kubeconfig",
-    "write-kubeconfig-mode",
-)
-"""Server flags often copied into an agent's config by mistake (each fatal there)."""
-
 
 def agent_accepts(key: str) -> bool:
     """Whether ``k3s agent`` defines the flag ``key`` (a config key, without ``+`` or dashes)."""

@@ -307,7 +307,7 @@ def decide_role(
 
     >>> u = Unit("k3s-edge.service", "/etc/systemd/system/k3s-edge.service", (), ("/usr/local/bin/k3s", "agent"))
     >>> decide_role("auto", None, [u], {}).role
-    Role(name='agent', unit='k3s-edge.service', how='ExecStart of /etc/systemd/system/k3s-edge.service')
+    Role(name='agent', unit='k3s-edge.service', how='ExecStart of /etc/systemd/system/k3s-edge.service', certain=True)
     """
     if configured_unit is not None:
         return _configured_unit(configured_role, configured_unit, units)

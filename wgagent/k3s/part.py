@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
-from wgagent.errors import WriteError
+from wgagent.errors import KubeError, WriteError
 from wgagent.families import Families
 from wgagent.k3s import wgkey
 from wgagent.k3s.dropin import (
@@ -55,7 +55,7 @@ from wgagent.k3s.scan import (
     read_config_files,
     scan_config,
 )
-from wgagent.k3s.servers import agent_backend_mismatch, server_backend_problem
+from wgagent.k3s.servers import ANN_BACKEND_WANTED, Annotate, agent_backend_mismatch, server_backend
 from wgagent.k3s.unit import scan_unit
 from wgagent.model import ClusterView, PublicAddresses, RestartResult
 from wgagent.part import Part, Signal
@@ -83,6 +83,8 @@ class Written:
     address_from: str | None
     values: Mapping[str, Value]
     """What the drop-in tells k3s (``dropin_values``): a restart need's ``want``."""
+    backend_held: str | None = None
+    """On a server: why the configured flannel-backend was not written (``servers.server_backend``)."""
 
 
 class K3sPart(Part):
@@ -102,6 +104,7 @@ class K3sPart(Part):
         cluster: Callable[[], ClusterView | None] = lambda: None,
         private_ipv4: Callable[[], str | None] = lambda: None,
         unit_dirs: Sequence[str] = UNIT_DIRS,
+        annotate: Annotate | None = None,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
@@ -115,6 +118,7 @@ class K3sPart(Part):
         self._cluster = cluster
         self._private_ipv4 = private_ipv4
         self._unit_dirs = tuple(unit_dirs)
+        self._annotate = annotate
         self._reported: tuple[str, ...] = ()
 
     @property
@@ -132,14 +136,15 @@ class K3sPart(Part):
             return self._no_k3s()
         role_name = "server" if self.identity.server_keys_safe else "agent"  # agent-safe unless sure
         files = read_config_files(self.identity.config)
+        await self._publish_wanted_backend(role_name)
         written = self._write(role_name, files)
         key_note = self._keep_wireguard_key()
         if written.error is None:
             files[_OWN_REL] = written.content
         scan = scan_config(self.identity.config, files, role=self._scan_role)
         errors = [*scan.errors, *self._unit_findings()]
-        blocked = self._server_backend_block(role_name, written)
-        if written.diff and self.role is not None and blocked is None:
+        blocked = written.backend_held
+        if written.diff and self.role is not None:
             self.restarter.need("config", _fingerprint(written.values),
                                 f"{DROPIN_NAME} changed: {written.diff}")  # fmt: skip
         stuck_backend = self._agent_backend() if role_name == "agent" else None
@@ -175,28 +180,48 @@ class K3sPart(Part):
         adopted = families.keep(self._public_ip())
         addresses = adopted or families.keep(addresses_from_dropin(old_bytes))
         advertise = self._advertise(role_name)
-        content = render_dropin(role_name, addresses, self.cfg, advertise).encode()
+        cfg, held = self._backend_cfg(role_name, old_bytes)
+        content = render_dropin(role_name, addresses, cfg, advertise).encode()
         address_from = "public_ip" if adopted else "existing drop-in" if addresses else None
         try:
             changed = fsutil.atomic_write(self.dropin, content, mode=0o600)
         except WriteError as exc:
             log.error("%s; k3s keeps the previous %s", exc, DROPIN_NAME)
-            return Written(content, False, "", str(exc), addresses, address_from, {})
-        new_values = dropin_values(role_name, addresses, self.cfg, advertise)
+            return Written(content, False, "", str(exc), addresses, address_from, {}, held)
+        new_values = dropin_values(role_name, addresses, cfg, advertise)
         diff = _diff(read_dropin_values(old_bytes), new_values) if changed else ""
         if changed:
             log.info("wrote %s: %s", self.dropin, diff or "comments only")
-        return Written(content, changed, diff, None, addresses, address_from, new_values)
+        return Written(content, changed, diff, None, addresses, address_from, new_values, held)
+
+    def _backend_cfg(self, role_name: str, old: bytes | None) -> tuple[K3sConfig, str | None]:
+        """The config the drop-in is rendered from: on a server, with the flannel-backend the
+        other servers allow (``servers.server_backend``), and why it is not the configured one."""
+        if role_name != "server":
+            return self.cfg, None
+        previous = read_dropin_values(old).get(FLANNEL_BACKEND)
+        chosen = server_backend(self.identity.node, self.cfg.flannel_backend, self._cluster(),
+                                previous if isinstance(previous, str) else None)  # fmt: skip
+        cfg = self.cfg if chosen.write == self.cfg.flannel_backend else replace(self.cfg, flannel_backend=chosen.write)
+        return cfg, chosen.held
 
     def _advertise(self, role_name: str) -> str | None:
         """``advertise-address`` for a server with ``k3s.advertise_private_address``, else None."""
         return self._private_ipv4() if role_name == "server" and self.cfg.advertise_private_address else None
 
-    def _server_backend_block(self, role_name: str, written: Written) -> str | None:
-        """On a server: why not to restart for a new flannel-backend the other servers do not run."""
-        if role_name != "server" or FLANNEL_BACKEND not in written.diff:
-            return None
-        return server_backend_problem(self.identity.node, self.cfg.flannel_backend, self._cluster())
+    async def _publish_wanted_backend(self, role_name: str) -> None:
+        """On a server: its configured backend on its own Node, for the other servers' switch."""
+        cluster = self._cluster()
+        own = cluster.nodes.get(self.identity.node) if cluster is not None else None
+        want = self.cfg.flannel_backend
+        if role_name != "server" or self._annotate is None or own is None:
+            return
+        if own.annotations.get(ANN_BACKEND_WANTED) == want:
+            return
+        try:
+            await self._annotate({ANN_BACKEND_WANTED: want})
+        except KubeError as exc:
+            log.warning("cannot publish %s=%s on this Node: %s", ANN_BACKEND_WANTED, want, exc)
 
     def _agent_backend(self) -> str | None:
         """On an agent whose flannel runs another backend than the servers: one restart

@@ -146,7 +146,8 @@ class Finding:
     code: str = ""
     """What kind, for programs (``wgagent doctor``): ``unreadable``, ``invalid``, ``override`` (a
     later file sets an owned key), ``replaced`` (wgagent's drop-in replaces an earlier value),
-    ``no_backend``, ``backend`` (flannel-backend is not WireGuard), ``exec_flag``, ``exec_config``."""
+    ``no_backend``, ``backend`` (flannel-backend is not WireGuard), ``exec_flag``, ``exec_config``,
+    ``exec_config_unused`` (K3S_CONFIG_FILE wins over it), ``agent_key``."""
     key: str | None = None
     """The k3s flag it is about, when it is about one."""
     value: Value = None

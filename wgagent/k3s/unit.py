@@ -94,6 +94,19 @@ def _boolean(name: str) -> bool:
 def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list[Finding]:
     if value is None or os.path.normpath(value) == loc.main:
         return []
+    if loc.source.startswith("K3S_CONFIG_FILE"):
+        # k3s looks at the variable first (pkg/configfilearg/parser.go, docs/UPSTREAM.md §2)
+        return [
+            Finding(
+                path,
+                None,
+                f"ExecStart's --config {value} is not used: {loc.source} names {loc.main}, which k3s reads "
+                "instead (and wgagent with it)",
+                error=False,
+                code="exec_config_unused",
+                value=value,
+            )
+        ]
     return [
         Finding(
             path,

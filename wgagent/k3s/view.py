@@ -15,7 +15,7 @@ wgagent" before either part has run.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from wgagent.config import K3sConfig
@@ -26,6 +26,7 @@ from wgagent.k3s.scan import (
     DROPIN_NAME,
     FLANNEL_EXTERNAL_IP,
     NODE_EXTERNAL_IP,
+    FileContent,
     Setting,
     read_config_files,
     scan_config,
@@ -93,7 +94,15 @@ def view_of(
 def read_view(identity: Identity, k3s: K3sConfig, addresses: PublicAddresses | None) -> K3sView:
     """k3s's view at its next start, with wgagent's drop-in as it is about to be written
     (``addresses`` in the families wgagent manages; None: as it is now)."""
-    files = read_config_files(identity.config)
+    return view_from(identity, k3s, read_config_files(identity.config), addresses)
+
+
+def view_from(
+    identity: Identity, k3s: K3sConfig, config_files: Mapping[str, FileContent], addresses: PublicAddresses | None
+) -> K3sView:
+    """:func:`read_view` over config files already read (``read_config_files(identity.config)``;
+    pure: ``wgagent doctor`` passes the files it gathered, as on disk, with ``addresses`` None)."""
+    files = dict(config_files)
     own_rel = f"{DROPIN_DIR}/{DROPIN_NAME}"
     role_keys = "server" if identity.server_keys_safe else "agent"
     written = True

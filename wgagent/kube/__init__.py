@@ -7,35 +7,10 @@
     watch.py       NodeWatch: LIST + WATCH of Node metadata -> ClusterView  (StreamPart)
     annotation.py  AnnotationPart: public-ip-overwrite on the own Node      (Part)
 
-``clients()`` makes the two clients the parts use: one with the node's own credential
-(get/patch its Node), one with a credential that may list and watch all Nodes. Their
-kubeconfig paths are resolved when they are first needed (and again after a 401), from
-``kube.*``, ``k3s.*`` and the role the k3s part found (``State.role``).
+``wiring.kube_clients()`` makes the two clients the parts and commands use: one with the
+node's own credential (get/patch its Node), one with a credential that may list and watch
+all Nodes, both chosen by the role decided once at start (``wiring.decide_identity``).
+
+This package imports nothing itself: reading a kubeconfig (``wgagent gc``, ``doctor``) must
+not pull in aiohttp, which only ``client.py`` imports.
 """
-
-from __future__ import annotations
-
-from wgagent.config import Config
-from wgagent.kube.annotation import AnnotationPart
-from wgagent.kube.client import KubeClient
-from wgagent.kube.kubeconfig import credential_paths
-from wgagent.kube.watch import NodeWatch
-from wgagent.state import State
-
-__all__ = ["AnnotationPart", "KubeClient", "NodeWatch", "clients"]
-
-
-def clients(cfg: Config, state: State) -> tuple[KubeClient, KubeClient]:
-    """(own Node client, list/watch client) for ``cfg``; paths resolved lazily by role."""
-
-    def own() -> str:
-        return credential_paths(cfg.kube, cfg.k3s, state.role).own
-
-    def lister() -> str:
-        return credential_paths(cfg.kube, cfg.k3s, state.role).list
-
-    timeout = cfg.kube.request_timeout_s
-    return (
-        KubeClient(own, timeout_s=timeout, metrics=state.metrics),
-        KubeClient(lister, timeout_s=timeout, metrics=state.metrics),
-    )

@@ -47,6 +47,8 @@ from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
 from wgagent.kube.protocol import JSONObject, NodeAPI
 from wgagent.model import (
+    ANN_BACKEND_DATA,
+    ANN_BACKEND_V6_DATA,
     ANN_K3S_EXTERNAL_IP,
     ANN_K3S_NODE_ARGS,
     ANN_PUBLIC_IP,
@@ -57,6 +59,7 @@ from wgagent.model import (
     ClusterView,
     PublicAddresses,
     RestartRequests,
+    port_from_backend_data,
 )
 from wgagent.part import Part, Signal
 from wgagent.state import State
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 
 OVERWRITE = {4: ANN_PUBLIC_IP_OVERWRITE, 6: ANN_PUBLIC_IPV6_OVERWRITE}
 PUBLISHED = {4: ANN_PUBLIC_IP, 6: ANN_PUBLIC_IPV6}
+BACKEND_DATA = {4: ANN_BACKEND_DATA, 6: ANN_BACKEND_V6_DATA}
 
 STEADY_INTERVAL_S = 300.0
 """Between passes when all is well. A pass then reads only the watch's memory; the watch
@@ -76,8 +80,9 @@ CREDENTIAL_FILE_RETRY_S = 15.0
 this often; it costs the API server nothing."""
 
 SHARED_FIX = (
-    "give each node its own public IP (an elastic/1:1-NAT address per node), or put nodes behind one NAT in one "
-    "site and let only one of them advertise the shared address"
+    "give each node its own public IP (an elastic or 1:1-NAT address per node); or, with flannel v0.26.6 or later "
+    "on every node (k3s v1.30.12, v1.31.8, v1.32.4, v1.33.0 and later), a WireGuard port of its own per node "
+    "(a flannel-conf whose Backend sets ListenPort) with a UDP port forward on the NAT to each node"
 )
 
 
@@ -294,7 +299,8 @@ def node_args_external_ips(text: str | None) -> list[str] | None:
 
 def shared_with(own: str, address: str, family: int, cluster: ClusterView | None) -> str | None:
     """Another Node that publishes ``address`` and keeps it: the one already publishing it while
-    this one does not, or, when both do, the one whose name sorts first (stable on both sides)."""
+    this one does not, or, when both do, the one whose name sorts first (stable on both sides).
+    Not a Node reached on another port: see :func:`apart_by_port`."""
     if cluster is None:
         return None
     key = PUBLISHED[family]
@@ -302,9 +308,28 @@ def shared_with(own: str, address: str, family: int, cluster: ClusterView | None
     i_publish = mine is not None and same_ip(mine.annotations.get(key), address)
     for name in sorted(cluster.nodes):
         theirs = name != own and same_ip(cluster.nodes[name].annotations.get(key), address)
-        if theirs and (not i_publish or name < own):
+        if theirs and (not i_publish or name < own) and not apart_by_port(own, name, family, cluster):
             return name
     return None
+
+
+def apart_by_port(own: str, other: str, family: int, cluster: ClusterView) -> bool:
+    """Two Nodes behind one public IP that every peer reaches apart: each publishes its own
+    WireGuard port in its backend-data, and every Node's flannel dials the published port (it
+    writes ``Port`` itself, so it is v0.26.6 or later: ``model.port_from_backend_data``). The
+    per-node port of issue 11 §4: a ``flannel-conf`` with its own ``ListenPort`` on each such
+    node and a UDP port forward on the NAT to each."""
+    key = BACKEND_DATA[family]
+    mine = cluster.nodes.get(own)
+    theirs = cluster.nodes.get(other)
+    if mine is None or theirs is None:
+        return False
+    a = port_from_backend_data(mine.annotations.get(key))
+    b = port_from_backend_data(theirs.annotations.get(key))
+    if a is None or b is None or a == b:
+        return False
+    publishing = [n for n in cluster.nodes.values() if n.annotations.get(key)]
+    return all(port_from_backend_data(n.annotations.get(key)) is not None for n in publishing)
 
 
 # --- the part --------------------------------------------------------------------------------
@@ -434,7 +459,7 @@ class AnnotationPart(Part):
         for v, ip in want.items():
             facts = FamilyFacts(
                 v, ip, node.annotations, view.family(v), node.version, pending,
-                shared_with(self.node, ip, v, cluster), stuck == _want_key(want), view.dropin_written,
+                shared_with(self.node, ip, v, cluster), stuck == want_key(want), view.dropin_written,
             )  # fmt: skip
             out[v] = decide_family(facts)
         return out
@@ -461,7 +486,7 @@ class AnnotationPart(Part):
             return
         self._m_restarts.inc()
         keys = ", ".join(short(OVERWRITE[f]) for f, v in verdicts.items() if v.restart)
-        self._restarter.need("overwrite", _want_key(want), f"flannel re-reads {keys}")
+        self._restarter.need("overwrite", want_key(want), f"flannel re-reads {keys}")
 
     def _api_failed(self, exc: KubeError) -> float:
         if isinstance(exc, NotFound):
@@ -542,92 +567,14 @@ class AnnotationPart(Part):
         self.state.set_part(self.name, self._status)
 
 
-def _want_key(want: Mapping[int, str]) -> str:
+def want_key(want: Mapping[int, str]) -> str:
+    """The ``overwrite`` restart need's want: the decided addresses, IPv4 first (doctor reads it
+    back from the restart book)."""
     return ",".join(ip for _, ip in sorted(want.items()))
 
 
 def _line(verdict: Verdict) -> str:
     return f"{verdict.detail}; fix: {verdict.fix}" if verdict.fix else verdict.detail
-
-
-# --- doctor's one-shot view (no k3s view, no restart): replaced when doctor follows decide_family ------
-
-_PUBLISHED_BY_OVERWRITE = {ANN_PUBLIC_IP_OVERWRITE: ANN_PUBLIC_IP, ANN_PUBLIC_IPV6_OVERWRITE: ANN_PUBLIC_IPV6}
-_SUBNET_MANAGER = FLANNEL + "kube-subnet-manager"
-
-
-def wanted(addrs: PublicAddresses) -> dict[str, str]:
-    """The overwrite annotations for the decided addresses (only the decided families).
-
-    >>> from ipaddress import ip_address
-    >>> wanted(PublicAddresses(ipv4=ip_address("203.0.113.7")))
-    {'flannel.alpha.coreos.com/public-ip-overwrite': '203.0.113.7'}
-    """
-    out = {}
-    if addrs.ipv4 is not None:
-        out[ANN_PUBLIC_IP_OVERWRITE] = str(addrs.ipv4)
-    if addrs.ipv6 is not None:
-        out[ANN_PUBLIC_IPV6_OVERWRITE] = str(addrs.ipv6)
-    return out
-
-
-@dataclass(frozen=True)
-class Assessment:
-    ok: bool
-    detail: str
-    wrong_overwrites: tuple[str, ...] = ()
-    """Overwrite keys that do not hold the decided address."""
-    stale: tuple[str, ...] = ()
-    """Published keys (public-ip, public-ipv6) flannel set from an older overwrite."""
-    unpublished: tuple[str, ...] = ()
-    """Published keys flannel has not set at all (flannel not running for this Node?)."""
-
-    @property
-    def needs_restart(self) -> bool:
-        """The overwrites are right and flannel published an older address: only a
-        flannel (k3s) restart makes it read them again."""
-        return bool(self.stale) and not self.wrong_overwrites
-
-
-def assess(current: Mapping[str, str], want: Mapping[str, str]) -> Assessment:
-    """Compare the Node's annotations with the decided overwrites; the detail names what is wrong.
-
-    >>> a = assess({"flannel.alpha.coreos.com/public-ip-overwrite": "203.0.113.7",
-    ...             "flannel.alpha.coreos.com/public-ip": "10.0.0.3"},
-    ...            {"flannel.alpha.coreos.com/public-ip-overwrite": "203.0.113.7"})
-    >>> a.ok, a.needs_restart
-    (False, True)
-    >>> a.detail.split(" (")[0]
-    "public-ip-overwrite is 203.0.113.7 but flannel's public-ip is still 10.0.0.3"
-    """
-    wrong, stale, unpublished, good, problems = [], [], [], [], []
-    for key, value in want.items():
-        published = _PUBLISHED_BY_OVERWRITE[key]
-        have, flannel = current.get(key), current.get(published)
-        if not same_ip(have, value):
-            wrong.append(key)
-            problems.append(f"{short(key)} is {have or 'not set'}, should be {value}")
-        elif flannel is None:
-            unpublished.append(published)
-            managed = current.get(_SUBNET_MANAGER) == "true"
-            hint = "" if managed else "; is flannel running with the kube subnet manager?"
-            problems.append(f"{short(key)} is {value} but flannel has published no {short(published)} yet{hint}")
-        elif not same_ip(flannel, value):
-            stale.append(published)
-            problems.append(
-                f"{short(key)} is {value} but flannel's {short(published)} is still {flannel} "
-                "(flannel reads the overwrite only when it starts)"
-            )
-        else:
-            good.append(f"{short(key)} and {short(published)} are {value}")
-    if problems:
-        return Assessment(False, "; ".join(problems), tuple(wrong), tuple(stale), tuple(unpublished))
-    return Assessment(True, "; ".join(good))
-
-
-def annotations_of(node: JSONObject) -> dict[str, str]:
-    anns = (node.get("metadata") or {}).get("annotations") or {}
-    return {k: v for k, v in anns.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 __all__: Sequence[str] = ("AnnotationPart", "FamilyFacts", "OwnNode", "Verdict", "decide_family", "shared_with")

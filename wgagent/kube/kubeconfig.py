@@ -130,58 +130,15 @@ def _read_token(token_file: str, source: str) -> str:
 
 def parse(text: str, path: str) -> Credential:
     """Parse kubeconfig text; ``path`` names the file in errors and anchors relative paths."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise KubeConfigError(
-            f"{yamlerr.where(path, exc)}: kubeconfig is not valid YAML: {yamlerr.problem(exc)}"
-        ) from exc
-    if not isinstance(doc, dict):
-        raise KubeConfigError(f"{path}: kubeconfig must be a YAML mapping (apiVersion, clusters, contexts, users)")
+    doc = _document(text, path)
     base = os.path.dirname(os.path.abspath(path))
-
     context_name, context = _current_context(doc, path)
     cluster_name = _str(context.get("cluster"), path, f"context '{context_name}': cluster")
     cluster = _named(doc, "clusters", "cluster", cluster_name, path)
-    user_name = context.get("user")
-    user = _named(doc, "users", "user", _str(user_name, path, f"context '{context_name}': user"), path)
-
-    server = _server(cluster.get("server"), path, cluster_name)
-    insecure = cluster.get("insecure-skip-tls-verify", False)
-    if not isinstance(insecure, bool):
-        raise KubeConfigError(f"{path}: cluster '{cluster_name}': insecure-skip-tls-verify must be true or false")
-    if cluster.get("tls-server-name"):
-        raise KubeConfigError(f"{path}: cluster '{cluster_name}': tls-server-name is not supported by wgagent")
-    ca = _material(cluster, "certificate-authority", base, path, f"cluster '{cluster_name}'")
-    if ca is not None and insecure:
-        raise KubeConfigError(
-            f"{path}: cluster '{cluster_name}': certificate-authority and insecure-skip-tls-verify exclude each other"
-        )
-
-    where = f"user '{user_name}'"
-    for unsupported in ("exec", "auth-provider", "username", "password"):
-        if user.get(unsupported):
-            raise KubeConfigError(
-                f"{path}: {where}: '{unsupported}' is not supported by wgagent; "
-                "use a client certificate, a token or a tokenFile"
-            )
-    cert = _material(user, "client-certificate", base, path, where)
-    key = _material(user, "client-key", base, path, where, secret=True)
-    if (cert is None) != (key is None):
-        have, lack = ("client-certificate", "client-key") if cert else ("client-key", "client-certificate")
-        raise KubeConfigError(f"{path}: {where}: has {have} but no {lack}")
-    token = user.get("token")
-    if token is not None and (not isinstance(token, str) or not token.strip()):
-        raise KubeConfigError(f"{path}: {where}: token must be a non-empty string")
-    token = token.strip() if token else None
-    logs.add_secret(token)
-    token_file = user.get("tokenFile")
-    if token_file is not None:
-        token_file = _path(token_file, base, path, f"{where}: tokenFile")
-    if cert is None and token is None and token_file is None:
-        raise KubeConfigError(
-            f"{path}: {where}: no credential: expected client-certificate and client-key, token, or tokenFile"
-        )
+    user_name = _str(context.get("user"), path, f"context '{context_name}': user")
+    user = _named(doc, "users", "user", user_name, path)
+    server, ca, insecure = _cluster(cluster, cluster_name, base, path)
+    cert, key, token, token_file = _user(user, f"user '{user_name}'", base, path)
     return Credential(
         source=path,
         context=context_name,
@@ -193,6 +150,70 @@ def parse(text: str, path: str) -> Credential:
         token=token,
         token_file=token_file,
     )
+
+
+def _document(text: str, path: str) -> Mapping[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeConfigError(
+            f"{yamlerr.where(path, exc)}: kubeconfig is not valid YAML: {yamlerr.problem(exc)}"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise KubeConfigError(f"{path}: kubeconfig must be a YAML mapping (apiVersion, clusters, contexts, users)")
+    return doc
+
+
+def _cluster(cluster: Mapping[str, Any], name: str, base: str, path: str) -> tuple[str, Material | None, bool]:
+    """The cluster's server URL, CA and ``insecure-skip-tls-verify``."""
+    server = _server(cluster.get("server"), path, name)
+    insecure = cluster.get("insecure-skip-tls-verify", False)
+    if not isinstance(insecure, bool):
+        raise KubeConfigError(f"{path}: cluster '{name}': insecure-skip-tls-verify must be true or false")
+    if cluster.get("tls-server-name"):
+        raise KubeConfigError(f"{path}: cluster '{name}': tls-server-name is not supported by wgagent")
+    ca = _material(cluster, "certificate-authority", base, path, f"cluster '{name}'")
+    if ca is not None and insecure:
+        raise KubeConfigError(
+            f"{path}: cluster '{name}': certificate-authority and insecure-skip-tls-verify exclude each other"
+        )
+    return server, ca, insecure
+
+
+def _user(
+    user: Mapping[str, Any], where: str, base: str, path: str
+) -> tuple[Material | None, Material | None, str | None, str | None]:
+    """The user's client certificate and key, token and token file; at least one of them."""
+    for unsupported in ("exec", "auth-provider", "username", "password"):
+        if user.get(unsupported):
+            raise KubeConfigError(
+                f"{path}: {where}: '{unsupported}' is not supported by wgagent; "
+                "use a client certificate, a token or a tokenFile"
+            )
+    cert = _material(user, "client-certificate", base, path, where)
+    key = _material(user, "client-key", base, path, where, secret=True)
+    if (cert is None) != (key is None):
+        have, lack = ("client-certificate", "client-key") if cert else ("client-key", "client-certificate")
+        raise KubeConfigError(f"{path}: {where}: has {have} but no {lack}")
+    token = _token(user.get("token"), where, path)
+    token_file = user.get("tokenFile")
+    if token_file is not None:
+        token_file = _path(token_file, base, path, f"{where}: tokenFile")
+    if cert is None and token is None and token_file is None:
+        raise KubeConfigError(
+            f"{path}: {where}: no credential: expected client-certificate and client-key, token, or tokenFile"
+        )
+    return cert, key, token, token_file
+
+
+def _token(value: Any, where: str, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise KubeConfigError(f"{path}: {where}: token must be a non-empty string")
+    token = value.strip()
+    logs.add_secret(token)
+    return token
 
 
 def _current_context(doc: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:

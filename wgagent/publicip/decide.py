@@ -26,7 +26,7 @@ evidence that the address went away.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
@@ -62,8 +62,6 @@ _REJECT_V6: tuple[tuple[IPv6Network, str], ...] = tuple(
     )
 )
 _GLOBAL_UNICAST_V6 = IPv6Network("2000::/3")
-
-_KIND_LABEL = {"stun": "STUN", "http": "HTTP echo", "metadata": "metadata", "interface": "interface"}
 
 
 def rejection(ip: IPAddress) -> str | None:
@@ -107,72 +105,117 @@ def decide(observations: Iterable[Observation], *, quorum: int) -> Decision:
     )
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """One family's outcome: the address and method (None when undecided), the reason, and
+    the note an agreeing source's verdict carries."""
+
+    ip: IPAddress | None
+    method: str | None
+    reason: str
+    agree_note: str = ""
+
+
 def _decide_family(
     observed: Sequence[Observation], version: int, quorum: int
 ) -> tuple[IPAddress | None, str | None, str, list[Verdict]]:
+    """One family's decision, in three steps: reject, choose by priority, give verdicts."""
     mine = [o for o in observed if o.ip is not None and o.ip.version == version]
+    rejected = _rejections(mine)
+    usable = [o for i, o in enumerate(mine) if i not in rejected]
+    choice = _choose(usable, quorum) or _undecided(mine, rejected, usable, version, quorum)
+    return choice.ip, choice.method, choice.reason, _verdicts(mine, rejected, choice)
+
+
+def _rejections(mine: Sequence[Observation]) -> dict[int, str]:
+    """Index in ``mine`` -> why that answer cannot be the public address.
+
+    A ``static`` answer is never rejected: it is the operator's word, reported as is.
+    """
     rejected: dict[int, str] = {}
     for i, o in enumerate(mine):
         assert o.ip is not None
         if o.kind == "static":
-            continue  # the operator's word; reported, never second-guessed
+            continue
         why = rejection(o.ip)
         if why is None and o.server is not None and o.ip == o.server:
             why = "the answering server's own address"
         if why is not None:
             rejected[i] = why
-    usable = [(i, o) for i, o in enumerate(mine) if i not in rejected]
+    return rejected
 
-    chosen: IPAddress | None = None
-    method: str | None = None
-    reason = ""
-    agree_note = ""
-    by_kind = {kind: [o for _, o in usable if o.kind == kind] for kind in ("static", "metadata", "interface")}
-    votes = _votes([o for _, o in usable if o.kind in ("stun", "http")])
-    witnesses = sum(len(v) for v in votes.values())
-    if by_kind["static"]:
-        chosen, method = by_kind["static"][0].ip, "static"
-        reason = "pinned by public_ip.static"
-        agree_note = "agrees with public_ip.static"
-    elif by_kind["metadata"]:
-        first = by_kind["metadata"][0]
-        chosen, method = first.ip, "metadata"
-        reason = f"the cloud's metadata, {first.source}"
-        agree_note = "agrees with the cloud's metadata"
-    else:
-        ranked = sorted(votes.items(), key=lambda kv: (-len(kv[1]), _sort_key(kv[0])))
-        top = len(ranked[0][1]) if ranked else 0
-        tied = [ip for ip, v in ranked if len(v) == top]
-        if top >= quorum and len(tied) == 1:
-            chosen, method = tied[0], "quorum"
-            reason = f"{top} of {witnesses} STUN/HTTP sources agree, quorum {quorum}"
-            agree_note = "part of the quorum"
-        elif by_kind["interface"]:
-            first = by_kind["interface"][0]
-            chosen, method = first.ip, "interface"
-            reason = f"on interface {first.note or '?'}" + (f"; {_no_quorum(ranked, quorum)}" if ranked else "")
-            agree_note = "agrees with the interface address"
-        elif ranked:
-            reason = _no_quorum(ranked, quorum)
-        elif rejected:
-            first_bad = next(iter(rejected))
-            bad = mine[first_bad]
-            reason = f"every answer was rejected: {bad.ip} from {bad.source}, {rejected[first_bad]}"
-        else:
-            reason = f"no source answered an IPv{version} address"
 
+def _choose(usable: Sequence[Observation], quorum: int) -> _Choice | None:
+    """The address by priority: static > metadata > a STUN/HTTP quorum > an interface address."""
+    static = _first(usable, "static")
+    if static is not None:
+        return _Choice(static.ip, "static", "pinned by public_ip.static", "agrees with public_ip.static")
+    metadata = _first(usable, "metadata")
+    if metadata is not None:
+        return _Choice(
+            metadata.ip, "metadata", f"the cloud's metadata, {metadata.source}", "agrees with the cloud's metadata"
+        )
+    ranked = _ranked(usable)
+    by_quorum = _quorum(ranked, quorum)
+    if by_quorum is not None:
+        return by_quorum
+    interface = _first(usable, "interface")
+    if interface is not None:
+        reason = f"on interface {interface.note or '?'}" + (f"; {_no_quorum(ranked, quorum)}" if ranked else "")
+        return _Choice(interface.ip, "interface", reason, "agrees with the interface address")
+    return None
+
+
+def _quorum(ranked: Sequence[tuple[IPAddress, set[str]]], quorum: int) -> _Choice | None:
+    """The address at least ``quorum`` distinct witnesses gave, when no other address ties it."""
+    top = len(ranked[0][1]) if ranked else 0
+    tied = [ip for ip, v in ranked if len(v) == top]
+    if top >= quorum and len(tied) == 1:
+        witnesses = sum(len(v) for _, v in ranked)
+        reason = f"{top} of {witnesses} STUN/HTTP sources agree, quorum {quorum}"
+        return _Choice(tied[0], "quorum", reason, "part of the quorum")
+    return None
+
+
+def _undecided(
+    mine: Sequence[Observation], rejected: dict[int, str], usable: Sequence[Observation], version: int, quorum: int
+) -> _Choice:
+    """Why nothing was chosen: sources without a quorum, every answer rejected, or no answer."""
+    ranked = _ranked(usable)
+    if ranked:
+        return _Choice(None, None, _no_quorum(ranked, quorum))
+    if rejected:
+        first_bad = next(iter(rejected))
+        bad = mine[first_bad]
+        return _Choice(None, None, f"every answer was rejected: {bad.ip} from {bad.source}, {rejected[first_bad]}")
+    return _Choice(None, None, f"no source answered an IPv{version} address")
+
+
+def _verdicts(mine: Sequence[Observation], rejected: dict[int, str], choice: _Choice) -> list[Verdict]:
+    """One verdict per observed address, in the order observed."""
     verdicts: list[Verdict] = []
     for i, o in enumerate(mine):
         assert o.ip is not None
         if i in rejected:
             verdicts.append(Verdict(o.source, o.kind, o.ip, "rejected", rejected[i]))
-        elif chosen is None:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, "undecided", reason))
-        elif o.ip == chosen:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, "agrees", agree_note))
+        elif choice.ip is None:
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "undecided", choice.reason))
+        elif o.ip == choice.ip:
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "agrees", choice.agree_note))
         else:
-            verdicts.append(Verdict(o.source, o.kind, o.ip, "differs", f"the chosen address is {chosen} ({method})"))
-    return chosen, method, reason, verdicts
+            reason = f"the chosen address is {choice.ip} ({choice.method})"
+            verdicts.append(Verdict(o.source, o.kind, o.ip, "differs", reason))
+    return verdicts
+
+
+def _first(usable: Sequence[Observation], kind: str) -> Observation | None:
+    return next((o for o in usable if o.kind == kind), None)
+
+
+def _ranked(usable: Sequence[Observation]) -> list[tuple[IPAddress, set[str]]]:
+    """STUN/HTTP answers by how many distinct witnesses gave them, most first, then by address."""
+    votes = _votes(o for o in usable if o.kind in ("stun", "http"))
+    return sorted(votes.items(), key=lambda kv: (-len(kv[1]), _sort_key(kv[0])))
 
 
 def _phrase(chosen: IPAddress | None, why: str) -> str:

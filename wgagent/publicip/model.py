@@ -19,9 +19,6 @@ from wgagent.model import PublicAddresses
 
 IPAddress = IPv4Address | IPv6Address
 
-KINDS = ("static", "interface", "metadata", "stun", "http")
-"""Source kinds, in the order of the decision's priority (interface is consulted last)."""
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -68,9 +65,6 @@ class Observation:
             "port": self.port,
             "note": self.note,
         }
-
-
-OUTCOMES = ("agrees", "differs", "rejected", "undecided")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ ATTR_XOR_MAPPED_ADDRESS_OLD = 0x8020
 ATTR_FINGERPRINT = 0x8028
 FINGERPRINT_XOR = 0x5354554E
 HEADER = struct.Struct("!HHI12s")
-MAX_DATAGRAM = 2048
 
 RTO_S = 0.5
 """Initial retransmission timeout (RFC 8489 §6.2.1); doubled after every retransmission."""

@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from wgagent.wireguard import REJECT_AFTER_S as REJECT_AFTER_S
+
 KEY_LEN = 32
-REJECT_AFTER_S = 180.0
-"""REJECT_AFTER_TIME (wireguard-go device/constants.go): a session older than this is dead, so a
-peer with no handshake for this long is not talking to us."""
 
 
 class Peer(NamedTuple):
@@ -97,12 +96,3 @@ def key_to_bytes(key: str) -> bytes:
     if len(raw) != KEY_LEN:
         raise ValueError(f"not a WireGuard key: {len(raw)} bytes instead of {KEY_LEN}")
     return raw
-
-
-def is_key(text: str) -> bool:
-    """Whether ``text`` is a base64 WireGuard key (44 characters ending in ``=``)."""
-    try:
-        key_to_bytes(text)
-    except ValueError:
-        return False
-    return True
