@@ -77,7 +77,7 @@ class World:
                      wireguard=WireGuardConfig(interface="flannel-wg", uapi_dir=str(self.tmp / "run")))  # fmt: skip
         sink = self.sinks.setdefault(name, Sink())
         sink.clock = self.clock
-        recorder = ev.EventRecorder(sink, name, clock=self.clock)  # type: ignore[arg-type]
+        recorder = ev.EventRecorder(sink, name, clock=self.clock)
         state = self.states.setdefault(name, State(node=name, version="t", clock=self.clock, monotonic=self.loop.time))
         public = PublicAddresses(IPv4Address(node.public))
         part = MeshPart(

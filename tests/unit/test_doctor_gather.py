@@ -125,6 +125,12 @@ class FakeAPI:
     def watch_nodes_metadata(self, resource_version: str, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
         raise AssertionError("doctor does not watch")
 
+    async def create_event(self, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("doctor records no Event")
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("doctor records no Event")
+
     async def close(self) -> None:
         self.closed = True
 

@@ -16,7 +16,8 @@ from wgagent import events as ev
 from wgagent.config import Config, EventsConfig, K3sConfig, KubeConfig, MeshConfig, PublicIPConfig, WireGuardConfig
 from wgagent.errors import KubeUnreachable, NftUnavailable, TapUnavailable
 from wgagent.events import EventsPart
-from wgagent.k3s.role import ConfigLocation, Identity
+from wgagent.k3s.role import Identity
+from wgagent.k3s.scan import ConfigLocation
 from wgagent.mesh import probe as pb
 from wgagent.mesh import report as rp
 from wgagent.mesh.part import RETRY_S, MeshHost, MeshPart
@@ -235,10 +236,13 @@ async def test_a_clean_stop_writes_stopped_removes_the_table_and_closes_the_tap(
     clock = Clock()
     mesh = Mesh(["a", "b"], [], clock)
     counters: list[Any] = []
-    host = mesh.host("a")
-    make_counters = host.counters
-    host = MeshHost(tap=host.tap, counters=lambda: counters.append(make_counters()) or counters[-1], send=host.send,
-                    is_local=host.is_local)  # fmt: skip
+    sim = mesh.host("a")
+
+    def made() -> Any:
+        counters.append(sim.counters())
+        return counters[-1]
+
+    host = MeshHost(tap=sim.tap, counters=made, send=sim.send, is_local=sim.is_local)
     part, _, _ = make(tmp_path, mesh, clock, host=host)
     await part.reconcile()
     assert mesh.rings and counters[0].installed

@@ -8,6 +8,7 @@ import time
 
 from tests.unit.test_mesh_diagnose import NOW, big, healthy, note, report, view
 from wgagent.mesh import diagnose as dg
+from wgagent.mesh import model as m
 from wgagent.mesh import render
 
 CONTRACT_PAIR = {"from", "to", "state", "cause", "node", "fix", "since"}
@@ -29,7 +30,10 @@ def test_json_contract_small_cluster_lists_every_pair() -> None:
     assert doc["nodes"] == ["a", "b", "c"]
     assert len(doc["pairs"]) == 6 and doc["ok_pairs_listed"] is True and doc["ok_pairs"] == 4
     assert all(set(p) >= CONTRACT_PAIR for p in doc["pairs"])
-    assert all(p["state"] in ("ok", "down", "degraded", "unknown") for p in doc["pairs"])
+    assert m.STATES == ("ok", "degraded", "down", "unknown")  # the contract's states, kept exactly
+    assert m.CAUSES == ("ok", "inbound-blocked-upstream", "inbound-blocked-host", "nat-both-sides", "wrong-endpoint",
+                        "endpoint-drift", "stale-key", "no-interface", "no-report", "unknown")  # fmt: skip
+    assert all(p["state"] in m.STATES and p["cause"] in m.CAUSES for p in doc["pairs"])
     bad = [p for p in doc["pairs"] if p["state"] != "ok"]
     assert [(p["from"], p["to"], p["state"], p["cause"], p["node"]) for p in bad] == [
         ("a", "c", "degraded", "inbound-blocked-upstream", "c"),
