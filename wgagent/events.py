@@ -119,9 +119,10 @@ def k3s_restarted(unit: str, why: str) -> Record:
     return Record("K3sRestarted", f"restarted {unit}: {why}")
 
 
-def overwrite_set(old: str | None, new: str | None) -> Record:
-    ann = "flannel.alpha.coreos.com/public-ip-overwrite"
-    return Record("OverwriteSet", f"{ann}: {old or 'unset'} -> {new or 'unset'}")
+def overwrite_set(
+    old: str | None, new: str | None, annotation: str = "flannel.alpha.coreos.com/public-ip-overwrite"
+) -> Record:
+    return Record("OverwriteSet", f"{annotation}: {old or 'unset'} -> {new or 'unset'}")
 
 
 def peers_removed(count: int, interface: str, examples: list[str]) -> Record:

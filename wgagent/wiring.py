@@ -15,7 +15,9 @@ disagree on which credential, backend or source to use.
 Who hears whom (the :class:`~wgagent.part.Signal` connections made by :func:`build_parts`)::
 
     public IP adopted      -> annotation part, k3s part   (drop-in and overwrite follow the address)
-                           -> Events                      (PublicIPAdopted)
+                           -> Events                      (PublicIPAdopted; the parts that act record
+                                                           theirs through ``events``: K3sConfigWritten,
+                                                           K3sRestarted, OverwriteSet, PeersRemoved, the mesh's)
     Nodes changed          -> annotation part             (only when the own Node changed)
     k3s restart needed     -> k3s part                    (it restarts k3s once, for every need)
     k3s found after start  -> the daemon rebuilds         (identity is decided once per build)
@@ -332,11 +334,12 @@ class _Builder:
             clock=seams.clock,
             monotonic=seams.monotonic,
             gate=Stagger(identity.node, lambda: self.cluster(), self.annotate_own_node) if servers_take_turns else None,
+            events=self.events,
         )
         part = K3sPart(self.state, cfg.k3s, identity, public_ip=self.published_here, restarter=restarter,
                        families=self.families, cluster=lambda: self.cluster(), private_ipv4=seams.private_ipv4,
                        unit_dirs=seams.unit_dirs,
-                       annotate=self.annotate_own_node if cfg.kube.enabled else None)  # fmt: skip
+                       annotate=self.annotate_own_node if cfg.kube.enabled else None, events=self.events)  # fmt: skip
         rebuild = self.rebuild
         if rebuild is not None:
             part.role_found.connect(lambda _: rebuild())
@@ -364,6 +367,7 @@ class _Builder:
             cluster=watch.view,
             families=self.families,
             rand=self.seams.rand,
+            events=self.events,
         )
         self.own_node = annotation.own_node
         watch.changed.connect(lambda names: annotation.wake.set() if identity.node in names else None)
@@ -435,7 +439,7 @@ class _Builder:
             InterfacePart(state, cfg.wireguard, self.cluster, seams.host_net, seams.backends, clock=seams.clock)
         )
         if cfg.wireguard.gc.enabled:
-            gc = GCPart(state, cfg, self.cluster, seams.host_net, seams.backends, clock=seams.clock)
+            gc = GCPart(state, cfg, self.cluster, seams.host_net, seams.backends, clock=seams.clock, events=self.events)
             self.stages["clean"].append(gc)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import KubeError, WriteError
+from wgagent.events import Record, ignore, k3s_config_written
 from wgagent.families import Families
 from wgagent.k3s import wgkey
 from wgagent.k3s.dropin import (
@@ -105,9 +106,11 @@ class K3sPart(Part):
         private_ipv4: Callable[[], str | None] = lambda: None,
         unit_dirs: Sequence[str] = UNIT_DIRS,
         annotate: Annotate | None = None,
+        events: Callable[[Record], None] = ignore,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
+        self._events = events
         self.identity = identity
         self.role = identity.role
         self.restarter = restarter
@@ -192,6 +195,7 @@ class K3sPart(Part):
         diff = _diff(read_dropin_values(old_bytes), new_values) if changed else ""
         if changed:
             log.info("wrote %s: %s", self.dropin, diff or "comments only")
+            self._events(k3s_config_written(self.dropin, diff or "comments only"))
         return Written(content, changed, diff, None, addresses, address_from, new_values, held)
 
     def _backend_cfg(self, role_name: str, old: bytes | None) -> tuple[K3sConfig, str | None]:

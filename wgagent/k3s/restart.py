@@ -44,6 +44,7 @@ from typing import Any
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import WriteError
+from wgagent.events import Record, ignore, k3s_restarted
 from wgagent.metrics import Registry
 from wgagent.model import RestartResult
 from wgagent.part import Signal
@@ -222,8 +223,10 @@ class Restarter:
         monotonic: Callable[[], float] = time.monotonic,
         timeout_s: float = 30.0,
         gate: Gate | None = None,
+        events: Callable[[Record], None] = ignore,
     ) -> None:
         self.cfg = cfg
+        self._events = events
         self._gate = gate
         """Asked last before a restart (HA servers: one at a time, ``k3s/servers.py``): a reason
         to wait, or None to go ahead."""
@@ -417,6 +420,7 @@ class Restarter:
         if done.returncode != 0:
             return self._pending("systemctl", f"systemctl try-restart {unit} failed: {done.first_line()}", reason)
         self._restarts.inc()
+        self._events(k3s_restarted(unit, reason))
         self._book.served.update({k: Served(w, now) for k, w in served.items()})
         self._book.needs = {k: n for k, n in self._book.needs.items() if k not in served}
         self._save()

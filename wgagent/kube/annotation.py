@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, NotFound, Unauthorized
+from wgagent.events import Record, ignore, overwrite_set
 from wgagent.families import Families
 from wgagent.k3s.versions import K3sVersion, wipes_overwrite_when_off
 from wgagent.k3s.view import ExternalIP, K3sView
@@ -365,10 +366,12 @@ class AnnotationPart(Part):
         cluster: Callable[[], ClusterView | None] = lambda: None,
         families: Callable[[], Families] = _ipv4_only,
         rand: Callable[[], float] = random.random,
+        events: Callable[[Record], None] = ignore,
     ) -> None:
         super().__init__(state)
         self.node = node
         self.api = api
+        self._events = events
         self.done: Signal[None] = Signal("annotation.done")
         """Emitted after every pass: the k3s part follows, so k3s restarts once for every need."""
         self._public_ip = public_ip
@@ -475,6 +478,8 @@ class AnnotationPart(Part):
             log.info("Node %s: setting %s to %s (was %s)", self.node, short(key), value, node.annotations.get(key))
             self._m_patches.inc(reason="set")
         patched = await self.api.patch_node(self.node, {"metadata": {"annotations": changes}})
+        for key, value in changes.items():
+            self._events(overwrite_set(node.annotations.get(key), value, key))
         return own_node_of(patched)
 
     def _ask_restart(self, want: Mapping[int, str], verdicts: Mapping[int, Verdict]) -> None:

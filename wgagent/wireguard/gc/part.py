@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from wgagent.config import Config
+from wgagent.events import Record, ignore, peers_removed
 from wgagent.model import ClusterView
 from wgagent.part import Part
 from wgagent.state import State
@@ -30,9 +31,11 @@ class GCPart(Part):
         backends: BackendFactory,
         *,
         clock: Callable[[], float] = time.time,
+        events: Callable[[Record], None] = ignore,
     ) -> None:
         super().__init__(state)
         self.cfg = cfg
+        self.events = events
         self.cluster = cluster
         self.interval_s = cfg.wireguard.gc.interval_s
         self.net = net
@@ -60,6 +63,8 @@ class GCPart(Part):
         for r in results:
             removed = len(r.selection.remove) if r.ok and not dry_run else 0
             self.removed_total.inc(removed, interface=r.interface)
+            if removed:
+                self.events(peers_removed(removed, r.interface, [p.public_key for p in r.selection.remove]))
             for st, count in r.states.items():
                 self.peers.set(count, interface=r.interface, state=st)
         ok = all(r.ok for r in results)
