@@ -44,6 +44,7 @@ from wgagent.mesh.heal import EndpointSetter, Reset
 from wgagent.model import ClusterView, PublicAddresses
 from wgagent.part import Part
 from wgagent.state import State
+from wgagent.timefmt import iso8601
 from wgagent.wireguard.backend import BackendFactory, HostNet, resolve_interfaces
 from wgagent.wireguard.model import Device
 
@@ -216,6 +217,8 @@ class MeshPart(Part):
             self._events(record)
         if out.needs_rule:
             await self._name_rule(out)
+        elif not out.report.inbound.host:
+            self._probing.rule = None  # the drop is over: a later one is named afresh
         self._report(out)
         return self._next_delay(out, now)
 
@@ -449,7 +452,7 @@ class MeshPart(Part):
         return {
             "interface": out.observation.interface,
             "report": {
-                "written_at": st.written.at if st is not None and st.written is not None else None,
+                "written_at": iso8601(st.written.at) if st is not None and st.written is not None else None,
                 "last_decision": out.publish.reason,
                 "bytes": len(rp.encode(out.report)),
                 "error": self._write_error,
