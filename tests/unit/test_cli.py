@@ -100,6 +100,7 @@ PARSED = {
     "discover --json": (["discover", "--json"], {"command": "discover", "json": True}),
     "gc --dry-run --json": (["gc", "--dry-run", "--json"], {"command": "gc", "dry_run": True, "json": True}),
     "gc": (["gc"], {"command": "gc", "dry_run": False, "json": False}),
+    "mesh --json": (["mesh", "--json"], {"command": "mesh", "json": True}),
     "version": (["version"], {"command": "version"}),
 }
 
@@ -140,7 +141,7 @@ def test_help_lists_every_command_and_exits_0(capsys: pytest.CaptureFixture[str]
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "status", "doctor", "discover", "gc", "version"):
+    for command in ("run", "status", "doctor", "discover", "gc", "mesh", "version"):
         assert f"    {command} " in out
 
 
@@ -235,7 +236,7 @@ def test_status_when_something_else_answers_is_exit_3(config_path: str, capsys: 
     assert "(HTTP 501 " in err
 
 
-@pytest.mark.parametrize("command", ["run", "status", "doctor", "discover", "gc"])
+@pytest.mark.parametrize("command", ["run", "status", "doctor", "discover", "gc", "mesh"])
 def test_a_bad_config_is_one_line_and_exit_2_for_every_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
@@ -309,3 +310,13 @@ def test_the_process_exit_codes_and_stderr(tmp_path: Path, config_path: str) -> 
     assert config.returncode == 2 and one_line(config.stderr).startswith(f"wgagent: {bad}:1: health.listen")
     absent = wgagent("--config", config_path, "status")
     assert absent.returncode == 3 and "no daemon answers" in one_line(absent.stderr)
+
+
+def test_mesh_without_the_kubernetes_api_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kube:\n  enabled: false\n")
+    assert cli.main(["--config", str(path), "mesh", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and one_line(err) == "wgagent: cannot read the mesh reports: kube.enabled is false"
