@@ -138,14 +138,18 @@ class FaultLab:
             f"{dnat if forward else ''}"
             "  chain post {\n   type nat hook postrouting priority 100; policy accept;\n"
             '   oifname "wan0" masquerade random\n  }\n'
+            # UDP flows carry a conntrack mark, so that a fault forgets them and no TCP one (the
+            # node watch's connection to the API must survive: the fault is WireGuard's alone)
+            "  chain mark {\n   type filter hook prerouting priority -150; policy accept;\n"
+            "   meta l4proto udp ct mark set 0x1\n  }\n"
             "}\n"
         )
 
     def forward(self, name: str, on: bool) -> None:
         router = self.hosts[f"{name}gw"]
         self.lab.run(router, "nft", "-f", "-", input=self.nat_ruleset(name, on))
-        # the NAT's memory of flows goes too (conntrack), as after a reboot of the router
-        flush = "from pyroute2 import Conntrack\nwith Conntrack() as ct: ct.flush()"
+        # the NAT's memory of UDP flows goes too (conntrack), as when the mappings time out
+        flush = "from pyroute2 import Conntrack\nwith Conntrack() as ct: ct.flush(mark=1)"
         self.lab.run(router, sys.executable, "-c", flush)
 
     def _standin(self) -> None:
