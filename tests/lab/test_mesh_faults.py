@@ -140,7 +140,7 @@ class FaultLab:
             '   oifname "wan0" masquerade random\n  }\n'
             # UDP flows carry a conntrack mark, so that a fault forgets them and no TCP one (the
             # node watch's connection to the API must survive: the fault is WireGuard's alone)
-            "  chain mark {\n   type filter hook prerouting priority -150; policy accept;\n"
+            "  chain flows {\n   type filter hook prerouting priority -150; policy accept;\n"
             "   meta l4proto udp ct mark set 0x1\n  }\n"
             "}\n"
         )
