@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wgagent.k3s import read_unit, scan_unit
 from wgagent.k3s.scan import ConfigLocation
-from wgagent.k3s.unit import exec_start
+from wgagent.k3s.unit import exec_start, read_unit, scan_unit
 
 UNIT = "/etc/systemd/system/k3s.service"
 INSTALL_SCRIPT_UNIT = """\
