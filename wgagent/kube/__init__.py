@@ -3,7 +3,7 @@
     kubeconfig.py  which kubeconfig (by role) and what is in it            (pure)
     backoff.py     capped, jittered exponential backoff                     (pure)
     protocol.py    NodeAPI: what the parts need of the API                  (Protocol)
-    request.py     the requests, headers, TLS, retries, errors: stated once (pure)
+    request.py     the requests, headers, TLS, retries, errors: stated once (shared)
     client.py      KubeClient: NodeAPI over aiohttp, for the daemon         (adapter)
     oneshot.py     OneShotClient: the node list on http.client, for commands (adapter)
     watch.py       NodeWatch: LIST + WATCH of Node metadata -> ClusterView  (StreamPart)
