@@ -152,8 +152,6 @@ class UapiStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """A userspace device's UAPI socket in a thread (``cli.main`` runs its own event loop):
     answers ``get=1`` with ``device`` and ``set=1`` with ``errno=0``, and keeps what it was sent."""
 
-    daemon_threads = True
-
     def __init__(self, path: str, device: Device) -> None:
         self.device, self.requests, self.asked = device, list[bytes](), threading.Event()
 
