@@ -17,7 +17,7 @@ from wgagent.commands import EXIT_FAIL, EXIT_OK
 from wgagent.config import Config, WireGuardConfig, load_from
 from wgagent.timefmt import iso8601
 
-TYPE_CHECKING = False  # not typing's: its import is part of what the early gets hide
+TYPE_CHECKING = False  # not typing's (see cli.py): the command imports the rest once its gets are sent
 if TYPE_CHECKING:
     import argparse
     import asyncio
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 def main(args: argparse.Namespace, seams: wiring.Seams | None = None) -> int:
     cfg = load_from(args.config)
     sent = send_gets(cfg.wireguard) if seams is None else {}
+    # Only now: wireguard-go builds its replies while these load.
     import asyncio
     import dataclasses
 
