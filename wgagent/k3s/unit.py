@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from wgagent.k3s import install
 from wgagent.k3s.flags import agent_accepts
+from wgagent.k3s.install import exec_start
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
@@ -29,20 +29,6 @@ from wgagent.k3s.scan import (
     backend_problem,
     owned_keys,
 )
-
-
-def read_unit(unit: str, unit_dirs: Sequence[str]) -> list[tuple[str, str]]:
-    """The unit file systemd uses and its ``<unit>.d/*.conf`` drop-ins, in systemd's order.
-
-    Never raises: unreadable files are left out (the scan is advice, not a gate).
-    """
-    found = install.read_unit(unit, unit_dirs)
-    return list(found.files) if found is not None else []
-
-
-def exec_start(files: Sequence[tuple[str, str]]) -> tuple[str, list[str]] | None:
-    """The effective ``ExecStart=`` (the file that set it, its argv), or None."""
-    return install.exec_start(files)
 
 
 def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str | ConfigLocation) -> list[ConfigFinding]:

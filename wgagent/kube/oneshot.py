@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def unreachable(what: str, exc: BaseException) -> KubeUnreachable:
+def _unreachable(what: str, exc: BaseException) -> KubeUnreachable:
     """``KubeUnreachable`` for a request that got no HTTP answer, saying why in one line.
 
-    >>> str(unreachable("GET https://127.0.0.1:6443/api/v1/nodes", ConnectionRefusedError(111, "Connection refused")))
+    >>> str(_unreachable("GET https://127.0.0.1:6443/api/v1/nodes", ConnectionRefusedError(111, "Connection refused")))
     'GET https://127.0.0.1:6443/api/v1/nodes: cannot connect: Connection refused'
     """
     if isinstance(exc, TimeoutError):
@@ -128,7 +128,7 @@ class OneShotClient:
             except (OSError, http.client.HTTPException) as exc:
                 if isinstance(exc, ssl.SSLError):
                     self._session = None  # maybe a new CA or certificate on disk: reload next time
-                error = unreachable(what, exc)
+                error = _unreachable(what, exc)
                 log.debug("%s", error)
                 raise error from exc
             log.debug("%s -> %d (%.0f ms)", what, resp.status, (time.monotonic() - started) * 1000)
@@ -174,7 +174,7 @@ def _read_limited(
             chunks.append(chunk)
             size += len(chunk)
     except (OSError, http.client.HTTPException) as exc:
-        raise unreachable(what, exc) from exc
+        raise _unreachable(what, exc) from exc
     if size > MAX_BODY:
         raise too_large(what)
     return b"".join(chunks)
