@@ -41,6 +41,7 @@ from tests.kubeapi import CONTROLLER, KubeAPI, User
 from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.annotation import AnnotationPart
 from wgagent.kube.client import KubeClient
+from wgagent.kube.request import Request
 from wgagent.kube.watch import NodeWatch
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
 from wgagent.state import State
@@ -83,7 +84,7 @@ async def poller(api: KubeAPI, client: KubeClient, scale: float) -> None:
     while True:
         await client.get_node(OWN)
         if api.sim_now() >= next_list:
-            await client._call("list", "GET", "/api/v1/nodes")  # full Node objects, as a naive agent would
+            await client._call(Request("list", "GET", "/api/v1/nodes"))  # full Node objects, as a naive agent would
             next_list = api.sim_now() + POLL_LIST_S
         await asyncio.sleep(POLL_GET_S * scale)
 

@@ -31,10 +31,11 @@ from wgagent.wireguard import REJECT_AFTER_S
 
 TYPE_CHECKING = False  # not typing's: ``wgagent status`` needs this module and not typing (cli.py)
 if TYPE_CHECKING:
-    from typing import Any, TypeVar
+    from typing import Any, ClassVar, TypeVar
 
     T = TypeVar("T")
     Converter = Callable[[Any], Any]
+    _Loader = yaml.SafeLoader | yaml.CSafeLoader
 
 DEFAULT_PATH = "/etc/wgagent/config.yaml"
 ENV_VAR = "WGAGENT_CONFIG"
@@ -44,6 +45,40 @@ DEFAULT_HEALTH_PORT = 8795
 exporter range (WireGuard exporters 9586), NodePorts 30000-32767, ephemeral ports 32768+."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _Record:
+    """The ``__eq__``, ``__hash__`` and ``__repr__`` that ``@dataclass(frozen=True)`` would make,
+    written once for every class of the schema (``@dataclass(frozen=True, eq=False, repr=False)``).
+
+    ``dataclass`` compiles each method it makes for each class, a fifth of a millisecond
+    apiece, and every command builds this schema when it starts (``wgagent status`` in about
+    100 ms all told): half of those methods are these three, the same for every class.
+
+    >>> HealthConfig() == HealthConfig(), hash(HealthConfig()) == hash(HealthConfig())
+    (True, True)
+    >>> HealthConfig()
+    HealthConfig(listen=ListenAddress(host='127.0.0.1', port=8795))
+    """
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def _compared(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.compare)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Record)
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
+        return f"{type(self).__qualname__}({shown})"
 
 
 class _Invalid(Exception):
@@ -214,8 +249,8 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass(frozen=True)
-class ListenAddress:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class ListenAddress(_Record):
     """A ``host:port`` to listen on; ``host`` is an IP literal or ``localhost``."""
 
     host: str
@@ -287,8 +322,8 @@ DEFAULT_METADATA_ENDPOINTS: Mapping[str, str] = types.MappingProxyType(
 )
 
 
-@dataclass(frozen=True)
-class HealthConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class HealthConfig(_Record):
     """``health.*``: the local health endpoint."""
 
     listen: ListenAddress = key(
@@ -298,8 +333,8 @@ class HealthConfig:
     )
 
 
-@dataclass(frozen=True)
-class PublicIPConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class PublicIPConfig(_Record):
     """``public_ip.*``: which sources discovery asks and how it decides."""
 
     enabled: bool = key(_bool, True, "discover the node's public IP")
@@ -328,8 +363,8 @@ class PublicIPConfig:
     interval_s: float = key(_seconds(1, 86400), 300.0, "seconds between discovery rounds")
 
 
-@dataclass(frozen=True)
-class K3sConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class K3sConfig(_Record):
     """``k3s.*``: where k3s keeps its config, and the drop-in and restarts wgagent manages."""
 
     enabled: bool = key(_bool, True, "write the k3s config drop-in and restart k3s when it must re-read it")
@@ -359,8 +394,8 @@ class K3sConfig:
     min_restart_interval_s: float = key(_seconds(0, 604800), 600.0, "at most one k3s restart per this many seconds")
 
 
-@dataclass(frozen=True)
-class KubeConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class KubeConfig(_Record):
     """``kube.*``: the Kubernetes API credentials and timeouts."""
 
     enabled: bool = key(_bool, True, "keep the public-ip-overwrite annotation and watch the cluster's nodes")
@@ -373,8 +408,8 @@ class KubeConfig:
     request_timeout_s: float = key(_seconds(0.5, 300), 10.0, "timeout of one API request")
 
 
-@dataclass(frozen=True)
-class GCConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class GCConfig(_Record):
     """``wireguard.gc.*``: the dead-peer garbage collection."""
 
     enabled: bool = key(_bool, True, "garbage-collect dead WireGuard peers")
@@ -388,8 +423,8 @@ class GCConfig:
     dry_run: bool = key(_bool, False, "decide and report, remove nothing")
 
 
-@dataclass(frozen=True)
-class WireGuardConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class WireGuardConfig(_Record):
     """``wireguard.*``: flannel's WireGuard interface, its module and its peers."""
 
     enabled: bool = key(_bool, True, "watch the WireGuard interface")
@@ -405,8 +440,8 @@ class WireGuardConfig:
     gc: GCConfig = section(GCConfig, "dead peer garbage collection")
 
 
-@dataclass(frozen=True)
-class MeshConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class MeshConfig(_Record):
     enabled: bool = key(
         _bool, True, "publish this node's view of flannel's WireGuard mesh and read the others' (needs kube, wireguard)"
     )
@@ -420,13 +455,13 @@ class MeshConfig:
     )
 
 
-@dataclass(frozen=True)
-class EventsConfig:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class EventsConfig(_Record):
     enabled: bool = key(_bool, True, "record Kubernetes Events on the own Node: what wgagent does, mesh changes")
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr: _Record's
+class Config(_Record):
     """The whole file; ``Config()`` is every default.
 
     (Every dataclass here has a docstring: without one, ``dataclass`` computes a signature to
@@ -486,21 +521,37 @@ def parse(text: str, path: str = "<config>") -> Config:
         # A truncated file must not silently turn into "all defaults" (which would ask the
         # public STUN servers and could restart k3s); a file of comments only is fine.
         raise ConfigError(f"{path}: config file is empty; write '{{}}' or comments only for all defaults")
-    loader = yaml.SafeLoader(text)
+    lines: dict[str, int] = {}
     try:
-        node = loader.get_single_node()
-        lines: dict[str, int] = {}
-        raw = {} if node is None else _to_python(loader, node, "", lines, path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{yamlerr.where(path, exc)}: not valid YAML: {yamlerr.problem(exc)}") from exc
-    finally:
-        loader.dispose()
+        raw = _read_yaml(_FAST_LOADER, text, lines, path)
+    except yaml.YAMLError:
+        # libyaml (a fifth of PyYAML's time: ``wgagent status`` reads the config on every
+        # start) refused it: PyYAML reads it again, and its words name the problem.
+        lines = {}
+        try:
+            raw = _read_yaml(yaml.SafeLoader, text, lines, path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{yamlerr.where(path, exc)}: not valid YAML: {yamlerr.problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: the config must be a mapping of keys, not {_kind(raw)}")
     return _build(Config, raw, "", lines, path)
 
 
-def _to_python(loader: yaml.SafeLoader, node: yaml.Node, prefix: str, lines: dict[str, int], path: str) -> Any:
+_FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser with PyYAML's safe constructor, where PyYAML was built with libyaml (Debian's
+and PyPI's are): the same nodes, lines and values as PyYAML's own parser."""
+
+
+def _read_yaml(loader_class: type[_Loader], text: str, lines: dict[str, int], path: str) -> Any:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return {} if node is None else _to_python(loader, node, "", lines, path)
+    finally:
+        loader.dispose()
+
+
+def _to_python(loader: _Loader, node: yaml.Node, prefix: str, lines: dict[str, int], path: str) -> Any:
     """Like the SafeLoader's constructor, but remembering the line of every mapping key."""
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)

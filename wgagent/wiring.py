@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from wgagent.families import Families
     from wgagent.k3s.part import K3sPart
     from wgagent.kube.annotation import AnnotationPart, OwnNode
-    from wgagent.kube.protocol import NodeAPI
+    from wgagent.kube.protocol import NodeAPI, NodeLister
     from wgagent.mesh.heal import EndpointSetter
     from wgagent.mesh.part import MeshHost
     from wgagent.metrics import Registry
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 Stages = list[list["Part"]]
 KubeClientFactory = Callable[[str, float, "Registry | None"], "ClusterAPI"]
 """``(kubeconfig path, request timeout, metrics) -> ClusterAPI``."""
+KubeListerFactory = Callable[[str, float], "NodeLister"]
+"""``(kubeconfig path, request timeout) -> NodeLister``."""
 
 
 def _kube_client(path: str, timeout_s: float, metrics: Registry | None) -> ClusterAPI:
@@ -90,6 +92,12 @@ def _mesh_host() -> MeshHost:
     from wgagent.mesh.part import MeshHost
 
     return MeshHost()
+
+
+def _kube_lister(path: str, timeout_s: float) -> NodeLister:
+    from wgagent.kube.oneshot import OneShotClient
+
+    return OneShotClient(path, timeout_s=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,10 @@ class Seams:
     mesh: MeshHost = field(default_factory=_mesh_host)
     """The mesh part's probe tap (AF_PACKET), nftables counters, probe sender, local-address test."""
     kube_client: KubeClientFactory = _kube_client
+    """The daemon's clients (aiohttp; the node watch streams)."""
+    kube_lister: KubeListerFactory = _kube_lister
+    """The one-shot node list of a command (``list_nodes_once``): the standard library, so the
+    command does not import aiohttp; the same requests, credentials and errors."""
     private_ipv4: Callable[[], str | None] = route_source_ipv4
     """This node's private IPv4 (``k3s.advertise_private_address``)."""
     public_ip_sources: Sequence[Source] | None = None
@@ -131,13 +143,18 @@ def kube_clients(
     cfg: Config, identity: Identity, seams: Seams, metrics: Registry | None = None
 ) -> tuple[NodeAPI, NodeAPI]:
     """(own Node client, list/watch client): the credentials k3s gives this node's role."""
+    own, lister = _credential_paths(cfg, identity)
+    timeout = cfg.kube.request_timeout_s
+    return seams.kube_client(own, timeout, metrics), seams.kube_client(lister, timeout, metrics)
+
+
+def _credential_paths(cfg: Config, identity: Identity) -> tuple[str, str]:
     from wgagent.kube.kubeconfig import credential_paths
 
     paths = credential_paths(
         cfg.kube, cfg.k3s, identity.role_name, data_dir=identity.data_dir, admin_kubeconfig=identity.kubeconfig
     )
-    timeout = cfg.kube.request_timeout_s
-    return seams.kube_client(paths.own, timeout, metrics), seams.kube_client(paths.list, timeout, metrics)
+    return paths.own, paths.list
 
 
 def own_client(cfg: Config, identity: Identity, seams: Seams, metrics: Registry | None = None) -> ClusterAPI:
@@ -158,19 +175,18 @@ async def list_nodes_once(cfg: Config, identity: Identity, seams: Seams) -> tupl
     from wgagent.errors import KubeError
     from wgagent.kube.watch import list_once
 
-    own, lister = kube_clients(cfg, identity, seams)
-    candidates = [lister] if own.source == lister.source else [lister, own]  # as the node watch falls back
+    own, lister = _credential_paths(cfg, identity)
+    paths = [lister] if own == lister else [lister, own]  # as the node watch falls back
     errors = []
-    try:
-        for api in candidates:
-            try:
-                return await list_once(api), ""
-            except KubeError as exc:
-                errors.append(str(exc))
-        return None, "node list unavailable: " + "; ".join(errors)
-    finally:
-        await own.close()
-        await lister.close()
+    for path in paths:
+        api = seams.kube_lister(path, cfg.kube.request_timeout_s)
+        try:
+            return await list_once(api), ""
+        except KubeError as exc:
+            errors.append(str(exc))
+        finally:
+            await api.close()
+    return None, "node list unavailable: " + "; ".join(errors)
 
 
 def public_ip_sources(cfg: PublicIPConfig, seams: Seams) -> SourceSet:

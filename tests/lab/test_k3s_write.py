@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import ROOT, require
 from wgagent import fsutil
 from wgagent.config import K3sConfig
-from wgagent.k3s import Restarter
+from wgagent.k3s.restart import Restarter
 from wgagent.metrics import Registry
 from wgagent.model import RestartResult
 from wgagent.proc import SubprocessRunner
@@ -93,8 +93,9 @@ _FULL_DISK = textwrap.dedent(
     import asyncio, json, os, subprocess, sys
     from ipaddress import IPv4Address
     from wgagent.config import K3sConfig
-    from wgagent.k3s import K3sPart, Restarter, Role
-    from wgagent.k3s.role import Identity
+    from wgagent.k3s.part import K3sPart
+    from wgagent.k3s.restart import Restarter
+    from wgagent.k3s.role import Identity, Role
     from wgagent.k3s.scan import ConfigLocation
     from wgagent.proc import CommandResult
     from wgagent.model import PublicAddresses

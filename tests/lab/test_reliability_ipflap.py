@@ -37,7 +37,7 @@ from tests.support.k3s_unit import K3sUnit
 from tests.support.virtualtime import VirtualTimeLoop, wall
 from wgagent.config import Config, HealthConfig, K3sConfig, KubeConfig, ListenAddress, PublicIPConfig, WireGuardConfig
 from wgagent.daemon import Daemon
-from wgagent.k3s import render_dropin
+from wgagent.k3s.dropin import render_dropin
 from wgagent.model import ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE, PublicAddresses
 from wgagent.publicip.model import Answer
 from wgagent.state import State

@@ -57,7 +57,7 @@ from tests.support import configs
 from tests.support import systemctl as fake_systemctl
 from tests.support.notify import NotifySocket
 from wgagent.config import K3sConfig
-from wgagent.k3s import render_dropin
+from wgagent.k3s.dropin import render_dropin
 from wgagent.k3s.restart import Book
 from wgagent.model import PublicAddresses
 from wgagent.publicip.decide import load_adoption

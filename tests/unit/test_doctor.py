@@ -41,8 +41,7 @@ from wgagent.k3s.dropin import render_dropin
 from wgagent.k3s.install import Unit
 from wgagent.k3s.restart import Served
 from wgagent.k3s.role import Identity, Role
-from wgagent.k3s.scan import ConfigLocation, Unreadable
-from wgagent.k3s.scan import Finding as K3sFinding
+from wgagent.k3s.scan import ConfigFinding, ConfigLocation, Unreadable
 from wgagent.k3s.servers import ANN_BACKEND_WANTED
 from wgagent.k3s.versions import K3sVersion
 from wgagent.kube.annotation import OwnNode
@@ -510,7 +509,7 @@ def test_a_config_file_wgagent_declined_to_read_is_only_noted() -> None:
 
 
 def test_a_config_finding_of_an_unknown_kind_still_names_the_file_to_correct() -> None:
-    f = _k3s_finding(K3sFinding(f"{ETC}/config.yaml", 3, "something new", code="future"), healthy())
+    f = _k3s_finding(ConfigFinding(f"{ETC}/config.yaml", 3, "something new", code="future"), healthy())
     assert (f.severity, f.title) == ("problem", f"{ETC}/config.yaml:3: something new")
     assert f.fix == f"correct {ETC}/config.yaml, then systemctl restart k3s"
 

@@ -3,13 +3,22 @@ errors (no traceback, exit codes) through ``cli.main``."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
+import socketserver
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from wgagent import cli
+from wgagent.commands import gc
 from wgagent.commands.gc import gc_command
 from wgagent.config import Config, GCConfig, WireGuardConfig
 from wgagent.model import ANN_BACKEND_DATA, ClusterView, NodeInfo
@@ -17,6 +26,7 @@ from wgagent.wireguard.backend import HostNet
 from wgagent.wireguard.fake import FakeBackend
 from wgagent.wireguard.gc import FIRST_SEEN_FILE
 from wgagent.wireguard.model import Device, Peer, key_from_bytes
+from wgagent.wireguard.uapi import encode_remove
 from wgagent.wiring import Seams
 
 NOW = 1_800_000_000.0
@@ -136,3 +146,71 @@ def test_cli_gc_with_a_missing_socket_dir_and_no_kernel_device(
     out = json.loads(capsys.readouterr().out)
     assert out["interface"] == "wgt-none0" and out["ok"] is False and out["node_list_note"] == "kube.enabled is false"
     assert out["error"].startswith("wgt-none0: ") or out["error"].startswith("no interface wgt-none0")
+
+
+class UapiStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A userspace device's UAPI socket in a thread (``cli.main`` runs its own event loop):
+    answers ``get=1`` with ``device`` and ``set=1`` with ``errno=0``, and keeps what it was sent."""
+
+    def __init__(self, path: str, device: Device) -> None:
+        self.device, self.requests, self.asked = device, list[bytes](), threading.Event()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(handler) -> None:
+                request = b""
+                while not request.endswith(b"\n\n") and (line := handler.rfile.readline()):
+                    request += line
+                self.requests.append(request)
+                self.asked.set()
+                handler.wfile.write(uapi_reply(self.device) if request == b"get=1\n\n" else b"errno=0\n\n")
+
+        super().__init__(path, Handler)
+
+
+def uapi_reply(dev: Device) -> bytes:
+    """What wireguard-go answers a get with (its layout: device/uapi.go IpcGetOperation)."""
+    lines = [f"listen_port={dev.listen_port}"]
+    for p in dev.peers:
+        key = base64.b64decode(p.public_key).hex()
+        lines += [f"public_key={key}", f"preshared_key={'0' * 64}", "protocol_version=1"]
+        lines += [f"endpoint={p.endpoint}"] if p.endpoint else []
+        sec = int(p.last_handshake or 0)
+        lines += [f"last_handshake_time_sec={sec}", "last_handshake_time_nsec=0", "tx_bytes=0", "rx_bytes=0",
+                  "persistent_keepalive_interval=0", *(f"allowed_ip={ip}" for ip in p.allowed_ips)]  # fmt: skip
+    return ("\n".join(lines) + "\nerrno=0\n\n").encode()
+
+
+def test_cli_gc_on_a_userspace_device_sends_its_get_before_loading_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wgagent gc`` on the real host: the UAPI get goes out as soon as the config is read
+    (before the command's pass starts), the reply is that pass's device, one set removes."""
+    cfg, fake, _ = prepare(tmp_path)
+    seen = {"version": 1, "interfaces": {"flannel-wg": {k(4): time.time() - 3600}}}  # the real clock, here
+    (Path(cfg.state_dir) / FIRST_SEEN_FILE).write_text(json.dumps(seen))
+    uapi_dir = tempfile.mkdtemp(prefix="wgc", dir="/tmp")  # a unix socket path fits in 108 bytes
+    path = tmp_path / "c.yaml"
+    state_dir = cfg.state_dir
+    path.write_text(yaml.safe_dump({
+        "state_dir": state_dir, "public_ip": {"enabled": False}, "kube": {"enabled": False},
+        "wireguard": {"interface": "flannel-wg", "uapi_dir": uapi_dir},
+    }))  # fmt: skip
+    server = UapiStandIn(os.path.join(uapi_dir, "flannel-wg.sock"), fake.devices["flannel-wg"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = gc.one_pass
+
+    async def one_pass(*args: Any, **kw: Any) -> tuple[int, str]:
+        # Without the early get, nothing is sent before the pass starts: this would wait in vain.
+        assert server.asked.wait(10), "no UAPI get before the pass started"
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(gc, "one_pass", one_pass)
+    try:
+        assert cli.main(["--config", str(path), "gc", "--json"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(uapi_dir)
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] == [k(4)] and out["node_list_note"] == "kube.enabled is false"
+    assert server.requests == [b"get=1\n\n", encode_remove([k(4)])]

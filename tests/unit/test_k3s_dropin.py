@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from wgagent.config import K3sConfig
-from wgagent.k3s import addresses_from_dropin, dropin_path, render_dropin, scan_config
+from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
+from wgagent.k3s.scan import scan_config
 from wgagent.model import PublicAddresses
 
 V4 = IPv4Address("203.0.113.7")

@@ -15,9 +15,10 @@ from tests.unit.test_k3s_restart import Clock, FakeSystemd
 from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.families import Families
-from wgagent.k3s import K3sPart, Restarter, Role, render_dropin
-from wgagent.k3s.restart import Gate
-from wgagent.k3s.role import Identity
+from wgagent.k3s.dropin import render_dropin
+from wgagent.k3s.part import K3sPart
+from wgagent.k3s.restart import Gate, Restarter
+from wgagent.k3s.role import Identity, Role
 from wgagent.k3s.scan import ConfigLocation
 from wgagent.k3s.servers import Annotate
 from wgagent.model import ClusterView, PublicAddresses

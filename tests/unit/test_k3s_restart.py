@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wgagent.config import K3sConfig
-from wgagent.k3s import Restarter, should_restart
+from wgagent.k3s.restart import Restarter, should_restart
 from wgagent.metrics import Registry
 from wgagent.model import RestartResult
 from wgagent.proc import CommandResult

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from wgagent.config import Config, K3sConfig
-from wgagent.k3s import Role, decide_identity_from, detect_role, node_name, role_missing_detail
 from wgagent.k3s.install import RoleDecision, decide_role, find_units
+from wgagent.k3s.role import Role, decide_identity_from, detect_role, node_name, role_missing_detail
 
 UNIT = "[Service]\nExecStart=/usr/local/bin/k3s server\n"
 

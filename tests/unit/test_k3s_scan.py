@@ -11,8 +11,8 @@ import pytest
 
 from wgagent import fsutil
 from wgagent.config import K3sConfig
-from wgagent.k3s import Unreadable, read_config_files, render_dropin, scan_config
-from wgagent.k3s.scan import k3s_order
+from wgagent.k3s.dropin import render_dropin
+from wgagent.k3s.scan import Unreadable, k3s_order, read_config_files, scan_config
 from wgagent.model import PublicAddresses
 
 D = "/etc/rancher/k3s"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wgagent.k3s import read_unit, scan_unit
+from wgagent.k3s.install import exec_start, read_unit
 from wgagent.k3s.scan import ConfigLocation
-from wgagent.k3s.unit import exec_start
+from wgagent.k3s.unit import scan_unit
 
 UNIT = "/etc/systemd/system/k3s.service"
 INSTALL_SCRIPT_UNIT = """\
@@ -112,7 +112,8 @@ def test_read_unit_takes_the_highest_priority_file_and_all_dropins(tmp_path: Pat
     (lib / "k3s.service.d" / "20-b.conf").write_text("lib-b (hidden)")
     (lib / "k3s.service.d" / "10-a.conf").write_text("lib-a")
     (lib / "k3s.service.d" / "notes.txt").write_text("no")
-    assert read_unit("k3s.service", [str(etc), str(tmp_path / "none"), str(lib)]) == [
+    unit = read_unit("k3s.service", [str(etc), str(tmp_path / "none"), str(lib)])
+    assert unit is not None and list(unit.files) == [
         (str(etc / "k3s.service"), "etc"),
         (str(lib / "k3s.service.d" / "10-a.conf"), "lib-a"),
         (str(etc / "k3s.service.d" / "20-b.conf"), "etc-b"),

@@ -383,3 +383,34 @@ async def test_a_reply_cut_short_is_an_error(uapi_dir: str) -> None:
 
 def test_keys_in_the_model_are_base64_of_the_hex_on_the_wire() -> None:
     assert base64.b64decode(b64(PEER2)).hex() == PEER2
+
+
+async def test_a_get_sent_early_is_read_later_on_the_same_connection(uapi_dir: str) -> None:
+    """``send_get`` (``wgagent gc``, before it imports the rest of itself) sends the request
+    and nothing else; ``get`` reads that reply and asks nothing more; a second get asks anew."""
+    requests: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                requests.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(REPLY)
+            await writer.drain()
+
+    server = await _serve(os.path.join(uapi_dir, "wg0.sock"), handler)
+    backend = UapiBackend(uapi_dir, timeout_s=5)
+    async with server:
+        backend.send_get("wg0")  # blocking: the server's loop has not run yet
+        assert requests == []
+        assert await backend.get("wg0") == parse_get(REPLY, "wg0")
+        assert await backend.get("wg0") == parse_get(REPLY, "wg0")
+    assert requests == [b"get=1\n\n", b"get=1\n\n"]
+
+
+async def test_an_early_get_that_cannot_connect_leaves_the_error_to_get(uapi_dir: str) -> None:
+    backend = UapiBackend(uapi_dir, timeout_s=5)
+    backend.send_get("wg0")  # no socket: nothing is kept, nothing raised
+    with pytest.raises(DeviceNotFound, match="no UAPI socket"):
+        await backend.get("wg0")

@@ -30,11 +30,10 @@ from wgagent.doctor.facts import (
 )
 from wgagent.errors import KubeError
 from wgagent.families import SUBNET_ENV, read_subnet_env
-from wgagent.k3s.install import DEFAULT_UNITS, read_unit
+from wgagent.k3s.install import DEFAULT_UNITS, exec_start, read_unit
 from wgagent.k3s.restart import HISTORY_FILE, Book
 from wgagent.k3s.role import Identity, decide_identity_from, role_missing_detail
 from wgagent.k3s.scan import read_config_files
-from wgagent.k3s.unit import exec_start
 from wgagent.kube.annotation import OwnNode, own_node_of
 from wgagent.kube.kubeconfig import CredentialPaths, credential_paths
 from wgagent.kube.watch import list_once

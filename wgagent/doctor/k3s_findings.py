@@ -26,11 +26,11 @@ from wgagent.k3s.scan import (
     DROPIN_NAME,
     FLANNEL_BACKEND,
     NODE_EXTERNAL_IP,
+    ConfigFinding,
     Scan,
     backend_problem,
     scan_config,
 )
-from wgagent.k3s.scan import Finding as K3sFinding
 from wgagent.k3s.unit import scan_unit
 from wgagent.k3s.view import ExternalIP
 from wgagent.kube.annotation import same_ip
@@ -155,7 +155,7 @@ def _k3s_all_clear(found: list[Finding], scan: Scan, k: K3sFacts, scan_role: str
     return out
 
 
-def _k3s_finding(f: K3sFinding, facts: Facts) -> Finding:
+def _k3s_finding(f: ConfigFinding, facts: Facts) -> Finding:
     """A finding of k3s's config scan, with the fix for its kind."""
     where = f"{f.path}:{f.line}" if f.line is not None else f.path
     if f.code == "replaced":  # wgagent's drop-in wins: nothing to do
@@ -180,7 +180,7 @@ def _k3s_finding(f: K3sFinding, facts: Facts) -> Finding:
     return Finding("problem", "k3s", str(f), "", f"correct {f.path}, then systemctl restart {unit}")
 
 
-def _agent_key_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
+def _agent_key_finding(f: ConfigFinding, where: str, facts: Facts) -> Finding:
     """A key ``k3s agent`` does not define, in a config file or its ExecStart: it exits at start
     (only ``k3s server`` and ``etcd-snapshot`` drop unknown config keys: k3s ``pkg/configfilearg``)."""
     unit = unit_name(facts)
@@ -202,7 +202,7 @@ def _agent_key_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
     )
 
 
-def _defeating_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
+def _defeating_finding(f: ConfigFinding, where: str, facts: Facts) -> Finding:
     """A later config file, an ExecStart flag or ``--config`` that defeats wgagent's drop-in."""
     unit = unit_name(facts)
     if f.code == "override":
@@ -232,7 +232,7 @@ def _defeating_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
     )
 
 
-def _backend_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
+def _backend_finding(f: ConfigFinding, where: str, facts: Facts) -> Finding:
     """flannel-backend: unset (vxlan), right but set where it defeats the drop-in, or not WireGuard."""
     restart = f"then systemctl restart {unit_name(facts)} (on every server)"
     if f.code == "no_backend":
@@ -260,7 +260,7 @@ def _backend_finding(f: K3sFinding, where: str, facts: Facts) -> Finding:
     return Finding("problem", "flannel", title, str(f), _backend_fix(f, restart))
 
 
-def _backend_title(f: K3sFinding) -> str:
+def _backend_title(f: ConfigFinding) -> str:
     """Names the backend set instead of WireGuard (the last one when a flag is repeated)."""
     raw = f.value[-1] if isinstance(f.value, tuple) and f.value else f.value if isinstance(f.value, str) else ""
     name = raw.partition("=")[0].strip() or "empty"
@@ -269,7 +269,7 @@ def _backend_title(f: K3sFinding) -> str:
     return f"flannel backend is '{name}', not WireGuard"
 
 
-def _backend_fix(f: K3sFinding, restart: str) -> str:
+def _backend_fix(f: ConfigFinding, restart: str) -> str:
     if f.code == "exec_flag":
         return (
             f"remove --{FLANNEL_BACKEND} from ExecStart in {f.path} (INSTALL_K3S_EXEC; wgagent's drop-in sets "

@@ -9,55 +9,15 @@
                  Restarter.request(reason) -> model.RestartResult               systemctl
     part.py      K3sPart: write, scan, restart; the ``k3s_config`` check
 
-The daemon builds it (stage "act", after the public IP is known)::
+The daemon's wiring builds the part (``wiring._Builder._k3s``)::
 
-    role = k3s.detect_role(cfg.k3s)
-    restarter = k3s.Restarter(cfg.k3s, state_dir=cfg.state_dir, unit=role.unit if role else None,
-                              metrics=state.metrics)
-    part = k3s.K3sPart(state, cfg.k3s, public_ip=..., role=role, restarter=restarter)
+    restarter = Restarter(cfg.k3s, state_dir=cfg.state_dir, unit=role.unit if role else None, ...)
+    part = K3sPart(state, cfg.k3s, identity, public_ip=..., restarter=restarter, ...)
 
 ``doctor`` calls ``scan_config(cfg.k3s.config_dir, read_config_files(cfg.k3s.config_dir),
 role=...)`` and ``scan_unit(...)``, and prints the findings.
+
+This package imports nothing itself: import what you use from its modules
+(``from wgagent.k3s.role import detect_role``): a command that needs only the node's identity
+(``wgagent gc``) then does not pay for the part and the restarter.
 """
-
-from wgagent.k3s.dropin import addresses_from_dropin, dropin_path, render_dropin
-from wgagent.k3s.part import K3sPart
-from wgagent.k3s.restart import RestartDecision, Restarter, should_restart
-from wgagent.k3s.role import (
-    UNIT_DIRS,
-    Identity,
-    NodeName,
-    Role,
-    decide_identity_from,
-    detect_role,
-    node_name,
-    role_missing_detail,
-)
-from wgagent.k3s.scan import DROPIN_NAME, Finding, Scan, Unreadable, read_config_files, scan_config
-from wgagent.k3s.unit import read_unit, scan_unit
-
-__all__ = [
-    "DROPIN_NAME",
-    "UNIT_DIRS",
-    "Finding",
-    "Identity",
-    "K3sPart",
-    "NodeName",
-    "RestartDecision",
-    "Restarter",
-    "Role",
-    "Scan",
-    "Unreadable",
-    "addresses_from_dropin",
-    "decide_identity_from",
-    "detect_role",
-    "dropin_path",
-    "node_name",
-    "read_config_files",
-    "read_unit",
-    "render_dropin",
-    "role_missing_detail",
-    "scan_config",
-    "scan_unit",
-    "should_restart",
-]

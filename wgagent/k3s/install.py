@@ -47,7 +47,7 @@ ENV_KEYS = ("K3S_CONFIG_FILE", "K3S_NODE_NAME", "K3S_DATA_DIR", "K3S_KUBECONFIG_
 
 
 @dataclass(frozen=True)
-class Setting:
+class EnvSetting:
     """A value and where it came from, for messages: ``/etc/systemd/system/k3s.service.env:2``."""
 
     value: str
@@ -67,7 +67,7 @@ class Unit:
     """The effective ``ExecStart=`` command line; empty when none."""
     exec_from: str = ""
     """The file that set it."""
-    env: Mapping[str, Setting] = field(default_factory=dict)
+    env: Mapping[str, EnvSetting] = field(default_factory=dict)
     """``Environment=`` and ``EnvironmentFile=`` variables (later ones win), with their source."""
     enabled: bool = False
     """A ``*.wants/`` link to it exists (``systemctl enable``)."""
@@ -249,17 +249,17 @@ def exec_start(files: Sequence[tuple[str, str]]) -> tuple[str, list[str]] | None
     return found
 
 
-def unit_environment(name: str, files: Sequence[tuple[str, str]]) -> dict[str, Setting]:
+def unit_environment(name: str, files: Sequence[tuple[str, str]]) -> dict[str, EnvSetting]:
     """The ``K3S_*`` variables wgagent reads (:data:`ENV_KEYS`), from ``Environment=`` and
     ``EnvironmentFile=`` in order (systemd: files are read when the unit starts; a later
     assignment wins; ``%N`` is the unit name without its suffix)."""
-    env: dict[str, Setting] = {}
+    env: dict[str, EnvSetting] = {}
     for path, line, key, value in _service_settings(files):
         if key == "Environment":
             for item in _split_words(value):
                 k, sep, v = item.partition("=")
                 if sep and k in ENV_KEYS:
-                    env[k] = Setting(v, f"{path}:{line} (Environment=)")
+                    env[k] = EnvSetting(v, f"{path}:{line} (Environment=)")
         elif key == "EnvironmentFile" and value:
             file = value.lstrip("-").replace("%N", name.removesuffix(".service")).replace("%n", name)
             env.update(read_env_file(file))
@@ -273,11 +273,11 @@ def _split_words(value: str) -> list[str]:
         return value.split()
 
 
-def read_env_file(path: str) -> dict[str, Setting]:
+def read_env_file(path: str) -> dict[str, EnvSetting]:
     """``KEY=VALUE`` lines of a systemd EnvironmentFile (quotes removed, ``#`` comments), the
     keys wgagent reads only; absent or unreadable: empty."""
     text = fsutil.peek_text(path, MAX_UNIT_BYTES)
-    out: dict[str, Setting] = {}
+    out: dict[str, EnvSetting] = {}
     for number, raw in enumerate((text or "").splitlines(), 1):
         line = raw.strip()
         if not line or line[0] in "#;":
@@ -286,7 +286,7 @@ def read_env_file(path: str) -> dict[str, Setting]:
         key = key.strip()
         if sep and key in ENV_KEYS:
             words = _split_words(value.strip())
-            out[key] = Setting(words[0] if len(words) == 1 else value.strip(), f"{path}:{number}")
+            out[key] = EnvSetting(words[0] if len(words) == 1 else value.strip(), f"{path}:{number}")
     return out
 
 

@@ -51,7 +51,7 @@ from wgagent.k3s.scan import (
     DROPIN_NAME,
     FLANNEL_BACKEND,
     NODE_EXTERNAL_IP,
-    Finding,
+    ConfigFinding,
     Value,
     read_config_files,
     scan_config,
@@ -154,7 +154,7 @@ class K3sPart(Part):
         restart = await self.restarter.serve() if self.role is not None else None
         for problem in (blocked, stuck_backend):
             if problem is not None:
-                errors.insert(0, Finding(self.dropin, None, problem, code="backend_switch"))
+                errors.insert(0, ConfigFinding(self.dropin, None, problem, code="backend_switch"))
         if restart is not None and restart.restarted:
             log.info("%s", restart.detail)
         self._log_findings(errors)
@@ -239,7 +239,7 @@ class K3sPart(Part):
         result = self.restarter.need("backend", theirs, why)
         return None if result.pending else f"{why}: {result.detail}"
 
-    def _unit_findings(self) -> list[Finding]:
+    def _unit_findings(self) -> list[ConfigFinding]:
         """ExecStart as it is now (someone may edit the unit while wgagent runs)."""
         if self.role is None:
             return []
@@ -266,7 +266,7 @@ class K3sPart(Part):
         return f"{path}: {wgkey.VARIABLE}={wgkey.key_file(self.identity.data_dir)}"
 
     def _verdict(
-        self, role_name: str, written: Written, errors: Sequence[Finding], restart: RestartResult | None
+        self, role_name: str, written: Written, errors: Sequence[ConfigFinding], restart: RestartResult | None
     ) -> tuple[bool, str]:
         problems: list[str] = []
         if self.identity.conflict:
@@ -294,8 +294,8 @@ class K3sPart(Part):
         role_name: str,
         written: Written,
         files: Sequence[str],
-        errors: Sequence[Finding],
-        notes: Sequence[Finding],
+        errors: Sequence[ConfigFinding],
+        notes: Sequence[ConfigFinding],
         restart: RestartResult | None,
         key_note: str | None,
     ) -> dict[str, Any]:
@@ -327,7 +327,7 @@ class K3sPart(Part):
         unit = read_unit(self.role.unit, self._unit_dirs) if self.role is not None else None
         return [p for p, _ in unit.files] if unit is not None else []
 
-    def _log_findings(self, errors: Sequence[Finding]) -> None:
+    def _log_findings(self, errors: Sequence[ConfigFinding]) -> None:
         texts = tuple(str(f) for f in errors)
         if texts != self._reported:
             for text in texts:

@@ -136,7 +136,7 @@ class Setting:
 
 
 @dataclass(frozen=True)
-class Finding:
+class ConfigFinding:
     """Something in k3s's config a person should know; ``error`` ones fail the check."""
 
     path: str
@@ -164,16 +164,16 @@ class Scan:
     """Every file k3s reads, in its order (full paths)."""
     settings: Mapping[str, Setting]
     """Each key's effective value, as k3s will use it."""
-    findings: tuple[Finding, ...] = ()
+    findings: tuple[ConfigFinding, ...] = ()
     own_values: Mapping[str, Setting] = field(default_factory=dict)
     """What wgagent's drop-in itself sets (empty when it is absent or unreadable)."""
 
     @property
-    def errors(self) -> tuple[Finding, ...]:
+    def errors(self) -> tuple[ConfigFinding, ...]:
         return tuple(f for f in self.findings if f.error)
 
     @property
-    def notes(self) -> tuple[Finding, ...]:
+    def notes(self) -> tuple[ConfigFinding, ...]:
         return tuple(f for f in self.findings if not f.error)
 
 
@@ -231,19 +231,19 @@ def _as_list(value: Value) -> tuple[str, ...]:
     return (value,)
 
 
-def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding | None]:
+def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], ConfigFinding | None]:
     """The keys of one config file in file order, or the finding that says why k3s cannot use it."""
     if isinstance(content, Unreadable):
         if not content.fatal:
-            return [], Finding(path, None, f"not checked: {content.reason}", error=False, code="unreadable")
-        return [], Finding(
+            return [], ConfigFinding(path, None, f"not checked: {content.reason}", error=False, code="unreadable")
+        return [], ConfigFinding(
             path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot", code="unreadable"
         )
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte {exc.start}); k3s will not start with this file"
-        return [], Finding(path, None, message, code="invalid")
+        return [], ConfigFinding(path, None, message, code="invalid")
     loader = yaml.SafeLoader(text)
     try:
         # k3s decodes only the first document of a file
@@ -251,7 +251,7 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
         if node is None:
             return [], None
         if not isinstance(node, yaml.MappingNode):
-            return [], Finding(
+            return [], ConfigFinding(
                 path,
                 node.start_mark.line + 1,
                 "not a mapping of k3s flags (key: value); k3s will not start with this file",
@@ -272,9 +272,11 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], Finding |
         return entries, None
     except yaml.YAMLError as exc:
         message = f"not valid YAML ({yamlerr.problem(exc)}); k3s will not start until it is fixed"
-        return [], Finding(path, yamlerr.line_of(exc), message, code="invalid")
+        return [], ConfigFinding(path, yamlerr.line_of(exc), message, code="invalid")
     except (TypeError, ValueError) as exc:  # e.g. an unhashable key: still "does not parse"
-        return [], Finding(path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed", code="invalid")
+        return [], ConfigFinding(
+            path, None, f"not valid YAML ({exc}); k3s will not start until it is fixed", code="invalid"
+        )
     finally:
         loader.dispose()
 
@@ -325,7 +327,7 @@ class _Merged:
     own_values: dict[str, Setting] = field(default_factory=dict)
     occurrences: dict[str, list[tuple[int, str, _Entry]]] = field(default_factory=dict)
     own_index: int | None = None
-    problems: list[Finding] = field(default_factory=list)
+    problems: list[ConfigFinding] = field(default_factory=list)
 
 
 def _merge(loc: ConfigLocation, files: Mapping[str, FileContent], order: list[str], own_rel: str) -> _Merged:
@@ -333,7 +335,7 @@ def _merge(loc: ConfigLocation, files: Mapping[str, FileContent], order: list[st
     listing = files.get(DROPIN_DIR)
     if isinstance(listing, Unreadable):
         merged.problems.append(
-            Finding(
+            ConfigFinding(
                 loc.dropin_dir,
                 None,
                 f"cannot list the directory ({listing.reason}); k3s will not start while it cannot",
@@ -358,7 +360,7 @@ def _merge(loc: ConfigLocation, files: Mapping[str, FileContent], order: list[st
     return merged
 
 
-def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[Finding]:
+def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[ConfigFinding]:
     """A later file overriding (error) or an earlier one replaced by (note) a key wgagent owns."""
     if merged.own_index is None:
         return []
@@ -370,10 +372,10 @@ def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[Fin
         for index, path, entry in merged.occurrences.get(key, []):
             if index > merged.own_index:
                 message = _override_message(key, entry, ours, own)
-                out.append(Finding(path, entry.line, message, code="override", key=key, value=entry.value))
+                out.append(ConfigFinding(path, entry.line, message, code="override", key=key, value=entry.value))
             elif index < merged.own_index and ours is not None:
                 out.append(
-                    Finding(
+                    ConfigFinding(
                         path,
                         entry.line,
                         f"{key}{'+' if entry.append else ''}: {_show(entry.value)} is replaced by wgagent's "
@@ -387,7 +389,7 @@ def _owned_key_findings(merged: _Merged, role: str | None, own: str) -> list[Fin
     return out
 
 
-def _agent_key_findings(merged: _Merged) -> list[Finding]:
+def _agent_key_findings(merged: _Merged) -> list[ConfigFinding]:
     """Every key an agent's ``k3s agent`` does not define: it exits at start on the first one."""
     out = []
     for key, places in merged.occurrences.items():
@@ -395,7 +397,7 @@ def _agent_key_findings(merged: _Merged) -> list[Finding]:
             continue
         for _, path, entry in places:
             out.append(
-                Finding(
+                ConfigFinding(
                     path,
                     entry.line,
                     f"{key}{'+' if entry.append else ''}: is not a k3s agent flag: k3s agent will not start "
@@ -411,12 +413,12 @@ def _agent_key_findings(merged: _Merged) -> list[Finding]:
 
 def _backend_findings(
     loc: ConfigLocation, merged: _Merged, reported: set[tuple[str, int | None]], own: str
-) -> list[Finding]:
+) -> list[ConfigFinding]:
     """On a server: flannel-backend must be wireguard-native (unless an override already says so)."""
     backend = merged.settings.get(FLANNEL_BACKEND)
     if backend is None:
         return [
-            Finding(
+            ConfigFinding(
                 loc.main,
                 None,
                 "no file sets flannel-backend, so k3s uses vxlan: flannel does not use WireGuard",
@@ -429,7 +431,7 @@ def _backend_findings(
         return []
     ours_text = " (wgagent's k3s.flannel_backend)" if backend.path.endswith(f"/{DROPIN_DIR}/{own}") else ""
     return [
-        Finding(
+        ConfigFinding(
             backend.path,
             backend.line,
             f"{FLANNEL_BACKEND}: {problem_text}{ours_text}",

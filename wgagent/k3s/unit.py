@@ -17,35 +17,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from wgagent.k3s import install
 from wgagent.k3s.flags import agent_accepts
+from wgagent.k3s.install import exec_start
 from wgagent.k3s.scan import (
     FLANNEL_BACKEND,
     FLANNEL_EXTERNAL_IP,
     NODE_EXTERNAL_IP,
+    ConfigFinding,
     ConfigLocation,
-    Finding,
     as_location,
     backend_problem,
     owned_keys,
 )
 
 
-def read_unit(unit: str, unit_dirs: Sequence[str]) -> list[tuple[str, str]]:
-    """The unit file systemd uses and its ``<unit>.d/*.conf`` drop-ins, in systemd's order.
-
-    Never raises: unreadable files are left out (the scan is advice, not a gate).
-    """
-    found = install.read_unit(unit, unit_dirs)
-    return list(found.files) if found is not None else []
-
-
-def exec_start(files: Sequence[tuple[str, str]]) -> tuple[str, list[str]] | None:
-    """The effective ``ExecStart=`` (the file that set it, its argv), or None."""
-    return install.exec_start(files)
-
-
-def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str | ConfigLocation) -> list[Finding]:
+def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str | ConfigLocation) -> list[ConfigFinding]:
     """Findings about k3s's command line: flags that defeat wgagent's drop-in, a ``--config``
     elsewhere, and on an agent every flag ``k3s agent`` does not define (it will not start)."""
     found = exec_start(files)
@@ -53,7 +39,7 @@ def scan_unit(files: Sequence[tuple[str, str]], *, role: str, config_dir: str | 
         return []
     path, argv = found
     loc = as_location(config_dir)
-    findings: list[Finding] = []
+    findings: list[ConfigFinding] = []
     for name, value, shown in _flags(argv):
         if name in ("config", "c"):
             findings += _config_elsewhere(path, value, loc)
@@ -91,13 +77,13 @@ def _boolean(name: str) -> bool:
                     "disable-apiserver-lb", "alsologtostderr")  # fmt: skip
 
 
-def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list[Finding]:
+def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list[ConfigFinding]:
     if value is None or os.path.normpath(value) == loc.main:
         return []
     if loc.source.startswith("K3S_CONFIG_FILE"):
         # k3s looks at the variable first (pkg/configfilearg/parser.go, docs/UPSTREAM.md §2)
         return [
-            Finding(
+            ConfigFinding(
                 path,
                 None,
                 f"ExecStart's --config {value} is not used: {loc.source} names {loc.main}, which k3s reads "
@@ -108,7 +94,7 @@ def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list
             )
         ]
     return [
-        Finding(
+        ConfigFinding(
             path,
             None,
             f"ExecStart makes k3s read {value} (--config), so it never reads {loc.dropin_dir}/; "
@@ -119,8 +105,8 @@ def _config_elsewhere(path: str, value: str | None, loc: ConfigLocation) -> list
     ]
 
 
-def _agent_flag(path: str, name: str, shown: str) -> Finding:
-    return Finding(
+def _agent_flag(path: str, name: str, shown: str) -> ConfigFinding:
+    return ConfigFinding(
         path,
         None,
         f"ExecStart gives k3s agent {shown}, which it does not define: k3s agent will not start "
@@ -131,7 +117,7 @@ def _agent_flag(path: str, name: str, shown: str) -> Finding:
     )
 
 
-def _owned_flag(path: str, name: str, value: str | None, shown: str) -> Finding:
+def _owned_flag(path: str, name: str, value: str | None, shown: str) -> ConfigFinding:
     if name == NODE_EXTERNAL_IP:
         effect = "k3s adds it to the drop-in's node-external-ip"
     else:
@@ -139,7 +125,7 @@ def _owned_flag(path: str, name: str, value: str | None, shown: str) -> Finding:
         if name == FLANNEL_BACKEND and (problem := backend_problem(value)) is not None:
             effect += f" ({problem})"
     where = "wgagent's k3s.flannel_backend" if name == FLANNEL_BACKEND else "wgagent"
-    return Finding(
+    return ConfigFinding(
         path,
         None,
         f"ExecStart sets {shown}: {effect}; remove it from ExecStart (INSTALL_K3S_EXEC) and let {where} "

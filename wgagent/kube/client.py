@@ -9,8 +9,9 @@
 
 - The kubeconfig is read when the first request needs it, and again after a 401 (k3s
   rotates client certificates), so a file that appears only once k3s has started is fine.
-- Errors are mapped once, here, by HTTP status (:func:`status_error`), into the
-  ``wgagent.errors`` classes; no answer at all is ``KubeUnreachable``.
+- The requests, their headers, the TLS context, the retries and the error each HTTP status
+  maps to are ``request.py``'s, shared with the one-shot commands' client (``oneshot.py``);
+  aiohttp's own failures are translated here (:func:`unreachable`: ``KubeUnreachable``).
 - Transient errors (no answer, 5xx, 429, 409) are retried ``retries`` times, waiting
   :func:`~wgagent.kube.backoff.backoff_delay` (capped at 60 s, jittered) in between.
 - Never through a proxy (``trust_env=False``); tokens and keys are never logged.
@@ -24,81 +25,25 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
-import shutil
-import ssl
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-from wgagent import __version__
-from wgagent.errors import KubeConfigError, KubeError, KubeStatusError, KubeUnreachable, Unauthorized, kube_status_error
+from wgagent.errors import KubeError, KubeUnreachable
 from wgagent.kube import kubeconfig
-from wgagent.kube.backoff import backoff_delay
+from wgagent.kube import request as rq
 from wgagent.kube.protocol import JSONObject, WatchEvent
+from wgagent.kube.request import MAX_BODY, MAX_ERROR_BODY, Sleep, json_object, ssl_context, status_error, too_large
 from wgagent.metrics import Registry
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"wgagent/{__version__}"
-JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-ACCEPT_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-ACCEPT_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-MAX_BODY = 64 << 20
 MAX_WATCH_LINE = 16 << 20
-NODES = "/api/v1/nodes"
 
-Sleep = Callable[[float], Awaitable[None]]
-
-
-def status_error(status: int, body: bytes, what: str) -> KubeStatusError:
-    """The error for an HTTP error answer; the message names the request and, when the body
-    is a Kubernetes ``Status``, says what the API said.
-
-    >>> body = b'{"kind":"Status","message":"nodes \\\\"n9\\\\" not found","reason":"NotFound"}'
-    >>> e = status_error(404, body, "GET n9")
-    >>> type(e).__name__, str(e)
-    ('NotFound', 'GET n9: 404 NotFound: nodes "n9" not found')
-    """
-    reason, message = "", ""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict) and doc.get("kind") == "Status":
-        reason = str(doc.get("reason") or "")
-        message = str(doc.get("message") or "")
-    if not message:
-        text = body.decode("utf-8", "replace").strip()
-        message = " ".join(text.split())[:200] if text and not text.startswith("<") else ""
-    label = reason or _REASONS.get(status, "error")
-    text = f"{what}: {status} {label}" + (f": {message}" if message else "")
-    return kube_status_error(status, text, reason)
-
-
-_REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    406: "NotAcceptable",
-    409: "Conflict",
-    410: "Gone",
-    415: "UnsupportedMediaType",
-    422: "Invalid",
-    429: "TooManyRequests",
-    500: "InternalError",
-    502: "BadGateway",
-    503: "ServiceUnavailable",
-    504: "Timeout",
-}
+__all__ = ["KubeClient", "status_error", "unreachable"]
 
 
 def unreachable(what: str, exc: BaseException) -> KubeUnreachable:
@@ -116,74 +61,6 @@ def unreachable(what: str, exc: BaseException) -> KubeUnreachable:
     else:
         why = str(exc) or type(exc).__name__
     return KubeUnreachable(f"{what}: {' '.join(why.split())}")
-
-
-def ssl_context(cred: kubeconfig.Credential) -> ssl.SSLContext:
-    """A client TLS context: the kubeconfig's CA (or the system's), and its client certificate.
-
-    ``load_cert_chain`` reads files only: inline (``-data``) material goes through a
-    private temporary directory (0700, files 0600) that is removed before returning.
-    """
-    try:
-        if cred.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        elif cred.ca is not None and cred.ca.data is not None:
-            ctx = ssl.create_default_context(cadata=cred.ca.data.decode("ascii", "replace"))
-        elif cred.ca is not None:
-            ctx = ssl.create_default_context(cafile=cred.ca.path)
-        else:
-            ctx = ssl.create_default_context()
-    except FileNotFoundError as exc:
-        where = cred.ca.describe() if cred.ca else "(system store)"
-        raise KubeConfigError(f"{cred.source}: certificate-authority {where} not found") from exc
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise KubeConfigError(f"{cred.source}: cannot load certificate-authority: {_ssl_reason(exc)}") from exc
-    if cred.client_cert is not None and cred.client_key is not None:
-        _load_client_cert(ctx, cred, cred.client_cert, cred.client_key)
-    return ctx
-
-
-def _load_client_cert(
-    ctx: ssl.SSLContext, cred: kubeconfig.Credential, cert: kubeconfig.Material, key: kubeconfig.Material
-) -> None:
-    tmp: str | None = None
-    try:
-        if cert.data is not None or key.data is not None:
-            tmp = tempfile.mkdtemp(prefix="wgagent-kube-")  # mode 0700
-        cert_path = _materialize(cert, tmp, "client.crt")
-        key_path = _materialize(key, tmp, "client.key")
-        ctx.load_cert_chain(cert_path, key_path)
-    except FileNotFoundError as exc:
-        raise KubeConfigError(
-            f"{cred.source}: client certificate or key not found ({cert.describe()}, {key.describe()})"
-        ) from exc
-    except (ssl.SSLError, OSError) as exc:
-        raise KubeConfigError(f"{cred.source}: cannot load client certificate/key: {_ssl_reason(exc)}") from exc
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _materialize(material: kubeconfig.Material, tmp: str | None, name: str) -> str:
-    if material.data is None:
-        assert material.path is not None
-        return material.path
-    assert tmp is not None
-    path = os.path.join(tmp, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(material.data)
-    return path
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class KubeClient:
@@ -220,32 +97,23 @@ class KubeClient:
     # --- the NodeAPI ---------------------------------------------------------------------
 
     async def get_node(self, name: str) -> JSONObject:
-        return await self._call("get", "GET", f"{NODES}/{quote(name, safe='')}")
+        return await self._call(rq.get_node(name))
 
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
-        body = json.dumps(patch).encode()
-        return await self._call(
-            "patch", "PATCH", f"{NODES}/{quote(name, safe='')}", body=body, content_type=MERGE_PATCH
-        )
+        return await self._call(rq.patch_node(name, patch))
 
     async def list_nodes_metadata(self, *, resource_version: str | None = None) -> JSONObject:
-        params = {} if resource_version is None else {"resourceVersion": resource_version}
-        return await self._call("list", "GET", NODES, params=params, accept=ACCEPT_METADATA_LIST)
+        return await self._call(rq.list_nodes(resource_version=resource_version))
 
     async def watch_nodes_metadata(self, resource_version: str, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
-        params = {
-            "watch": "true",
-            "resourceVersion": resource_version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(int(timeout_s)),
-        }
         # No total timeout: the server ends the watch after timeoutSeconds. A silent
         # connection (no event, no bookmark) for watch_idle_timeout_s is taken as dead.
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeout_s, sock_connect=self.timeout_s, sock_read=self.watch_idle_timeout_s
         )
-        what = f"WATCH {NODES}"
-        resp = await self._open("watch", "GET", NODES, params=params, accept=ACCEPT_METADATA, client_timeout=timeout)
+        req = rq.watch_nodes(resource_version, timeout_s=timeout_s)
+        what = f"WATCH {req.path}"
+        resp = await self._open(req, client_timeout=timeout)
         try:
             buf = bytearray()
             while True:
@@ -273,13 +141,11 @@ class KubeClient:
 
     async def create_event(self, namespace: str, event: Mapping[str, Any]) -> JSONObject:
         """POST a core/v1 Event; Conflict (409) if one of that name exists."""
-        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
-        return await self._call("create", "POST", path, body=json.dumps(event).encode(), content_type=JSON)
+        return await self._call(rq.create_event(namespace, event))
 
     async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> JSONObject:
         """JSON merge patch of an Event (count, lastTimestamp, message); NotFound once it expired."""
-        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events/{quote(name, safe='')}"
-        return await self._call("patch", "PATCH", path, body=json.dumps(patch).encode(), content_type=MERGE_PATCH)
+        return await self._call(rq.patch_event(namespace, name, patch))
 
     async def close(self) -> None:
         self._closed = True
@@ -287,88 +153,50 @@ class KubeClient:
 
     # --- requests ----------------------------------------------------------------------
 
-    async def _call(
-        self,
-        verb: str,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        content_type: str | None = None,
-        accept: str = JSON,
-    ) -> JSONObject:
+    async def _call(self, req: rq.Request) -> JSONObject:
         """One request with retries of transient failures; the decoded JSON object."""
-        attempt = 0
-        reauthenticated = False
-        while True:
+
+        async def once() -> JSONObject:
+            what = f"{req.method} {req.path}"
+            resp = await self._open(req)
             try:
-                resp = await self._open(
-                    verb, method, path, params=params, body=body, content_type=content_type, accept=accept
-                )
-                try:
-                    data = await _read_limited(resp, f"{method} {path}")
-                finally:
-                    resp.release()
-                return _json_object(data, f"{method} {path}")
-            except Unauthorized:
-                # A rotated client certificate or token: read the kubeconfig again, once.
-                await self._drop_session()
-                if reauthenticated:
-                    raise
-                reauthenticated = True
-            except KubeError as exc:
-                if not exc.transient or attempt >= self.retries:
-                    raise
-                delay = backoff_delay(attempt, rand=self._rand)
-                attempt += 1
-                log.debug("%s; retry %d/%d in %.1f s", exc, attempt, self.retries, delay)
-                await self._sleep(delay)
+                data = await _read_limited(resp, what)
+            finally:
+                resp.release()
+            return json_object(data, what)
+
+        return await rq.call(once, retries=self.retries, sleep=self._sleep, rand=self._rand, reload=self._drop_session)
 
     async def _open(
-        self,
-        verb: str,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        content_type: str | None = None,
-        accept: str = JSON,
-        client_timeout: aiohttp.ClientTimeout | None = None,
+        self, req: rq.Request, client_timeout: aiohttp.ClientTimeout | None = None
     ) -> aiohttp.ClientResponse:
         """Send one request; the response when its status is 2xx, else the mapped error."""
         session, cred = await self._ensure_session()
-        url = cred.server + path
-        what = f"{method} {url}"
-        headers = {"Accept": accept, "User-Agent": USER_AGENT}
-        if cred.token:
-            headers["Authorization"] = "Bearer " + cred.token
-        if content_type:
-            headers["Content-Type"] = content_type
+        url = cred.server + req.path
+        what = f"{req.method} {url}"
         started = time.monotonic()
         try:
             resp = await session.request(
-                method,
+                req.method,
                 url,
-                params=params,
-                data=body,
-                headers=headers,
+                params=req.params,
+                data=req.body,
+                headers=rq.headers(req, cred),
                 timeout=client_timeout or aiohttp.ClientTimeout(total=self.timeout_s),
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._requests.inc(verb=verb, code="none")
+            self._requests.inc(verb=req.verb, code="none")
             if isinstance(exc, aiohttp.ClientSSLError):
                 await self._drop_session()  # maybe a new CA or certificate on disk: reload next time
             error = unreachable(what, exc)
             log.debug("%s", error)
             raise error from exc
-        self._requests.inc(verb=verb, code=str(resp.status))
+        self._requests.inc(verb=req.verb, code=str(resp.status))
         log.debug("%s -> %d (%.0f ms)", what, resp.status, (time.monotonic() - started) * 1000)
         if resp.status >= 300:
             try:
-                data = await resp.content.read(64 << 10)
+                data = await resp.content.read(MAX_ERROR_BODY)
             except (TimeoutError, aiohttp.ClientError, OSError):
                 data = b""
             finally:
@@ -405,18 +233,8 @@ async def _read_limited(resp: aiohttp.ClientResponse, what: str) -> bytes:
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise unreachable(what, exc) from exc
     if len(data) > MAX_BODY:
-        raise KubeError(f"{what}: answer larger than {MAX_BODY >> 20} MiB")
+        raise too_large(what)
     return data
-
-
-def _json_object(data: bytes, what: str) -> JSONObject:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise KubeError(f"{what}: the answer is not JSON") from exc
-    if not isinstance(doc, dict):
-        raise KubeError(f"{what}: the answer is not a JSON object")
-    return doc
 
 
 def _watch_event(line: bytes, what: str) -> WatchEvent:

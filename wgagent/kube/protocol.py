@@ -1,8 +1,10 @@
 """What the node watch and the annotation need of the Kubernetes API, as a Protocol.
 
 ``client.KubeClient`` (aiohttp) implements it; the parts depend only on this, so their
-logic imports no HTTP library. Objects are the API's JSON, decoded (``dict``); errors are
-the ``wgagent.errors.KubeError`` classes.
+logic imports no HTTP library. A one-shot command's node list needs only
+:class:`NodeLister`, which ``oneshot.OneShotClient`` (the standard library) implements too.
+Objects are the API's JSON, decoded (``dict``); errors are the ``wgagent.errors.KubeError``
+classes.
 """
 
 from __future__ import annotations
@@ -30,11 +32,23 @@ class WatchEvent:
         return rv if isinstance(rv, str) and rv else None
 
 
-class NodeAPI(Protocol):
+class NodeLister(Protocol):
+    """What a one-shot LIST of the Nodes needs (``watch.list_once``)."""
+
     @property
     def source(self) -> str:
         """The kubeconfig this client authenticates with (for messages)."""
         ...
+
+    async def list_nodes_metadata(self, *, resource_version: str | None = None) -> JSONObject:
+        """A PartialObjectMetadataList of every Node (only metadata, so it stays small)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NodeAPI(NodeLister, Protocol):
+    """What the daemon's parts need: their own Node, every Node's metadata, and the watch."""
 
     async def get_node(self, name: str) -> JSONObject:
         """The Node, or NotFound / Forbidden / ... ."""
@@ -44,13 +58,7 @@ class NodeAPI(Protocol):
         """JSON merge patch (RFC 7386) of the Node; the patched Node."""
         ...
 
-    async def list_nodes_metadata(self, *, resource_version: str | None = None) -> JSONObject:
-        """A PartialObjectMetadataList of every Node (only metadata, so it stays small)."""
-        ...
-
     def watch_nodes_metadata(self, resource_version: str, *, timeout_s: int) -> AsyncIterator[WatchEvent]:
         """Metadata-only events after ``resource_version``, with bookmarks, until the server
         ends the watch (normally after ``timeout_s``)."""
         ...
-
-    async def close(self) -> None: ...

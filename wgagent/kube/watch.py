@@ -34,7 +34,7 @@ from typing import Any
 
 from wgagent.errors import Forbidden, Gone, KubeConfigError, KubeError, Unauthorized
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff, backoff_delay
-from wgagent.kube.protocol import NodeAPI, WatchEvent
+from wgagent.kube.protocol import NodeAPI, NodeLister, WatchEvent
 from wgagent.model import CONTROL_PLANE_LABEL, KEPT_ANNOTATIONS, ClusterView, NodeInfo
 from wgagent.part import Signal, StreamPart
 from wgagent.state import State
@@ -90,7 +90,7 @@ def parse_node_list(lst: Mapping[str, Any], source: str) -> tuple[str, dict[str,
     return rv, nodes
 
 
-async def list_once(api: NodeAPI) -> ClusterView:
+async def list_once(api: NodeLister) -> ClusterView:
     """Every Node's flannel annotations from one metadata LIST; KubeError when it fails."""
     _, nodes = parse_node_list(await api.list_nodes_metadata(), api.source)
     return ClusterView(types.MappingProxyType(nodes))

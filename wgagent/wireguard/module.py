@@ -73,7 +73,7 @@ class ModuleFacts:
 
 
 @dataclass(frozen=True)
-class Finding:
+class ModuleFinding:
     code: str
     """Stable name for programs: old_kernel, no_modules_dir, not_built, no_kernel_support,
     probe_failed, modprobe_failed, no_modprobe, not_loaded."""
@@ -89,7 +89,7 @@ class ModuleDiagnosis:
     ok: bool
     state: str
     """``builtin``, ``loaded``, ``loaded_now`` (by this modprobe) or ``missing``."""
-    findings: tuple[Finding, ...] = ()
+    findings: tuple[ModuleFinding, ...] = ()
 
     def detail(self) -> str:
         if self.ok:
@@ -127,11 +127,11 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
         state = "loaded_now" if facts.modprobe is not None and facts.modprobe.returncode == 0 else "loaded"
         return ModuleDiagnosis(True, state)
     rel = facts.release
-    found: list[Finding] = []
+    found: list[ModuleFinding] = []
     version = kernel_version(rel)
     if version is not None and version < MIN_KERNEL and facts.module_file is not True:
         found.append(
-            Finding(
+            ModuleFinding(
                 "old_kernel",
                 f"kernel {rel} is older than 5.6 (WireGuard went into Linux in 5.6) and /lib/modules/{rel}"
                 " has no wireguard module",
@@ -141,7 +141,7 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
         )
     if not facts.modules_dir:
         found.append(
-            Finding(
+            ModuleFinding(
                 "no_modules_dir",
                 f"/lib/modules/{rel} does not exist: the kernel was upgraded but the machine not rebooted into it,"
                 " or this is a container",
@@ -150,7 +150,7 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
         )
     elif facts.module_file is False and (version is None or version >= MIN_KERNEL):
         found.append(
-            Finding(
+            ModuleFinding(
                 "not_built",
                 f"kernel {rel} has no wireguard module in /lib/modules/{rel} and does not have it built in",
                 "boot a kernel built with CONFIG_WIREGUARD, e.g. the distribution's standard one:"
@@ -160,7 +160,7 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
     probe = facts.probe
     if probe is not None and probe.result == "unsupported":
         found.append(
-            Finding(
+            ModuleFinding(
                 "no_kernel_support",
                 "creating a wireguard link answers 'Operation not supported': this kernel has no WireGuard support",
                 "boot a kernel with WireGuard (5.6 or later): apt update && apt dist-upgrade && reboot;"
@@ -168,16 +168,16 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
             )
         )
     elif probe is not None and probe.result == "error":
-        found.append(Finding("probe_failed", f"creating a test wireguard link failed: {probe.detail}"))
+        found.append(ModuleFinding("probe_failed", f"creating a test wireguard link failed: {probe.detail}"))
     mp = facts.modprobe
     if mp is not None and mp.returncode is None:
-        found.append(Finding("no_modprobe", f"modprobe could not be run: {mp.output}", "apt install kmod"))
+        found.append(ModuleFinding("no_modprobe", f"modprobe could not be run: {mp.output}", "apt install kmod"))
     elif mp is not None and mp.returncode != 0:
         text = mp.output or f"exit status {mp.returncode}"
-        found.append(Finding("modprobe_failed", f"modprobe wireguard: {text}", _modprobe_fix(text)))
+        found.append(ModuleFinding("modprobe_failed", f"modprobe wireguard: {text}", _modprobe_fix(text)))
     if not found:
         found.append(
-            Finding(
+            ModuleFinding(
                 "not_loaded",
                 "the wireguard module is not loaded",
                 "modprobe wireguard (wireguard.manage_module: true does it for you)",

@@ -15,21 +15,26 @@ transaction; removing an absent peer answers ``errno=0``, a malformed key ``errn
 
 This module is the pure codec (:class:`GetParser`, :func:`encode_remove`,
 :func:`parse_errno`), tested without sockets, plus :class:`UapiBackend`, a thin asyncio
-adapter. The device's private key is read only to derive its public key (X25519, RFC
-7748) and is then dropped; the preshared keys are skipped; neither is ever in a message.
+adapter (asyncio is imported when it is first used: ``wgagent gc`` sends its get with
+:meth:`UapiBackend.send_get` before it loads asyncio). The device's private key is read
+only to derive its public key (X25519, RFC 7748) and is then dropped; the preshared keys
+are skipped; neither is ever in a message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import os
 import re
+import socket
 from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wgagent.errors import DeviceNotFound, WireGuardError
 from wgagent.wireguard.model import KEY_LEN, Device, Peer, key_from_bytes
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_REPLY_BYTES = 256 << 20
 """A get reply is ~400 bytes per peer: this is room for over half a million peers, and a
@@ -374,19 +379,42 @@ class UapiBackend:
     def __init__(self, uapi_dir: str, *, timeout_s: float = 10.0) -> None:
         self.uapi_dir = uapi_dir
         self.timeout_s = timeout_s
+        self._sent: dict[str, socket.socket] = {}
 
     def socket_path(self, ifname: str) -> str:
         return os.path.join(self.uapi_dir, f"{ifname}.sock")
 
+    def send_get(self, ifname: str) -> None:
+        """Send ``ifname``'s get now, blocking only to connect, and leave the reply to the next
+        :meth:`get`: the implementation builds it meanwhile (wireguard-go takes ~50 ms for
+        10,000 peers, then holds its UAPI lock for reading until the reply is read). A socket
+        that cannot be reached is left to :meth:`get`, which says why."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(self.socket_path(ifname))
+            sock.sendall(GET_REQUEST)
+        except OSError:
+            sock.close()
+            return
+        self._sent[ifname] = sock
+
     async def get(self, ifname: str) -> Device:
+        import asyncio
+
         path = self.socket_path(ifname)
         parser = GetParser(ifname, source=path)
+        sent = self._sent.pop(ifname, None)
 
         async def exchange() -> Device:
-            reader, writer = await self._connect(ifname)
+            if sent is not None:
+                reader, writer = await asyncio.open_unix_connection(sock=sent, limit=_READ_SIZE)
+            else:
+                reader, writer = await self._connect(ifname)
             try:
-                writer.write(GET_REQUEST)
-                await writer.drain()
+                if sent is None:
+                    writer.write(GET_REQUEST)
+                    await writer.drain()
                 while True:
                     chunk = await reader.read(_READ_SIZE)
                     if not chunk:
@@ -425,6 +453,8 @@ class UapiBackend:
         await self._bounded(exchange(), path, "set")
 
     async def _connect(self, ifname: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        import asyncio
+
         path = self.socket_path(ifname)
         try:
             # A big buffer: with the default 64 KiB the transport pauses and resumes reading
@@ -442,6 +472,8 @@ class UapiBackend:
             raise WireGuardError(f"{ifname}: cannot connect to {path}: {exc.strerror or exc}") from exc
 
     async def _bounded(self, coro: Coroutine[Any, Any, T], path: str, op: str) -> T:
+        import asyncio
+
         try:
             return await asyncio.wait_for(coro, self.timeout_s)
         except TimeoutError as exc:

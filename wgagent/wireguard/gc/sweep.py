@@ -4,11 +4,14 @@
     results, note = await gc_all(cfg.wireguard, net, open_backend, cluster, store, now=now, dry_run=False)
 
 The daemon's part and ``wgagent gc`` both run passes through here; the wiring hands them
-the backend factory and the interfaces to watch.
+the backend factory and the interfaces to watch. ``cluster`` is the live nodes, None when
+they are unknown, or a future of either: ``wgagent gc`` lists the Nodes while the device is
+read, and a pass waits for the list only once it has the device.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +27,9 @@ from wgagent.wireguard.gc.policy import GCPolicy, Selection, peer_states, select
 from wgagent.wireguard.model import Peer
 
 log = logging.getLogger("wgagent.wireguard.gc")
+
+NodeList = ClusterView | None | asyncio.Future[ClusterView | None]
+"""The live nodes, None when unknown, or a future of either (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def _log_removals(ifname: str, verb: str, peers: tuple[Peer, ...]) -> None:
 async def run_gc_pass(
     backend: Backend,
     ifname: str,
-    cluster: ClusterView | None,
+    nodes: NodeList,
     store: FirstSeenStore,
     *,
     now: float,
@@ -124,8 +130,9 @@ async def run_gc_pass(
     try:
         device = await backend.get(ifname)
     except WireGuardError as exc:
-        unread = Selection(node_list="unknown" if cluster is None else "known")
+        unread = Selection(node_list="unknown" if await _known(nodes) is None else "known")
         return GCResult(ifname, backend.kind, dry_run, now, selection=unread, error=str(exc))
+    cluster = await _known(nodes)
     seen = update_first_seen(store.get(ifname), device, now)
     keys = cluster.current_keys if cluster is not None else None
     sel = select_stale_peers(device, keys, seen, now, policy)
@@ -139,6 +146,10 @@ async def run_gc_pass(
     removed = bool(sel.remove) and not dry_run and error is None
     states = peer_states(device, sel, now, removed=removed)
     return GCResult(ifname, backend.kind, dry_run, now, len(device.peers), sel, owners, states, error)
+
+
+async def _known(nodes: NodeList) -> ClusterView | None:
+    return await nodes if isinstance(nodes, asyncio.Future) else nodes
 
 
 async def _remove(backend: Backend, ifname: str, sel: Selection, seen: dict[str, float]) -> str | None:
@@ -160,7 +171,7 @@ async def gc_all(
     wg: WireGuardConfig,
     net: HostNet,
     backends: BackendFactory,
-    cluster: ClusterView | None,
+    cluster: NodeList,
     store: FirstSeenStore,
     *,
     now: float,
