@@ -19,6 +19,7 @@ Who hears whom (the :class:`~wgagent.part.Signal` connections made by :func:`bui
                                                            theirs through ``events``: K3sConfigWritten,
                                                            K3sRestarted, OverwriteSet, PeersRemoved, the mesh's)
     Nodes changed          -> annotation part             (only when the own Node changed)
+    annotation pass done   -> k3s part                    (its pass follows, so one restart serves both)
     k3s restart needed     -> k3s part                    (it restarts k3s once, for every need)
     k3s found after start  -> the daemon rebuilds         (identity is decided once per build)
 

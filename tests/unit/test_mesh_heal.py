@@ -47,6 +47,24 @@ def test_decide_heal(case: str, v: ob.PeerView, memory: dict[str, float], expect
     assert heal.decide_heal(obs(v), heal.HealMemory(memory), NOW) == expected, case
 
 
+def test_a_dual_stack_ipv4_change_flannel_did_not_pass_on_is_healed() -> None:
+    """flannel passes another Node's update only when both families changed (kube.go
+    ``handleUpdateLeaseEvent``): n1's new IPv4 alone leaves n0's peer at the old address. Once
+    the handshake is older than 180 s, the look names it drift and the heal sets the new one."""
+    from tests.unit.test_mesh_observe import cluster, device, node, peer
+
+    moved = cluster(node(1, ip="198.51.100.1"))
+    stale = device(peer(1, hs_age=200, endpoint="203.0.113.1:51820"))
+    look = ob.observe("n0", stale, moved, previous=None, now=NOW)
+    seen = look.peer("n1")
+    assert seen is not None and seen.status == ob.DRIFT
+    assert heal.decide_heal(look, heal.HealMemory(), NOW) == [
+        heal.Reset("n1", K1, "203.0.113.1:51820", "198.51.100.1:51820")
+    ]
+    fresh = device(peer(1, hs_age=20, endpoint="203.0.113.1:51820"))  # a fresh handshake: never touched
+    assert heal.decide_heal(ob.observe("n0", fresh, moved, previous=None, now=NOW), heal.HealMemory(), NOW) == []
+
+
 def test_nothing_when_healing_is_off() -> None:
     assert heal.decide_heal(obs(view()), heal.HealMemory(), NOW, enabled=False) == []
 
