@@ -140,7 +140,7 @@ def diagnosis(net: Net, answer: dict[str, Any], rule: str | None, now: float) ->
     memory = pb.InboundMemory(now - 3600, last=last)
     expected = {n: pb.Expected(now - 3600, 300) for n in ("n1", "n3")}
     inbound = pb.inbound_view(memory, expected, {n: net.addr[n] for n in expected}, now, rule=rule)
-    obs = ob.Observation("n2", now, "wg0", True, "", ())
+    obs = ob.Look("n2", now, "wg0", True, "", ())
     reps = {
         n: rp.encode(rp.Report(at=int(now), interface="wg0", inbound=rp.Inbound("ok", "ok", 2))) for n in ("n1", "n3")
     }

@@ -47,7 +47,7 @@ class Sim:
     writes: Counter[str] = field(default_factory=Counter)
     arrivals: dict[str, list[pb.Arrival]] = field(default_factory=dict)
     counts: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
-    states: dict[str, agent.State] = field(default_factory=dict)
+    states: dict[str, agent.MeshState] = field(default_factory=dict)
     last: dict[str, agent.Outputs] = field(default_factory=dict)
     rand: random.Random = field(default_factory=lambda: random.Random(7))
 

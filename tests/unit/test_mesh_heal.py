@@ -26,8 +26,8 @@ def view(
     return ob.PeerView("n1", status, NOW - 600, key=key, endpoint=endpoint, advertised=RIGHT, handshake_age_s=age)
 
 
-def obs(*views: ob.PeerView) -> ob.Observation:
-    return ob.Observation("n0", NOW, "flannel-wg", True, peers=views)
+def obs(*views: ob.PeerView) -> ob.Look:
+    return ob.Look("n0", NOW, "flannel-wg", True, peers=views)
 
 
 @pytest.mark.parametrize(

@@ -58,9 +58,7 @@ def device(*peers: Peer, name: str = "flannel-wg") -> Device:
     return Device(name, 51820, OWN, peers)
 
 
-def look(
-    dev: Device | None, view: ClusterView, *, now: float = NOW, previous: ob.Memory | None = None
-) -> ob.Observation:
+def look(dev: Device | None, view: ClusterView, *, now: float = NOW, previous: ob.Memory | None = None) -> ob.Look:
     return ob.observe("n0", dev, view, previous=previous, now=now)
 
 

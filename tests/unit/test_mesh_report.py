@@ -18,11 +18,11 @@ from wgagent.mesh.model import REFRESH_S
 NOW = 1_800_000_000
 
 
-def obs(*views: ob.PeerView, others: int = 0, at: float = NOW) -> ob.Observation:
-    return ob.Observation("n0", at, "flannel-wg", True, "", tuple(views), others)
+def obs(*views: ob.PeerView, others: int = 0, at: float = NOW) -> ob.Look:
+    return ob.Look("n0", at, "flannel-wg", True, "", tuple(views), others)
 
 
-def healthy(n: int) -> ob.Observation:
+def healthy(n: int) -> ob.Look:
     return obs(*(ob.PeerView(f"node-{i:04d}.example.internal", ob.OK, NOW - 5000) for i in range(n)))
 
 
@@ -30,7 +30,7 @@ INBOUND_OK = pb.InboundView("ok", "ok", 3)
 HOST = rp.HostFacts(public="203.0.113.1", nat=False, provider="aws")
 
 
-def build(o: ob.Observation, inbound: pb.InboundView | None = INBOUND_OK) -> rp.Report:
+def build(o: ob.Look, inbound: pb.InboundView | None = INBOUND_OK) -> rp.Report:
     return rp.build(o, inbound, HOST, probe_interval_s=300, probing_since=NOW - 4000)
 
 
@@ -73,7 +73,7 @@ def test_not_fine_nodes_are_listed_with_their_facts() -> None:
 
 
 def test_no_interface() -> None:
-    o = ob.Observation("n0", NOW, None, False, "no WireGuard interface of flannel")
+    o = ob.Look("n0", NOW, None, False, "no WireGuard interface of flannel")
     doc = json.loads(rp.encode(build(o, None)))
     assert (doc.get("if"), doc["ifok"], doc["ifd"], doc["in"]) == (
         None,
@@ -106,7 +106,7 @@ def test_never_over_16_kb_the_least_severe_left_out_and_counted() -> None:
 
 
 def test_long_free_text_is_cut() -> None:
-    o = ob.Observation("n0", NOW, None, False, "x " * 500)
+    o = ob.Look("n0", NOW, None, False, "x " * 500)
     assert len(rp.build(o, None, HOST, probe_interval_s=None, probing_since=None).interface_detail) == rp.MAX_TEXT
 
 
@@ -173,8 +173,8 @@ def test_decode_never_raises_on_json_shapes(doc: object) -> None:
 # --- when to write -----------------------------------------------------------------------------
 
 
-def written(r: rp.Report, at: float) -> rp.Written:
-    return rp.Written(at, rp.content(r))
+def written(r: rp.Report, at: float) -> rp.LastReport:
+    return rp.LastReport(at, rp.content(r))
 
 
 @pytest.mark.parametrize(

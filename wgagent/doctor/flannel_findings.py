@@ -34,7 +34,7 @@ from wgagent.kube.annotation import (
     OVERWRITE,
     PUBLISHED,
     FamilyFacts,
-    Verdict,
+    Ruling,
     decide_family,
     shared_with,
     short,
@@ -108,7 +108,7 @@ def check_annotations(facts: Facts, kf: KubeFacts) -> list[Finding]:
     return [verdict_finding(facts, ff, v) for ff, v in verdicts(facts).values()]
 
 
-def verdicts(facts: Facts) -> dict[int, tuple[FamilyFacts, Verdict]]:
+def verdicts(facts: Facts) -> dict[int, tuple[FamilyFacts, Ruling]]:
     """``decide_family`` for each family the cluster uses, with the facts it was given; empty
     without the own Node, a decided address or k3s's facts."""
     p, k, kf = facts.public_ip, facts.k3s, facts.kube
@@ -142,7 +142,7 @@ def _stuck(facts: Facts, k: K3sFacts, want: Mapping[int, str]) -> bool:
     return served is not None and served.want == want_key(want) and facts.now - served.at >= SETTLE_S
 
 
-def verdict_finding(facts: Facts, f: FamilyFacts, v: Verdict) -> Finding:
+def verdict_finding(facts: Facts, f: FamilyFacts, v: Ruling) -> Finding:
     """One family's verdict as a finding (see the module doc)."""
     ow, pub = short(OVERWRITE[f.family]), short(PUBLISHED[f.family])
     if v.rule in ("ok", "restore"):
@@ -177,7 +177,7 @@ def verdict_finding(facts: Facts, f: FamilyFacts, v: Verdict) -> Finding:
     return Finding("problem", "flannel", wrong, v.detail, v.fix)  # a rule added later: its own words
 
 
-def _pending(facts: Facts, f: FamilyFacts, v: Verdict) -> Finding:
+def _pending(facts: Facts, f: FamilyFacts, v: Ruling) -> Finding:
     """drop-in, restart: the running wgagent's next steps (a warning: it converges by itself)."""
     unit, k3s = unit_name(facts), facts.cfg.k3s
     if k3s.restart:

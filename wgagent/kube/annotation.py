@@ -172,7 +172,7 @@ class FamilyFacts:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Ruling:
     rule: str
     ok: bool
     detail: str
@@ -183,21 +183,21 @@ class Verdict:
     """k3s must restart so flannel re-reads the overwrite."""
 
 
-def decide_family(f: FamilyFacts) -> Verdict:
+def decide_family(f: FamilyFacts) -> Ruling:
     """The first rule of the module doc that applies to this family."""
     ow, pub = short(OVERWRITE[f.family]), short(PUBLISHED[f.family])
     if f.shared_with is not None:
-        return Verdict(
+        return Ruling(
             "shared", False,
             f"{f.want} is already published by Node {f.shared_with}: two nodes behind one public IP break each "
             f"other's WireGuard tunnels; wgagent does not advertise it here", SHARED_FIX,
         )  # fmt: skip
     if same_ip(f.published, f.want):
-        return _restore(f, ow, pub) or Verdict("ok", True, f"{pub} is {f.want}")
+        return _restore(f, ow, pub) or Ruling("ok", True, f"{pub} is {f.want}")
     return _k3s_rules(f, ow, pub) or _overwrite_rules(f, ow, pub)
 
 
-def _restore(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
+def _restore(f: FamilyFacts, ow: str, pub: str) -> Ruling | None:
     """Published right, but the overwrite is gone or changed (someone removed it): put it back
     where this k3s leaves it alone, so flannel's next start publishes the same; no restart. Not
     where k3s sets or removes it itself at every start: that would be fighting it."""
@@ -206,17 +206,17 @@ def _restore(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
     if _k3s_rules(f, ow, pub) is not None:
         return None
     how = "removed" if f.overwrite is None else f"changed to {f.overwrite}"
-    return Verdict("restore", True, f"{pub} is {f.want}; {ow} was {how}, put back (k3s {f.version} leaves it alone)",
+    return Ruling("restore", True, f"{pub} is {f.want}; {ow} was {how}, put back (k3s {f.version} leaves it alone)",
                    patch=f.want)  # fmt: skip
 
 
-def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
+def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Ruling | None:
     """Rules on what k3s will use and whether it runs with it; None when it does."""
     if not same_ip(f.k3s.value, f.want):
         if f.k3s.ours:
-            return Verdict("drop-in", False, f"wgagent's drop-in is about to set node-external-ip {f.want}")
+            return Ruling("drop-in", False, f"wgagent's drop-in is about to set node-external-ip {f.want}")
         k3s_says = f.k3s.value or "nothing"
-        return Verdict(
+        return Ruling(
             "override", False,
             f"k3s will use node-external-ip {k3s_says} from {f.k3s.source}, not {f.want}, so flannel publishes "
             f"{f.published or 'no ' + pub}; not restarting k3s, which would not change it",
@@ -227,7 +227,7 @@ def _k3s_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict | None:
     # has it unless its drop-in is yet to be written or its restart is still pending.
     stale = not in_list(f.running, f.want) if f.running is not None else not f.dropin_written
     if f.k3s_restart_pending or stale:
-        return Verdict(
+        return Ruling(
             "restart", False, f"k3s has not restarted since node-external-ip became {f.want}", patch=_ahead(f)
         )
     return None
@@ -241,10 +241,10 @@ def _ahead(f: FamilyFacts) -> str | None:
     return f.want if leaves_it and not same_ip(f.overwrite, f.want) else None
 
 
-def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict:
+def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Ruling:
     """k3s runs with the decided node-external-ip: only the overwrite or flannel can be behind."""
     if f.stuck:
-        return Verdict(
+        return Ruling(
             "stuck", False,
             f"{ow} is {f.overwrite or 'not set'} and flannel's {pub} is {f.published or 'not set'} even after a k3s "
             f"restart for {f.want}; not restarting again",
@@ -253,21 +253,21 @@ def _overwrite_rules(f: FamilyFacts, ow: str, pub: str) -> Verdict:
     if not same_ip(f.overwrite, f.want):
         if f.version is None or wipes_overwrite_when_off(f.version):
             return _wiped(f, ow)
-        return Verdict(
+        return Ruling(
             "patch", False,
             f"k3s {f.version} runs with node-external-ip {f.want} but did not set {ow} (flannel-external-ip is off, or "
             f"k3s's cloud controller is); setting it, which this k3s leaves alone", patch=f.want, restart=True,
         )  # fmt: skip
-    return Verdict(
+    return Ruling(
         "flannel", False,
         f"{ow} is {f.want} but flannel's {pub} is still {f.published or 'not set'} (flannel reads it only when it "
         "starts)", restart=True,
     )  # fmt: skip
 
 
-def _wiped(f: FamilyFacts, ow: str) -> Verdict:
+def _wiped(f: FamilyFacts, ow: str) -> Ruling:
     version = f"k3s {f.version}" if f.version is not None else "this k3s (version unknown)"
-    return Verdict(
+    return Ruling(
         "wiped", False,
         f"{version} runs with node-external-ip {f.want} but {ow} is {f.overwrite or 'not set'}: with "
         "flannel-external-ip off, k3s removes the overwrite at every start (k3s PR #13431), so setting it is pointless",
@@ -453,7 +453,7 @@ class AnnotationPart(Part):
             confirmed.update({OVERWRITE[v]: anns.get(OVERWRITE[v], "") for v in want})
         return well
 
-    def _decide(self, node: OwnNode, want: Mapping[int, str], addrs: PublicAddresses) -> dict[int, Verdict]:
+    def _decide(self, node: OwnNode, want: Mapping[int, str], addrs: PublicAddresses) -> dict[int, Ruling]:
         view = self._k3s_view(addrs)
         cluster = self._cluster()
         pending = self._restart_pending()
@@ -470,7 +470,7 @@ class AnnotationPart(Part):
     def _restart_pending(self) -> bool:
         return self._restarter is not None and "config" in self._restarter.open_needs
 
-    async def _patch(self, node: OwnNode, verdicts: Mapping[int, Verdict]) -> OwnNode:
+    async def _patch(self, node: OwnNode, verdicts: Mapping[int, Ruling]) -> OwnNode:
         changes = {OVERWRITE[v]: verdict.patch for v, verdict in verdicts.items() if verdict.patch is not None}
         if not changes:
             return node
@@ -482,7 +482,7 @@ class AnnotationPart(Part):
             self._events(overwrite_set(node.annotations.get(key), value, key))
         return own_node_of(patched)
 
-    def _ask_restart(self, want: Mapping[int, str], verdicts: Mapping[int, Verdict]) -> None:
+    def _ask_restart(self, want: Mapping[int, str], verdicts: Mapping[int, Ruling]) -> None:
         if self._restarter is None:
             return
         needing = [v for v in verdicts.values() if v.restart]
@@ -518,7 +518,7 @@ class AnnotationPart(Part):
     # --- reporting ---------------------------------------------------------------------
 
     def _succeed(
-        self, want: Mapping[int, str], source: str, families: Families, verdicts: Mapping[int, Verdict] | None = None
+        self, want: Mapping[int, str], source: str, families: Families, verdicts: Mapping[int, Ruling] | None = None
     ) -> float:
         if self._restarter is not None:
             self._restarter.drop("overwrite")
@@ -556,7 +556,7 @@ class AnnotationPart(Part):
         current: Mapping[str, str],
         source: str,
         families: Families,
-        verdicts: Mapping[int, Verdict],
+        verdicts: Mapping[int, Ruling],
     ) -> None:
         self._status = {
             "node": self.node,
@@ -578,8 +578,8 @@ def want_key(want: Mapping[int, str]) -> str:
     return ",".join(ip for _, ip in sorted(want.items()))
 
 
-def _line(verdict: Verdict) -> str:
+def _line(verdict: Ruling) -> str:
     return f"{verdict.detail}; fix: {verdict.fix}" if verdict.fix else verdict.detail
 
 
-__all__: Sequence[str] = ("AnnotationPart", "FamilyFacts", "OwnNode", "Verdict", "decide_family", "shared_with")
+__all__: Sequence[str] = ("AnnotationPart", "FamilyFacts", "OwnNode", "Ruling", "decide_family", "shared_with")

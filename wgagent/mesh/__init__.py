@@ -1,7 +1,7 @@
 """Mesh health: which node pairs cannot talk, why, and which node to fix (issue 14).
 
     model.py     policy, cause ids, the endpoint each Node advertises              (pure)
-    observe.py   device + node list + last look -> Observation, per other Node      (pure)
+    observe.py   device + node list + last look -> Look, per other Node             (pure)
     probe.py     the inbound probe: datagram, schedule, arrivals vs host verdicts   (pure)
     report.py    -> the ``wgagent.io/mesh`` annotation; strict decode; write policy  (pure)
     diagnose.py  every report + the Node list -> pairs, causes, fixes               (pure)

@@ -50,19 +50,19 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class State:
+class MeshState:
     started_at: float
     memory: ob.Memory | None = None
     inbound: pb.InboundMemory | None = None
     schedule: pb.Schedule = field(default_factory=pb.Schedule)
     heal: hl.HealMemory = field(default_factory=hl.HealMemory)
-    written: rp.Written | None = None
+    written: rp.LastReport | None = None
     row: ch.Row | None = None
 
 
 @dataclass(frozen=True)
 class Outputs:
-    observation: ob.Observation
+    observation: ob.Look
     report: rp.Report
     publish: rp.PublishDecision
     probes: list[pb.Target]
@@ -72,13 +72,13 @@ class Outputs:
     needs_rule: bool
 
 
-def start(now: float, baseline: Mapping[str, int] | None = None) -> State:
-    return State(now, inbound=pb.start(now, baseline))
+def start(now: float, baseline: Mapping[str, int] | None = None) -> MeshState:
+    return MeshState(now, inbound=pb.start(now, baseline))
 
 
 def step(
-    me: str, inputs: Inputs, state: State, policy: MeshPolicy, *, rand: Callable[[], float]
-) -> tuple[Outputs, State]:
+    me: str, inputs: Inputs, state: MeshState, policy: MeshPolicy, *, rand: Callable[[], float]
+) -> tuple[Outputs, MeshState]:
     """One pass (see the module doc)."""
     now = inputs.now
     obs = ob.observe(
@@ -129,12 +129,12 @@ def _inbound(me: str, inputs: Inputs, memory: pb.InboundMemory, probing: bool, n
     )
 
 
-def written(state: State, report: rp.Report, now: float) -> State:
+def written(state: MeshState, report: rp.Report, now: float) -> MeshState:
     """After the report was written (the patch succeeded)."""
-    return replace(state, written=rp.Written(now, rp.content(report)))
+    return replace(state, written=rp.LastReport(now, rp.content(report)))
 
 
-def healed(state: State, done: Sequence[hl.Reset], device: Device | None, now: float) -> State:
+def healed(state: MeshState, done: Sequence[hl.Reset], device: Device | None, now: float) -> MeshState:
     """After endpoints were set back."""
     present = {p.public_key for p in device.peers} if device is not None else set()
     return replace(state, heal=hl.remember(state.heal, done, now, present))
@@ -145,7 +145,7 @@ def final_report(out: Outputs) -> rp.Report:
     return replace(out.report, state=rp.STOPPED)
 
 
-def peer_metrics(obs: ob.Observation) -> dict[str, tuple[float | None, str]]:
+def peer_metrics(obs: ob.Look) -> dict[str, tuple[float | None, str]]:
     """Per other Node: (handshake age in seconds or None, status), for ``wgagent_mesh_peer_*``
     metrics with a ``peer_node`` label (cardinality: the cluster size)."""
     return {v.node: (v.handshake_age_s, v.status) for v in obs.peers}

@@ -42,7 +42,7 @@ class HealMemory:
     last: Mapping[str, float] = field(default_factory=dict)
 
 
-def decide_heal(obs: ob.Observation, memory: HealMemory, now: float, *, enabled: bool = True) -> list[Reset]:
+def decide_heal(obs: ob.Look, memory: HealMemory, now: float, *, enabled: bool = True) -> list[Reset]:
     """The endpoints to set back now (see the module doc), at most :data:`MAX_PER_PASS`."""
     if not enabled:
         return []

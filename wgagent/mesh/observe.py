@@ -2,7 +2,7 @@
 
 :func:`observe` is pure: the device (as either backend read it), the node watch's
 :class:`~wgagent.model.ClusterView`, the previous look's memory and ``now`` in; an
-:class:`Observation` out, with one :class:`PeerView` per other Node that runs flannel's
+:class:`Look` out, with one :class:`PeerView` per other Node that runs flannel's
 WireGuard backend::
 
     obs = observe("n1", device, view, previous=obs.memory if obs else None, now=time.time())
@@ -94,7 +94,7 @@ class Memory:
 
 
 @dataclass(frozen=True)
-class Observation:
+class Look:
     node: str
     at: float
     interface: str | None
@@ -131,13 +131,11 @@ def observe(
     previous: Memory | None,
     now: float,
     interface_detail: str = "",
-) -> Observation:
+) -> Look:
     """This node's view of every other Node's peer on ``device`` (None: there is no device)."""
     if device is None:
         detail = interface_detail or "no WireGuard interface of flannel"
-        return Observation(
-            me, now, None, False, detail, memory=Memory(now, {}, dict(previous.statuses if previous else {}))
-        )
+        return Look(me, now, None, False, detail, memory=Memory(now, {}, dict(previous.statuses if previous else {})))
     ipv6 = device.name.endswith("-v6")
     local_port = device.listen_port
     by_key = {p.public_key: p for p in device.peers}
@@ -167,7 +165,7 @@ def observe(
     views.sort(key=lambda v: v.node)
     known = set(wanted) | {k for k in old.values() if k}
     others = sum(1 for p in device.peers if p.public_key not in known)
-    return Observation(me, now, device.name, True, "", tuple(views), others, Memory(now, counters, statuses))
+    return Look(me, now, device.name, True, "", tuple(views), others, Memory(now, counters, statuses))
 
 
 def _primary(advertised: frozenset[str], ipv6: bool) -> str | None:

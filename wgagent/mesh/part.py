@@ -175,7 +175,7 @@ class MeshPart(Part):
         self._cluster, self._adopted, self._backends, self._net = cluster, adopted, backends, host_net
         self._setters, self._host, self._events, self._provider = setters, host, events, provider
         self._clock, self._rand = clock, rand
-        self._st: agent.State | None = None
+        self._st: agent.MeshState | None = None
         self._last: agent.Outputs | None = None
         self._ifname: str | None = None
         self._probing = _Probing()

@@ -1,6 +1,6 @@
 """The published report: one annotation, ``wgagent.io/mesh``, on the agent's own Node.
 
-Each agent writes what it sees (its :class:`~wgagent.mesh.observe.Observation` and
+Each agent writes what it sees (its :class:`~wgagent.mesh.observe.Look` and
 :class:`~wgagent.mesh.probe.InboundView`) on its own Node, which its own credential may patch;
 every agent and ``wgagent mesh`` read all of them from the Node list (metadata only, so the
 node watch already carries them: no extra request).
@@ -136,7 +136,7 @@ class Report:
 
 
 def build(
-    obs: ob.Observation,
+    obs: ob.Look,
     inbound: pb.InboundView | None,
     host: HostFacts,
     *,
@@ -177,7 +177,7 @@ def build(
     )
 
 
-def _wireguard_notes(obs: ob.Observation) -> tuple[dict[str, Note], dict[str, int]]:
+def _wireguard_notes(obs: ob.Look) -> tuple[dict[str, Note], dict[str, int]]:
     """A note per listed peer, and the counts over all of them (a peer not yet listed, as a
     missing key within its grace, counts as ok)."""
     notes: dict[str, Note] = {}
@@ -391,7 +391,7 @@ def _opt(v: Any, conv: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Written:
+class LastReport:
     """The last report written: when, and its content (the encoding without the time)."""
 
     at: float
@@ -413,14 +413,14 @@ def content(report: Report) -> str:
 
 
 def decide_publish(
-    last: Written | None, report: Report, now: float, interval_s: float, *, final: bool = False
+    last: LastReport | None, report: Report, now: float, interval_s: float, *, final: bool = False
 ) -> PublishDecision:
     """Whether to write ``report`` now (see the module doc).
 
     >>> r = Report(at=100)
     >>> decide_publish(None, r, 100, 60).reason
     'first'
-    >>> decide_publish(Written(90, content(r)), r, 100, 60)
+    >>> decide_publish(LastReport(90, content(r)), r, 100, 60)
     PublishDecision(write=False, reason='unchanged', next_at=1890.0)
     """
     if last is None:
