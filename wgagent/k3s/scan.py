@@ -233,17 +233,9 @@ def _as_list(value: Value) -> tuple[str, ...]:
 
 def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], ConfigFinding | None]:
     """The keys of one config file in file order, or the finding that says why k3s cannot use it."""
-    if isinstance(content, Unreadable):
-        if not content.fatal:
-            return [], ConfigFinding(path, None, f"not checked: {content.reason}", error=False, code="unreadable")
-        return [], ConfigFinding(
-            path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot", code="unreadable"
-        )
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        message = f"not UTF-8 text (byte {exc.start}); k3s will not start with this file"
-        return [], ConfigFinding(path, None, message, code="invalid")
+    text = _text(path, content)
+    if isinstance(text, ConfigFinding):
+        return [], text
     loader = yaml.SafeLoader(text)
     try:
         # k3s decodes only the first document of a file
@@ -257,19 +249,7 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], ConfigFin
                 "not a mapping of k3s flags (key: value); k3s will not start with this file",
                 code="invalid",
             )
-        loader.flatten_mapping(node)
-        entries = []
-        for key_node, value_node in node.value:
-            raw_key = go_string(loader.construct_object(key_node, deep=True))
-            entries.append(
-                _Entry(
-                    key=raw_key.removesuffix("+"),
-                    append=raw_key.endswith("+"),
-                    value=_as_value(loader.construct_object(value_node, deep=True)),
-                    line=key_node.start_mark.line + 1,
-                )
-            )
-        return entries, None
+        return _entries(loader, node), None
     except yaml.YAMLError as exc:
         message = f"not valid YAML ({yamlerr.problem(exc)}); k3s will not start until it is fixed"
         return [], ConfigFinding(path, yamlerr.line_of(exc), message, code="invalid")
@@ -279,6 +259,38 @@ def parse_file(path: str, content: FileContent) -> tuple[list[_Entry], ConfigFin
         )
     finally:
         loader.dispose()
+
+
+def _text(path: str, content: FileContent) -> str | ConfigFinding:
+    """The file as text, or why k3s cannot read it (unreadable, not UTF-8)."""
+    if isinstance(content, Unreadable):
+        if not content.fatal:
+            return ConfigFinding(path, None, f"not checked: {content.reason}", error=False, code="unreadable")
+        return ConfigFinding(
+            path, None, f"cannot read it ({content.reason}); k3s will not start while it cannot", code="unreadable"
+        )
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start}); k3s will not start with this file"
+        return ConfigFinding(path, None, message, code="invalid")
+
+
+def _entries(loader: yaml.SafeLoader, node: yaml.MappingNode) -> list[_Entry]:
+    """A mapping's keys in file order (merge keys flattened), ``key+`` marked as appending."""
+    loader.flatten_mapping(node)
+    entries = []
+    for key_node, value_node in node.value:
+        raw_key = go_string(loader.construct_object(key_node, deep=True))
+        entries.append(
+            _Entry(
+                key=raw_key.removesuffix("+"),
+                append=raw_key.endswith("+"),
+                value=_as_value(loader.construct_object(value_node, deep=True)),
+                line=key_node.start_mark.line + 1,
+            )
+        )
+    return entries
 
 
 def scan_config(

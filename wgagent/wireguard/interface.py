@@ -193,25 +193,8 @@ def interface_facts(
             link.name, backend, exists, link.up, expected_port, port_bound=expected_port in bound_ports, error=error
         )
     active = sum(1 for p in device.peers if (age := p.handshake_age(now)) is not None and age <= HANDSHAKE_FRESH_S)
-    unreachable: list[UnreachablePeer] = []
-    without_peer: list[str] = []
-    if cluster is not None:
-        live = cluster.current_keys
-        for p in device.peers:
-            if p.public_key not in live or p.public_key == device.public_key:
-                continue
-            age = p.handshake_age(now)
-            if age is None or age > HANDSHAKE_FRESH_S:
-                unreachable.append(
-                    UnreachablePeer(cluster.owner_of(p.public_key) or "?", p.public_key, p.endpoint, p.last_handshake)
-                )
-        present = {p.public_key for p in device.peers}
-        for node in sorted(cluster.nodes.values(), key=lambda n: n.name):
-            keys = node.wireguard_keys
-            if not keys or node.name == own_node or (device.public_key is not None and device.public_key in keys):
-                continue
-            if not keys & present:
-                without_peer.append(node.name)
+    unreachable = _unreachable(device, cluster, now) if cluster is not None else []
+    without_peer = _nodes_without_peer(device, cluster, own_node) if cluster is not None else []
     return InterfaceFacts(
         name=link.name,
         backend=backend,
@@ -230,6 +213,34 @@ def interface_facts(
         cluster_known=cluster is not None,
         error=error,
     )
+
+
+def _unreachable(device: Device, cluster: ClusterView, now: float) -> list[UnreachablePeer]:
+    """Peers of current Node keys (not this device's own) without a handshake in 180 s."""
+    live = cluster.current_keys
+    found: list[UnreachablePeer] = []
+    for p in device.peers:
+        if p.public_key not in live or p.public_key == device.public_key:
+            continue
+        age = p.handshake_age(now)
+        if age is None or age > HANDSHAKE_FRESH_S:
+            found.append(
+                UnreachablePeer(cluster.owner_of(p.public_key) or "?", p.public_key, p.endpoint, p.last_handshake)
+            )
+    return found
+
+
+def _nodes_without_peer(device: Device, cluster: ClusterView, own_node: str | None) -> list[str]:
+    """Other Nodes with a WireGuard key of which the device has no peer, by name."""
+    present = {p.public_key for p in device.peers}
+    missing: list[str] = []
+    for node in sorted(cluster.nodes.values(), key=lambda n: n.name):
+        keys = node.wireguard_keys
+        if not keys or node.name == own_node or (device.public_key is not None and device.public_key in keys):
+            continue
+        if not keys & present:
+            missing.append(node.name)
+    return missing
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,20 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
     if facts.loaded:
         state = "loaded_now" if facts.modprobe is not None and facts.modprobe.returncode == 0 else "loaded"
         return ModuleDiagnosis(True, state)
+    found = [*_kernel_findings(facts), *_probe_findings(facts), *_modprobe_findings(facts)]
+    if not found:
+        found.append(
+            ModuleFinding(
+                "not_loaded",
+                "the wireguard module is not loaded",
+                "modprobe wireguard (wireguard.manage_module: true does it for you)",
+            )
+        )
+    return ModuleDiagnosis(False, "missing", tuple(found))
+
+
+def _kernel_findings(facts: ModuleFacts) -> list[ModuleFinding]:
+    """What the kernel release and ``/lib/modules`` say: too old, not rebooted, built without it."""
     rel = facts.release
     found: list[ModuleFinding] = []
     version = kernel_version(rel)
@@ -157,33 +171,35 @@ def diagnose(facts: ModuleFacts) -> ModuleDiagnosis:
                 " apt install linux-image-$(dpkg --print-architecture) && reboot",
             )
         )
+    return found
+
+
+def _probe_findings(facts: ModuleFacts) -> list[ModuleFinding]:
+    """What creating a throwaway wireguard link answered."""
     probe = facts.probe
     if probe is not None and probe.result == "unsupported":
-        found.append(
+        return [
             ModuleFinding(
                 "no_kernel_support",
                 "creating a wireguard link answers 'Operation not supported': this kernel has no WireGuard support",
                 "boot a kernel with WireGuard (5.6 or later): apt update && apt dist-upgrade && reboot;"
-                f" on an older kernel: apt install wireguard-dkms linux-headers-{rel}",
+                f" on an older kernel: apt install wireguard-dkms linux-headers-{facts.release}",
             )
-        )
-    elif probe is not None and probe.result == "error":
-        found.append(ModuleFinding("probe_failed", f"creating a test wireguard link failed: {probe.detail}"))
+        ]
+    if probe is not None and probe.result == "error":
+        return [ModuleFinding("probe_failed", f"creating a test wireguard link failed: {probe.detail}")]
+    return []
+
+
+def _modprobe_findings(facts: ModuleFacts) -> list[ModuleFinding]:
+    """What ``modprobe wireguard`` answered, with the fix its words point to."""
     mp = facts.modprobe
     if mp is not None and mp.returncode is None:
-        found.append(ModuleFinding("no_modprobe", f"modprobe could not be run: {mp.output}", "apt install kmod"))
-    elif mp is not None and mp.returncode != 0:
+        return [ModuleFinding("no_modprobe", f"modprobe could not be run: {mp.output}", "apt install kmod")]
+    if mp is not None and mp.returncode != 0:
         text = mp.output or f"exit status {mp.returncode}"
-        found.append(ModuleFinding("modprobe_failed", f"modprobe wireguard: {text}", _modprobe_fix(text)))
-    if not found:
-        found.append(
-            ModuleFinding(
-                "not_loaded",
-                "the wireguard module is not loaded",
-                "modprobe wireguard (wireguard.manage_module: true does it for you)",
-            )
-        )
-    return ModuleDiagnosis(False, "missing", tuple(found))
+        return [ModuleFinding("modprobe_failed", f"modprobe wireguard: {text}", _modprobe_fix(text))]
+    return []
 
 
 # --- gathering -----------------------------------------------------------------------------------
