@@ -2,7 +2,7 @@
 
     python bench/bench_resources.py [--idle-s 30] [--soak-cycles 10000]
 
-- RSS after start: a real ``wgagent run`` with every part on against loopback stand-ins
+- RSS after start: a real ``wgagent run`` with every part on but the mesh, against loopback stand-ins
   (as in ``bench_start.py``), read from /proc 2 s after READY=1. Baseline, in the same run:
   the RSS of a bare ``python3 -c "import aiohttp, pyroute2, yaml, sdnotify"``.
 - CPU per idle minute: the same agent's user+system CPU over an idle window of ``--idle-s``
@@ -80,7 +80,7 @@ def measure(idle_s: float, soak_cycles: int) -> list[dict[str, Any]]:
     return [
         {
             "bench": "resources",
-            "measure": "RSS after start (every part on)",
+            "measure": "RSS after start (every part but the mesh)",
             "value": f"{start_rss / mb:.1f} MB",
             "baseline": f"{bare / mb:.1f} MB bare import",
             "ratio": start_rss / bare,

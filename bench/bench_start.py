@@ -2,7 +2,9 @@
 
     python bench/bench_start.py [--runs 10]
 
-The agent runs with every part on, pointed at stand-ins on loopback this script starts
+The agent runs with every part on but the mesh (its nftables table and packet tap would be
+made in the host's own namespace: bench_mesh.py and bench_mesh_writes.py measure it),
+pointed at stand-ins on loopback this script starts
 (the API stand-in over HTTPS, two HTTP echoes and a STUN server), k3s paths in a temp dir,
 a fake ``systemctl`` first on PATH, WireGuard on with no device to find: the whole start
 path (imports, config, health server, the first pass of every part, READY=1), and nothing
@@ -189,7 +191,7 @@ def measure(runs: int) -> list[dict[str, Any]]:
     return [
         {
             "bench": "start",
-            "measure": "wgagent run: spawn to READY=1 (every part on, loopback stand-ins)",
+            "measure": "wgagent run: spawn to READY=1 (every part but the mesh, loopback stand-ins)",
             "value": f"{a:.3f} s",
             "baseline": f"{b:.3f} s bare import",
             "ratio": a / b,
