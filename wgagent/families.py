@@ -55,6 +55,11 @@ class Families:
         return {"ipv4": self.ipv4, "ipv6": self.ipv6, "why": self.why}
 
 
+def ipv4_only() -> Families:
+    """The default of a part built without the wiring's evidence (tests, one-off uses)."""
+    return Families(True, False, "no evidence of the cluster's families wired")
+
+
 def _kinds(cidrs: Iterable[str]) -> tuple[bool, bool]:
     v4 = v6 = False
     for cidr in cidrs:

@@ -34,7 +34,7 @@ from wgagent import fsutil
 from wgagent.config import K3sConfig
 from wgagent.errors import KubeError, WriteError
 from wgagent.events import Record, ignore, k3s_config_written
-from wgagent.families import Families
+from wgagent.families import Families, ipv4_only
 from wgagent.k3s import wgkey
 from wgagent.k3s.dropin import (
     addresses_from_dropin,
@@ -68,10 +68,6 @@ CHECK = "k3s_config"
 _OWN_REL = f"{DROPIN_DIR}/{DROPIN_NAME}"
 
 
-def _ipv4_only() -> Families:
-    return Families(True, False, "no evidence of the cluster's families wired")
-
-
 @dataclass(frozen=True)
 class Written:
     """One pass's write of the drop-in."""
@@ -101,7 +97,7 @@ class K3sPart(Part):
         *,
         public_ip: Callable[[], PublicAddresses | None],
         restarter: Restarter,
-        families: Callable[[], Families] = _ipv4_only,
+        families: Callable[[], Families] = ipv4_only,
         cluster: Callable[[], ClusterView | None] = lambda: None,
         private_ipv4: Callable[[], str | None] = lambda: None,
         unit_dirs: Sequence[str] = UNIT_DIRS,

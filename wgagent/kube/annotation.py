@@ -42,7 +42,7 @@ from typing import Any
 
 from wgagent.errors import Forbidden, KubeConfigError, KubeError, NotFound, Unauthorized
 from wgagent.events import Record, ignore, overwrite_set
-from wgagent.families import Families
+from wgagent.families import Families, ipv4_only
 from wgagent.k3s.versions import K3sVersion, wipes_overwrite_when_off
 from wgagent.k3s.view import ExternalIP, K3sView
 from wgagent.kube.backoff import OUTAGE_CAP_S, Backoff
@@ -336,10 +336,6 @@ def apart_by_port(own: str, other: str, family: int, cluster: ClusterView) -> bo
 # --- the part --------------------------------------------------------------------------------
 
 
-def _ipv4_only() -> Families:
-    return Families(True, False, "no evidence of the cluster's families wired")
-
-
 @dataclass
 class _Seen:
     """The last GET of the own Node, kept while nothing says it changed."""
@@ -364,7 +360,7 @@ class AnnotationPart(Part):
         k3s_view: Callable[[PublicAddresses], K3sView],
         restarter: RestartRequests | None = None,
         cluster: Callable[[], ClusterView | None] = lambda: None,
-        families: Callable[[], Families] = _ipv4_only,
+        families: Callable[[], Families] = ipv4_only,
         rand: Callable[[], float] = random.random,
         events: Callable[[Record], None] = ignore,
     ) -> None:
