@@ -52,13 +52,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from wgagent.errors import Conflict, KubeError, NotFound
 from wgagent.logs import redact
 from wgagent.part import Part
 from wgagent.state import State
+from wgagent.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +211,6 @@ class Skip:
 
 
 Action = Create | Patch | Skip
-
-
-def rfc3339(ts: float) -> str:
-    """``metav1.Time`` as the API server writes it: seconds, UTC, ``Z``."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def event_name(node: str, now: float) -> str:

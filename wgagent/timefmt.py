@@ -2,6 +2,8 @@
 
 >>> iso8601(1780000000.0)
 '2026-05-28T20:26:40+00:00'
+>>> rfc3339(1780000000.5)
+'2026-05-28T20:26:40Z'
 >>> utc_text(1780000000.0)
 '2026-05-28 20:26:40 UTC'
 >>> duration_text(3725)
@@ -20,6 +22,14 @@ def iso8601(ts: float) -> str:
 
 def iso8601_or_none(ts: float | None) -> str | None:
     return None if ts is None else iso8601(ts)
+
+
+def rfc3339(ts: float) -> str:
+    """``metav1.Time`` as the API server writes it: whole seconds, UTC, ``Z``
+    (``2026-05-28T20:26:40Z``)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def utc_text(ts: float) -> str:

@@ -15,6 +15,7 @@ from wgagent import events as ev
 from wgagent import logs
 from wgagent.errors import Conflict, KubeUnreachable, NotFound
 from wgagent.kube.client import KubeClient
+from wgagent.timefmt import rfc3339
 
 NODE = "node-a"
 NOW = 1_800_000_000.0
@@ -58,7 +59,7 @@ def test_the_same_event_again_is_counted_on_the_existing_one() -> None:
     for i, t in enumerate((NOW + 60, NOW + 7200), start=2):  # even after 10 minutes: same key
         action, ledger = step(ledger, DOWN, t)
         assert action == ev.Patch("MeshPathDown", first.body["metadata"]["name"], {
-            "count": i, "lastTimestamp": ev.rfc3339(t), "message": first.body["message"]})  # fmt: skip
+            "count": i, "lastTimestamp": rfc3339(t), "message": first.body["message"]})  # fmt: skip
 
 
 def test_another_message_within_10_minutes_is_combined_into_the_existing_event() -> None:
@@ -196,7 +197,7 @@ async def test_recorder_creates_then_counts() -> None:
     clock.t += 30
     await rec.record(DOWN)
     (event,) = sink.events.values()
-    assert event["count"] == 2 and event["lastTimestamp"] == ev.rfc3339(NOW + 30) and rec.written == 2
+    assert event["count"] == 2 and event["lastTimestamp"] == rfc3339(NOW + 30) and rec.written == 2
 
 
 async def test_an_expired_event_is_created_again_with_its_count() -> None:
@@ -208,7 +209,7 @@ async def test_an_expired_event_is_created_again_with_its_count() -> None:
     await rec.record(DOWN)
     assert [c[0] for c in sink.calls] == ["create", "patch", "create"]
     (event,) = sink.events.values()
-    assert event["count"] == 2 and event["firstTimestamp"] == ev.rfc3339(NOW)
+    assert event["count"] == 2 and event["firstTimestamp"] == rfc3339(NOW)
 
 
 async def test_a_conflict_on_create_is_no_failure() -> None:

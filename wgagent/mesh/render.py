@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wgagent.mesh.diagnose import Diagnosis, Pair, Problem
-from wgagent.timefmt import iso8601
+from wgagent.timefmt import iso8601, iso8601_or_none
 
 LIST_ALL_MAX = 100
 GRID_MAX = 40
@@ -40,10 +40,6 @@ EXAMPLES = 5
 COUNT_ROWS = 50
 
 
-def _since(ts: float | None) -> str | None:
-    return None if ts is None else iso8601(ts)
-
-
 def pair_json(p: Pair) -> dict[str, Any]:
     return {
         "from": p.src,
@@ -52,12 +48,12 @@ def pair_json(p: Pair) -> dict[str, Any]:
         "cause": p.cause,
         "node": p.node,
         "fix": p.fix,
-        "since": _since(p.since),
+        "since": iso8601_or_none(p.since),
     }
 
 
 def problem_json(p: Problem) -> dict[str, Any]:
-    return {"node": p.node, "cause": p.cause, "fix": p.fix, "since": _since(p.since)}
+    return {"node": p.node, "cause": p.cause, "fix": p.fix, "since": iso8601_or_none(p.since)}
 
 
 def to_json(d: Diagnosis, *, list_all_max: int = LIST_ALL_MAX) -> dict[str, Any]:
